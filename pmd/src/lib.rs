@@ -1,0 +1,15 @@
+//! `pmd`: the poll-mode driver layer of vswitch.
+//!
+//! It owns everything that touches memory shared with guests or mapped from the
+//! kernel: hugepage memory ([`hugepage`]), packet buffers and their pools
+//! ([`mempool`]), the burst rx/tx [`port::Port`] abstraction, and the vhost-user
+//! driver ([`vhost`]). All `unsafe` code of vswitch lives in this crate.
+
+pub mod hugepage;
+pub mod mempool;
+pub mod port;
+pub mod rcu;
+pub mod vhost;
+
+pub use mempool::{Mbuf, Mempool, MempoolCache};
+pub use port::{Port, PortStats};

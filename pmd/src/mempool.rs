@@ -1,0 +1,303 @@
+//! Packet buffers ("mbufs") and the pool they are carved from.
+//!
+//! A [`Mempool`] is one [`HugeMem`] area cut into fixed-size buffers, each with
+//! [`HEADROOM`] bytes in front of the packet data. Free buffers are indexes on a
+//! lock-free shared ring; each PMD thread keeps a [`MempoolCache`], a plain stack
+//! in front of it that is refilled and drained in bursts, so the hot path touches
+//! the shared ring once per [`CACHE_BURST`] buffers and takes no lock.
+
+use crate::hugepage::{HugeMem, HugepageError, HugepagePolicy};
+use crossbeam::queue::ArrayQueue;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+/// Bytes reserved in front of the packet data (room to prepend headers).
+pub const HEADROOM: usize = 128;
+/// Bytes of packet data one mbuf holds.
+pub const DATA_ROOM: usize = 2048;
+/// Size of one buffer slot: headroom + data, a multiple of the cache line.
+pub const BUF_SIZE: usize = HEADROOM + DATA_ROOM;
+/// Buffers moved between a cache and the shared ring at once.
+pub const CACHE_BURST: usize = 64;
+/// Most buffers a per-thread cache holds before it drains.
+pub const CACHE_MAX: usize = 4 * CACHE_BURST;
+
+/// A pool of packet buffers.
+pub struct Mempool {
+    mem: HugeMem,
+    count: u32,
+    free: ArrayQueue<u32>,
+}
+
+/// One packet buffer, owned by whoever holds this handle. It is not `Clone`:
+/// a buffer has exactly one owner until it is given back with
+/// [`MempoolCache::free`] or [`Mempool::free`].
+#[derive(Debug)]
+#[must_use = "an mbuf must be transmitted or freed back to its pool"]
+pub struct Mbuf {
+    buf: NonNull<u8>,
+    idx: u32,
+    data_off: u16,
+    len: u16,
+}
+
+// SAFETY: an Mbuf is the only handle to its buffer (the pool hands each index out once),
+// so moving it to another thread moves exclusive access with it.
+unsafe impl Send for Mbuf {}
+
+impl Mbuf {
+    /// The packet bytes.
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        // SAFETY: buf points at BUF_SIZE bytes owned exclusively by this handle;
+        // data_off + len <= BUF_SIZE is kept by every setter.
+        unsafe { std::slice::from_raw_parts(self.buf.as_ptr().add(self.data_off as usize), self.len as usize) }
+    }
+    /// The packet bytes, writable.
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `data`, and &mut self makes the access exclusive.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.buf.as_ptr().add(self.data_off as usize), self.len as usize)
+        }
+    }
+    /// Sets the packet length (from the start of data) and returns the data, writable.
+    /// Lengths past the buffer's data room are clamped to it.
+    #[inline]
+    pub fn set_len(&mut self, len: usize) -> &mut [u8] {
+        self.len = len.min(BUF_SIZE - self.data_off as usize) as u16;
+        self.data_mut()
+    }
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Bytes that can be stored from the start of data.
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        BUF_SIZE - self.data_off as usize
+    }
+    /// Raw pointer to the start of data, for copies into and out of guest memory.
+    #[inline]
+    pub fn data_ptr(&mut self) -> *mut u8 {
+        // SAFETY: data_off <= BUF_SIZE, inside the buffer.
+        unsafe { self.buf.as_ptr().add(self.data_off as usize) }
+    }
+    /// The buffer's index in its pool (stable identity, used by tests).
+    pub fn index(&self) -> u32 {
+        self.idx
+    }
+}
+
+impl Mempool {
+    /// Creates a pool of `count` buffers.
+    pub fn new(count: u32, policy: HugepagePolicy) -> Result<Arc<Mempool>, HugepageError> {
+        let count = count.max(1);
+        let mem = HugeMem::new(count as usize * BUF_SIZE, policy)?;
+        let free = ArrayQueue::new(count as usize);
+        for i in 0..count {
+            free.push(i).expect("ring sized to count");
+        }
+        Ok(Arc::new(Mempool { mem, count, free }))
+    }
+
+    /// Total buffers in the pool.
+    pub fn capacity(&self) -> u32 {
+        self.count
+    }
+    /// Buffers on the shared ring now (those in per-thread caches are not counted).
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+    /// Whether the pool's memory is made of hugepages.
+    pub fn is_huge(&self) -> bool {
+        self.mem.is_huge()
+    }
+
+    #[inline]
+    fn mbuf(&self, idx: u32) -> Mbuf {
+        debug_assert!(idx < self.count);
+        // SAFETY: idx < count, so the slot lies inside the mapping.
+        let p = unsafe { self.mem.as_ptr().add(idx as usize * BUF_SIZE) };
+        Mbuf { buf: NonNull::new(p).expect("mapping is non-null"), idx, data_off: HEADROOM as u16, len: 0 }
+    }
+
+    /// Takes one buffer from the shared ring (slow path; PMD threads use a cache).
+    pub fn alloc(&self) -> Option<Mbuf> {
+        self.free.pop().map(|i| self.mbuf(i))
+    }
+
+    /// Gives one buffer back to the shared ring.
+    pub fn free(&self, m: Mbuf) {
+        self.check_owner(&m);
+        // The ring holds every index at most once, so it cannot be full here.
+        let _ = self.free.push(m.idx);
+    }
+
+    #[inline]
+    fn check_owner(&self, m: &Mbuf) {
+        let base = self.mem.as_ptr() as usize;
+        let p = m.buf.as_ptr() as usize;
+        assert!(
+            p >= base && p < base + self.count as usize * BUF_SIZE && (p - base) / BUF_SIZE == m.idx as usize,
+            "mbuf freed to a pool it does not come from"
+        );
+    }
+}
+
+/// A per-thread cache of free buffers in front of a [`Mempool`].
+pub struct MempoolCache {
+    pool: Arc<Mempool>,
+    stack: Vec<u32>,
+}
+
+impl MempoolCache {
+    pub fn new(pool: Arc<Mempool>) -> MempoolCache {
+        MempoolCache { pool, stack: Vec::with_capacity(CACHE_MAX + CACHE_BURST) }
+    }
+
+    pub fn pool(&self) -> &Arc<Mempool> {
+        &self.pool
+    }
+
+    /// One buffer, or `None` when the whole pool is empty.
+    #[inline]
+    pub fn alloc(&mut self) -> Option<Mbuf> {
+        if self.stack.is_empty() {
+            self.refill();
+        }
+        let i = self.stack.pop()?;
+        Some(self.pool.mbuf(i))
+    }
+
+    /// Gives a buffer back.
+    #[inline]
+    pub fn free(&mut self, m: Mbuf) {
+        debug_assert!({
+            self.pool.check_owner(&m);
+            true
+        });
+        self.stack.push(m.idx);
+        if self.stack.len() >= CACHE_MAX + CACHE_BURST {
+            self.drain(CACHE_BURST);
+        }
+    }
+
+    fn refill(&mut self) {
+        for _ in 0..CACHE_BURST {
+            match self.pool.free.pop() {
+                Some(i) => self.stack.push(i),
+                None => break,
+            }
+        }
+    }
+
+    fn drain(&mut self, n: usize) {
+        for _ in 0..n.min(self.stack.len()) {
+            let i = self.stack.pop().expect("len checked");
+            let _ = self.pool.free.push(i);
+        }
+    }
+}
+
+impl Drop for MempoolCache {
+    fn drop(&mut self) {
+        let n = self.stack.len();
+        self.drain(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn alloc_all_then_free_all() {
+        let pool = Mempool::new(300, HugepagePolicy::Off).unwrap();
+        let mut c = MempoolCache::new(pool.clone());
+        let mut got = Vec::new();
+        while let Some(m) = c.alloc() {
+            got.push(m);
+        }
+        assert_eq!(got.len(), 300);
+        let ids: HashSet<u32> = got.iter().map(|m| m.index()).collect();
+        assert_eq!(ids.len(), 300, "a buffer was handed out twice");
+        for m in got {
+            c.free(m);
+        }
+        drop(c);
+        assert_eq!(pool.available(), 300);
+    }
+
+    #[test]
+    fn data_is_per_buffer() {
+        let pool = Mempool::new(4, HugepagePolicy::Off).unwrap();
+        let mut a = pool.alloc().unwrap();
+        let mut b = pool.alloc().unwrap();
+        a.set_len(100).fill(0xaa);
+        b.set_len(DATA_ROOM + HEADROOM + 10).fill(0xbb);
+        assert_eq!(b.len(), DATA_ROOM, "length clamps to the data room");
+        assert!(a.data().iter().all(|&x| x == 0xaa));
+        pool.free(a);
+        pool.free(b);
+    }
+
+    #[test]
+    fn concurrent_alloc_free_loses_nothing() {
+        const N: u32 = 2048;
+        let pool = Mempool::new(N, HugepagePolicy::Auto).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let pool = pool.clone();
+                std::thread::spawn(move || {
+                    let mut c = MempoolCache::new(pool);
+                    let mut held: Vec<Mbuf> = Vec::new();
+                    let mut seen = 0u64;
+                    for round in 0..2000u32 {
+                        let want = ((round * 7 + t * 13) % 200) as usize;
+                        while held.len() < want {
+                            match c.alloc() {
+                                Some(mut m) => {
+                                    // Stamp the buffer: if another thread holds it too, the
+                                    // stamp is overwritten and the check below fails.
+                                    let stamp = (t << 24 | round) as u64;
+                                    m.set_len(8).copy_from_slice(&stamp.to_le_bytes());
+                                    held.push(m);
+                                }
+                                None => break,
+                            }
+                        }
+                        for m in held.iter() {
+                            let v = u64::from_le_bytes(m.data()[..8].try_into().unwrap());
+                            assert_eq!(v >> 24, t as u64, "buffer {} shared between threads", m.index());
+                            seen += 1;
+                        }
+                        let keep = held.len() / 3;
+                        for m in held.drain(keep..) {
+                            c.free(m);
+                        }
+                    }
+                    for m in held {
+                        c.free(m);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().unwrap() > 0);
+        }
+        assert_eq!(pool.available(), N as usize, "buffers lost");
+        let mut ids = HashSet::new();
+        while let Some(m) = pool.alloc() {
+            assert!(ids.insert(m.index()), "index {} twice on the free ring", m.index());
+            std::mem::forget(m);
+        }
+        assert_eq!(ids.len(), N as usize);
+    }
+}

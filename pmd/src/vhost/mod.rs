@@ -1,0 +1,249 @@
+//! vhost-user ports: a guest's virtio-net device whose rings this process polls.
+//!
+//! The control side ([`protocol`]) runs one thread per port that speaks the
+//! vhost-user protocol (as server or client) and turns the frontend's messages into
+//! validated [`virtq::LiveRing`]s. The data side is [`VhostUserPort`]'s
+//! [`Port`](crate::port::Port) implementation, called by PMD threads.
+//!
+//! Hand-over between the two is lock-free for the PMD: each virtqueue has a slot
+//! with a `live` flag. The control thread clears the flag, waits out a grace period
+//! ([`crate::rcu`]), and only then changes or drops the ring (and unmaps memory).
+
+pub mod mem;
+pub mod protocol;
+pub mod virtq;
+
+use crate::mempool::{Mbuf, MempoolCache};
+use crate::port::{Port, PortStats};
+use crate::rcu::Rcu;
+use std::cell::UnsafeCell;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use virtq::LiveRing;
+
+/// Who listens on the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The switch listens; QEMU connects (QEMU `-chardev socket,path=...` without server).
+    Server,
+    /// The switch connects, and reconnects when the peer goes away and comes back.
+    Client,
+}
+
+#[derive(Clone, Debug)]
+pub struct VhostConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub mode: Mode,
+    /// Queue pairs offered to the guest.
+    pub queues: usize,
+}
+
+/// One virtqueue as PMD threads see it.
+pub struct VringSlot {
+    /// The PMD may use `ring` while this is set. Cleared by the control thread before a
+    /// grace period, after which the control thread owns `ring` exclusively.
+    live: AtomicBool,
+    /// Serialises tx among PMD threads (never taken by the control thread).
+    tx_lock: AtomicBool,
+    /// Set when the guest broke the rules on this ring.
+    broken: AtomicBool,
+    ring: UnsafeCell<Option<LiveRing>>,
+}
+
+// SAFETY: access to `ring` follows the protocol above: the control thread only while
+// `live` is clear and a grace period has passed; a PMD thread only while `live` is set,
+// for rx queues only the one PMD the queue is assigned to, for tx queues only under `tx_lock`.
+unsafe impl Sync for VringSlot {}
+
+impl VringSlot {
+    fn new() -> VringSlot {
+        VringSlot {
+            live: AtomicBool::new(false),
+            tx_lock: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
+            ring: UnsafeCell::new(None),
+        }
+    }
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+}
+
+/// State shared by a port's control thread and the PMD threads.
+pub struct Shared {
+    pub cfg: VhostConfig,
+    pub rcu: Arc<Rcu>,
+    /// Virtqueues: 2*q is queue pair q's guest-rx ring (our tx), 2*q+1 its guest-tx ring (our rx).
+    pub vrings: Box<[VringSlot]>,
+    pub stats: PortStats,
+    pub connected: AtomicBool,
+    pub connections: AtomicU64,
+    pub stop: AtomicBool,
+}
+
+/// A vhost-user port.
+pub struct VhostUserPort {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VhostUserPort {
+    /// Opens the port: binds (server) or starts connecting (client) at once and
+    /// starts its control thread. Errors if a server socket cannot be bound.
+    pub fn open(cfg: VhostConfig, rcu: Arc<Rcu>) -> Result<VhostUserPort, String> {
+        let queues = cfg.queues.max(1);
+        let shared = Arc::new(Shared {
+            vrings: (0..2 * queues).map(|_| VringSlot::new()).collect(),
+            cfg: VhostConfig { queues, ..cfg },
+            rcu,
+            stats: PortStats::default(),
+            connected: AtomicBool::new(false),
+            connections: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let thread = protocol::spawn(shared.clone())?;
+        Ok(VhostUserPort { shared, thread: Some(thread) })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops the control thread: rings are taken down, the connection closed and a
+    /// server socket removed.
+    pub fn close(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    #[cold]
+    fn report(&self, slot: &VringSlot, idx: usize, e: virtq::GuestError) {
+        if !slot.broken.swap(true, Ordering::Relaxed) {
+            PortStats::add(&self.shared.stats.guest_errors, 1);
+            tracing::error!(port = %self.shared.cfg.name, vring = idx, "guest error, queue stopped: {}", e.0);
+        }
+    }
+}
+
+impl Drop for VhostUserPort {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Port for VhostUserPort {
+    fn name(&self) -> &str {
+        &self.shared.cfg.name
+    }
+
+    fn rx_queues(&self) -> usize {
+        self.shared.cfg.queues
+    }
+
+    #[inline]
+    fn rx_burst(&self, q: usize, cache: &mut MempoolCache, out: &mut [Option<Mbuf>]) -> usize {
+        let idx = 2 * q + 1;
+        let Some(slot) = self.shared.vrings.get(idx) else { return 0 };
+        if !slot.live.load(Ordering::SeqCst) {
+            return 0;
+        }
+        // SAFETY: live is set and this queue is polled by exactly one PMD thread (the
+        // scheduler assigns each rx queue once), so this is the only access.
+        let Some(ring) = (unsafe { &mut *slot.ring.get() }) else { return 0 };
+        let (mut oversize, mut no_mbuf) = (0u64, false);
+        let n = ring.dequeue(cache, out, &mut oversize, &mut no_mbuf);
+        let st = &self.shared.stats;
+        // When the pool runs dry (no_mbuf) nothing is lost: the frames wait on the ring.
+        let _ = no_mbuf;
+        let bytes: usize = out[..n].iter().map(|m| m.as_ref().map_or(0, |m| m.len())).sum();
+        PortStats::add(&st.rx_packets, n as u64);
+        PortStats::add(&st.rx_bytes, bytes as u64);
+        PortStats::add(&st.drop_oversize, oversize);
+        if let Some(e) = ring.error() {
+            self.report(slot, idx, e);
+        }
+        n
+    }
+
+    #[inline]
+    fn tx_burst(&self, txq_hint: usize, cache: &mut MempoolCache, pkts: &mut [Option<Mbuf>]) -> usize {
+        let nq = self.shared.cfg.queues;
+        let mut q = txq_hint % nq;
+        if !self.shared.vrings[2 * q].live.load(Ordering::SeqCst) {
+            q = 0; // the guest may use fewer queue pairs than offered
+        }
+        let idx = 2 * q;
+        let slot = &self.shared.vrings[idx];
+        if !slot.live.load(Ordering::SeqCst) {
+            return 0;
+        }
+        while slot.tx_lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            std::hint::spin_loop();
+        }
+        // SAFETY: live is set and tx_lock is held: no other thread touches this ring.
+        let sent = match unsafe { &mut *slot.ring.get() } {
+            Some(ring) => {
+                let (mut bytes, mut too_big) = (0u64, 0u64);
+                let n = ring.enqueue(pkts, cache, &mut bytes, &mut too_big);
+                let st = &self.shared.stats;
+                PortStats::add(&st.tx_packets, n as u64 - too_big);
+                PortStats::add(&st.tx_bytes, bytes);
+                PortStats::add(&st.drop_oversize, too_big);
+                if let Some(e) = ring.error() {
+                    self.report(slot, idx, e);
+                }
+                n
+            }
+            None => 0,
+        };
+        slot.tx_lock.store(false, Ordering::Release);
+        sent
+    }
+
+    fn is_up(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
+            && self.shared.vrings[0].is_live()
+            && !self.shared.vrings[0].is_broken()
+    }
+
+    fn stats(&self) -> &PortStats {
+        &self.shared.stats
+    }
+
+    fn describe(&self) -> String {
+        let s = &self.shared;
+        let rings: Vec<String> = s
+            .vrings
+            .iter()
+            .map(|v| {
+                if v.is_broken() {
+                    "broken".to_string()
+                } else if v.is_live() {
+                    "live".to_string()
+                } else {
+                    "down".to_string()
+                }
+            })
+            .collect();
+        format!(
+            "driver=vhost-user mode={} path={} queues={} connected={} connections={} vrings=[{}]",
+            match s.cfg.mode {
+                Mode::Server => "server",
+                Mode::Client => "client",
+            },
+            s.cfg.path.display(),
+            s.cfg.queues,
+            s.connected.load(Ordering::Relaxed),
+            s.connections.load(Ordering::Relaxed),
+            rings.join(",")
+        )
+    }
+}
