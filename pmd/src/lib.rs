@@ -9,6 +9,7 @@ pub mod hugepage;
 pub mod mempool;
 pub mod port;
 pub mod rcu;
+pub mod tsc;
 pub mod vhost;
 
 pub use mempool::{Mbuf, Mempool, MempoolCache};

@@ -1,0 +1,419 @@
+//! The MAC learning table: (MAC, VLAN) → port, with aging and a capacity bound.
+//!
+//! It is shared by every PMD thread and read by the control plane without a lock:
+//! a fixed open-addressing table of atomic slots (a key word and a value word),
+//! probed linearly over a short window. Learning claims an empty slot with a CAS;
+//! lookups are two loads and a re-check of the key. Nothing is allocated after
+//! creation, so a guest sending a flood of source MACs can fill at most its share
+//! of the table (`per_port_limit`) and never make the switch allocate.
+//!
+//! (A `hashbrown` map, the first choice, cannot be shared between PMD threads and
+//! the control plane without a lock or a copy per change; see README, Design.)
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+
+/// A 48-bit MAC address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    pub const BROADCAST: Mac = Mac([0xff; 6]);
+    #[inline]
+    pub fn from_slice(b: &[u8]) -> Mac {
+        Mac([b[0], b[1], b[2], b[3], b[4], b[5]])
+    }
+    /// Group address (multicast or broadcast): the I/G bit.
+    #[inline]
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 1 != 0
+    }
+    #[inline]
+    fn as_u64(&self) -> u64 {
+        let b = self.0;
+        u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+    }
+}
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+    }
+}
+
+/// Port numbers in the table.
+pub type PortNo = u16;
+
+const OCCUPIED: u64 = 1 << 62;
+const BUSY: u64 = 1 << 61;
+const TOMB: u64 = 1 << 60;
+const PROBE: usize = 16;
+
+#[derive(Default)]
+struct Slot {
+    key: AtomicU64,
+    /// port in bits 0..16, last-seen second in bits 16..48.
+    val: AtomicU64,
+}
+
+#[inline]
+fn key_of(mac: Mac, vlan: u16) -> u64 {
+    OCCUPIED | ((vlan as u64 & 0xfff) << 48) | mac.as_u64()
+}
+
+#[inline]
+fn val_of(port: PortNo, now: u32) -> u64 {
+    port as u64 | (now as u64) << 16
+}
+
+/// What `learn` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Learned {
+    /// Already known on this port.
+    Known,
+    /// New entry.
+    New,
+    /// Known on another port; moved.
+    Moved,
+    /// Not learned: the table, or the port's share of it, is full.
+    Refused,
+}
+
+/// One entry, for display.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub mac: Mac,
+    pub vlan: u16,
+    pub port: PortNo,
+    pub age_secs: u32,
+}
+
+pub struct Fdb {
+    slots: Box<[Slot]>,
+    mask: usize,
+    capacity: usize,
+    count: AtomicUsize,
+    per_port: Box<[AtomicU32]>,
+    per_port_limit: u32,
+    aging_secs: u32,
+}
+
+impl Fdb {
+    /// A table of at most `capacity` entries for `ports` ports, each port holding at
+    /// most `per_port_limit` of them; entries unseen for `aging_secs` are removed by `age`.
+    pub fn new(capacity: usize, ports: usize, per_port_limit: usize, aging_secs: u32) -> Fdb {
+        let capacity = capacity.max(1);
+        let nslots = (capacity * 2).next_power_of_two().max(PROBE);
+        Fdb {
+            slots: (0..nslots).map(|_| Slot::default()).collect(),
+            mask: nslots - 1,
+            capacity,
+            count: AtomicUsize::new(0),
+            per_port: (0..ports.max(1)).map(|_| AtomicU32::new(0)).collect(),
+            per_port_limit: per_port_limit.clamp(1, capacity) as u32,
+            aging_secs,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    pub fn len(&self) -> usize {
+        self.count.load(Relaxed)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn aging_secs(&self) -> u32 {
+        self.aging_secs
+    }
+
+    #[inline]
+    fn home(&self, key: u64) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & self.mask
+    }
+
+    /// Learns that `mac` on `vlan` is behind `port`, at time `now` (seconds).
+    #[inline]
+    pub fn learn(&self, mac: Mac, vlan: u16, port: PortNo, now: u32) -> Learned {
+        let key = key_of(mac, vlan);
+        let home = self.home(key);
+        let mut free = None;
+        for i in 0..PROBE {
+            let s = &self.slots[(home + i) & self.mask];
+            let k = s.key.load(Acquire);
+            if k == key {
+                let v = s.val.load(Relaxed);
+                let old_port = v as u16;
+                if old_port != port {
+                    s.val.store(val_of(port, now), Release);
+                    self.count_port(old_port, -1);
+                    self.count_port(port, 1);
+                    return Learned::Moved;
+                }
+                if (v >> 16) as u32 != now {
+                    s.val.store(val_of(port, now), Relaxed);
+                }
+                return Learned::Known;
+            }
+            if free.is_none() && (k == 0 || k == TOMB) {
+                free = Some((home + i) & self.mask);
+            }
+            if k == 0 {
+                break; // an empty slot ends the probe: the key is not further on
+            }
+        }
+        let Some(mut at) = free else { return Learned::Refused };
+        if self.count.load(Relaxed) >= self.capacity
+            || self.per_port.get(port as usize).is_none_or(|c| c.load(Relaxed) >= self.per_port_limit)
+        {
+            return Learned::Refused;
+        }
+        // Claim a free slot; if another thread takes it first, try the next free one.
+        loop {
+            let s = &self.slots[at];
+            let cur = s.key.load(Relaxed);
+            if (cur == 0 || cur == TOMB) && s.key.compare_exchange(cur, key | BUSY, Acquire, Relaxed).is_ok() {
+                s.val.store(val_of(port, now), Relaxed);
+                s.key.store(key, Release);
+                self.count.fetch_add(1, Relaxed);
+                self.count_port(port, 1);
+                return Learned::New;
+            }
+            let next = (1..PROBE).map(|d| (at + d) & self.mask).find(|&j| {
+                let k = self.slots[j].key.load(Relaxed);
+                k == 0 || k == TOMB
+            });
+            match next {
+                Some(j) if (j.wrapping_sub(home) & self.mask) < PROBE => at = j,
+                _ => return Learned::Refused,
+            }
+        }
+    }
+
+    #[inline]
+    fn count_port(&self, port: PortNo, d: i32) {
+        if let Some(c) = self.per_port.get(port as usize) {
+            if d > 0 {
+                c.fetch_add(1, Relaxed);
+            } else {
+                c.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+
+    /// The port `mac` on `vlan` was learned on.
+    #[inline]
+    pub fn lookup(&self, mac: Mac, vlan: u16) -> Option<PortNo> {
+        let key = key_of(mac, vlan);
+        let home = self.home(key);
+        for i in 0..PROBE {
+            let s = &self.slots[(home + i) & self.mask];
+            let k = s.key.load(Acquire);
+            if k == key {
+                let v = s.val.load(Acquire);
+                // The slot may have been aged out and reused between the two loads:
+                // only trust the value if the key is still ours.
+                if s.key.load(Acquire) == key {
+                    return Some(v as u16);
+                }
+                return None;
+            }
+            if k == 0 {
+                return None;
+            }
+        }
+        None
+    }
+
+    fn remove_slot(&self, s: &Slot, k: u64) -> bool {
+        if s.key.compare_exchange(k, k | BUSY, AcqRel, Relaxed).is_err() {
+            return false;
+        }
+        let port = s.val.load(Relaxed) as u16;
+        s.key.store(TOMB, Release);
+        self.count.fetch_sub(1, Relaxed);
+        self.count_port(port, -1);
+        true
+    }
+
+    /// Removes entries not seen for `aging_secs`; returns how many.
+    pub fn age(&self, now: u32) -> usize {
+        let mut n = 0;
+        for s in self.slots.iter() {
+            let k = s.key.load(Acquire);
+            if k & OCCUPIED == 0 || k & BUSY != 0 {
+                continue;
+            }
+            let seen = (s.val.load(Relaxed) >> 16) as u32;
+            if now.saturating_sub(seen) >= self.aging_secs && self.remove_slot(s, k) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Removes every entry of `port` (the port went away).
+    pub fn flush_port(&self, port: PortNo) -> usize {
+        let mut n = 0;
+        for s in self.slots.iter() {
+            let k = s.key.load(Acquire);
+            if k & OCCUPIED != 0 && k & BUSY == 0 && s.val.load(Relaxed) as u16 == port && self.remove_slot(s, k) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Entries learned on `port`.
+    pub fn port_entries(&self, port: PortNo) -> u32 {
+        self.per_port.get(port as usize).map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// All entries, sorted by VLAN and MAC.
+    pub fn entries(&self, now: u32) -> Vec<Entry> {
+        let mut v: Vec<Entry> = self
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let k = s.key.load(Acquire);
+                if k & OCCUPIED == 0 || k & BUSY != 0 {
+                    return None;
+                }
+                let val = s.val.load(Relaxed);
+                let m = (k & 0xffff_ffff_ffff).to_be_bytes();
+                Some(Entry {
+                    mac: Mac([m[2], m[3], m[4], m[5], m[6], m[7]]),
+                    vlan: ((k >> 48) & 0xfff) as u16,
+                    port: val as u16,
+                    age_secs: now.saturating_sub((val >> 16) as u32),
+                })
+            })
+            .collect();
+        v.sort_by_key(|e| (e.vlan, e.mac));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(i: u32) -> Mac {
+        let b = i.to_be_bytes();
+        Mac([0x02, 0, b[0], b[1], b[2], b[3]])
+    }
+
+    #[test]
+    fn learns_and_looks_up() {
+        let t = Fdb::new(64, 4, 64, 300);
+        assert_eq!(t.lookup(mac(1), 0), None);
+        assert_eq!(t.learn(mac(1), 0, 2, 0), Learned::New);
+        assert_eq!(t.learn(mac(1), 0, 2, 1), Learned::Known);
+        assert_eq!(t.lookup(mac(1), 0), Some(2));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn station_move_updates_port() {
+        let t = Fdb::new(64, 4, 64, 300);
+        t.learn(mac(1), 0, 1, 0);
+        assert_eq!(t.learn(mac(1), 0, 3, 0), Learned::Moved);
+        assert_eq!(t.lookup(mac(1), 0), Some(3));
+        assert_eq!(t.port_entries(1), 0);
+        assert_eq!(t.port_entries(3), 1);
+    }
+
+    #[test]
+    fn vlans_are_separate() {
+        let t = Fdb::new(64, 4, 64, 300);
+        t.learn(mac(7), 10, 1, 0);
+        t.learn(mac(7), 20, 2, 0);
+        assert_eq!(t.lookup(mac(7), 10), Some(1));
+        assert_eq!(t.lookup(mac(7), 20), Some(2));
+        assert_eq!(t.lookup(mac(7), 0), None, "untagged is its own VLAN");
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn aging_removes_only_stale_entries() {
+        let t = Fdb::new(64, 4, 64, 10);
+        t.learn(mac(1), 0, 1, 0);
+        t.learn(mac(2), 0, 1, 5);
+        assert_eq!(t.age(9), 0);
+        assert_eq!(t.age(10), 1);
+        assert_eq!(t.lookup(mac(1), 0), None);
+        assert_eq!(t.lookup(mac(2), 0), Some(1));
+        t.learn(mac(2), 0, 1, 12); // refreshed
+        assert_eq!(t.age(20), 0);
+        assert_eq!(t.age(22), 1);
+        assert!(t.is_empty());
+        assert_eq!(t.port_entries(1), 0);
+    }
+
+    #[test]
+    fn capacity_is_a_hard_bound() {
+        let t = Fdb::new(100, 2, 100, 300);
+        let mut refused = 0;
+        for i in 0..1000 {
+            if t.learn(mac(i), 0, 0, 0) == Learned::Refused {
+                refused += 1;
+            }
+        }
+        assert_eq!(t.len(), 100);
+        assert_eq!(refused, 900);
+        // Entries learned before the table filled keep working.
+        assert_eq!(t.lookup(mac(0), 0), Some(0));
+    }
+
+    #[test]
+    fn a_port_flooding_macs_cannot_take_other_ports_share() {
+        let t = Fdb::new(1000, 2, 500, 300);
+        for i in 0..100_000 {
+            t.learn(mac(i), 0, 0, 0);
+        }
+        assert_eq!(t.port_entries(0), 500);
+        // Port 1 can still learn.
+        for i in 0..400 {
+            assert_eq!(t.learn(mac(1_000_000 + i), 0, 1, 0), Learned::New);
+        }
+        assert_eq!(t.lookup(mac(1_000_000), 0), Some(1));
+    }
+
+    #[test]
+    fn tombstones_are_reused_and_lookups_pass_them() {
+        let t = Fdb::new(8, 1, 8, 1);
+        for round in 0..50u32 {
+            for i in 0..8 {
+                t.learn(mac(round * 8 + i), 0, 0, round * 2);
+            }
+            for i in 0..8 {
+                assert_eq!(t.lookup(mac(round * 8 + i), 0), Some(0), "round {round} mac {i}");
+            }
+            t.age(round * 2 + 1);
+            assert!(t.is_empty());
+        }
+    }
+
+    #[test]
+    fn concurrent_learners_and_readers() {
+        let t = std::sync::Arc::new(Fdb::new(4096, 4, 4096, 300));
+        let hs: Vec<_> = (0..4u16)
+            .map(|p| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for i in 0..800u32 {
+                        t.learn(mac(p as u32 * 10_000 + i), 0, p, 0);
+                        // Every MAC this thread learned maps to this thread's port.
+                        assert_eq!(t.lookup(mac(p as u32 * 10_000 + i / 2), 0), Some(p));
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert_eq!(t.len(), 3200);
+        assert_eq!(t.entries(0).len(), 3200);
+    }
+}

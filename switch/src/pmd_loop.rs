@@ -1,0 +1,239 @@
+//! The PMD loop: one thread per configured core, busy-polling its rx queues,
+//! switching each burst through the forwarding table, and sending per output port.
+//!
+//! Per iteration: announce a quiescent state, retry output queues that are backed
+//! up, poll each assigned rx queue for a burst of up to 32 frames (skipped while an
+//! output queue is nearly full: backpressure keeps the frames in the sender's ring
+//! rather than dropping them), learn, look up, and queue each frame on its output
+//! port(s); then send every touched output queue once. A frame waits on an output
+//! queue until the guest has room, for at most `tx_stall` without progress; after
+//! that the queue is dropped and counted (`drop_tx_full`), so one stuck guest
+//! cannot stop the others for long.
+
+use crate::fdb::{Fdb, Learned, Mac, PortNo};
+use crate::sched::RxqId;
+use crate::stats::{cycles, PmdStats};
+use pmd::port::{PortStats, BURST};
+use pmd::rcu::RcuThread;
+use pmd::{Mbuf, MempoolCache, Port};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Frames one output queue holds.
+pub const TXQ_CAP: usize = 256;
+
+/// A PMD thread's output queue for one port.
+struct TxQueue {
+    pkts: Box<[Option<Mbuf>]>,
+    len: usize,
+    /// When the queue last made progress while non-empty (cycles).
+    stalled_since: u64,
+}
+
+impl TxQueue {
+    fn new() -> TxQueue {
+        TxQueue { pkts: (0..TXQ_CAP).map(|_| None).collect(), len: 0, stalled_since: 0 }
+    }
+}
+
+pub struct PmdContext {
+    pub index: usize,
+    pub core: Option<usize>,
+    pub ports: Arc<[Arc<dyn Port>]>,
+    pub rxqs: Vec<RxqId>,
+    pub fdb: Arc<Fdb>,
+    pub cache: MempoolCache,
+    pub stats: Arc<PmdStats>,
+    pub rcu: Arc<RcuThread>,
+    pub stop: Arc<AtomicBool>,
+    /// Start of the switch's clock (seconds for the forwarding table).
+    pub epoch: Instant,
+    pub tx_stall: Duration,
+    pub tsc_hz: u64,
+}
+
+/// Runs the loop until `stop` is set.
+pub fn run(mut cx: PmdContext) {
+    if let Some(core) = cx.core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            tracing::warn!(core, "could not pin PMD thread to core");
+        }
+    }
+    tracing::info!(pmd = cx.index, core = ?cx.core, rxqs = ?cx.rxqs, "PMD thread polling");
+    let nports = cx.ports.len();
+    let mut txq: Vec<TxQueue> = (0..nports).map(|_| TxQueue::new()).collect();
+    let mut burst: [Option<Mbuf>; BURST] = Default::default();
+    let stall_cycles = (cx.tx_stall.as_secs_f64() * cx.tsc_hz as f64) as u64;
+    let (mut busy, mut idle, mut packets, mut iters, mut bp) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut now_secs = 0u32;
+    let mut last = cycles();
+    while !cx.stop.load(Relaxed) {
+        cx.rcu.quiescent();
+        if iters & 1023 == 0 {
+            now_secs = cx.epoch.elapsed().as_secs() as u32;
+        }
+        let mut did = 0usize;
+        // 1. Output queues that are still backed up from earlier bursts.
+        let mut backed_up = false;
+        for p in 0..nports {
+            if txq[p].len > 0 {
+                did += flush(&mut cx, &mut txq[p], p, last, stall_cycles);
+                backed_up |= txq[p].len > TXQ_CAP - BURST;
+            }
+        }
+        // 2. Receive and switch, unless an output queue has no room for a burst.
+        if backed_up {
+            bp += 1;
+        } else {
+            for i in 0..cx.rxqs.len() {
+                let (port, q) = cx.rxqs[i];
+                let n = cx.ports[port].rx_burst(q, &mut cx.cache, &mut burst);
+                if n == 0 {
+                    continue;
+                }
+                packets += n as u64;
+                did += n;
+                for slot in burst[..n].iter_mut() {
+                    let m = slot.take().expect("rx_burst filled it");
+                    switch_one(&mut cx, &mut txq, port, m, now_secs);
+                }
+                for (p, t) in txq.iter_mut().enumerate() {
+                    if t.len > 0 {
+                        flush(&mut cx, t, p, last, stall_cycles);
+                    }
+                }
+            }
+        }
+        let now = cycles();
+        if did > 0 {
+            busy += now - last;
+        } else {
+            idle += now - last;
+        }
+        last = now;
+        iters += 1;
+        let s = &cx.stats;
+        s.busy_cycles.store(busy, Relaxed);
+        s.idle_cycles.store(idle, Relaxed);
+        s.packets.store(packets, Relaxed);
+        s.iterations.store(iters, Relaxed);
+        s.backpressure.store(bp, Relaxed);
+    }
+    // Give back every frame still queued.
+    for (p, t) in txq.iter_mut().enumerate() {
+        drop_queue(&mut cx, t, p, |s| &s.drop_tx_down);
+    }
+    cx.rcu.offline();
+    tracing::info!(pmd = cx.index, "PMD thread stopped");
+}
+
+#[inline]
+fn switch_one(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf, now: u32) {
+    let ports = &cx.ports;
+    let d = m.data();
+    if d.len() < 14 {
+        PortStats::add(&ports[in_port].stats().drop_runt, 1);
+        cx.cache.free(m);
+        return;
+    }
+    let dst = Mac::from_slice(&d[0..6]);
+    let src = Mac::from_slice(&d[6..12]);
+    let vlan = if d[12] == 0x81 && d[13] == 0x00 && d.len() >= 18 {
+        u16::from_be_bytes([d[14], d[15]]) & 0x0fff
+    } else {
+        0
+    };
+    if !src.is_multicast() && cx.fdb.learn(src, vlan, in_port as PortNo, now) == Learned::Refused {
+        PortStats::add(&ports[in_port].stats().learn_refused, 1);
+    }
+    let out = if dst.is_multicast() { None } else { cx.fdb.lookup(dst, vlan) };
+    match out {
+        Some(p) if p as usize == in_port => {
+            PortStats::add(&ports[in_port].stats().drop_hairpin, 1);
+            cx.cache.free(m);
+        }
+        Some(p) if (p as usize) < ports.len() => {
+            let p = p as usize;
+            if !ports[p].is_up() {
+                PortStats::add(&ports[p].stats().drop_tx_down, 1);
+                cx.cache.free(m);
+            } else {
+                push(&mut txq[p], m);
+            }
+        }
+        _ => flood(cx, txq, in_port, m),
+    }
+}
+
+#[inline]
+fn push(t: &mut TxQueue, m: Mbuf) {
+    // Rx is held back while any queue has less than a burst of room, and one burst
+    // adds at most one frame per input frame, so there is always room here.
+    debug_assert!(t.len < TXQ_CAP);
+    if t.len == 0 {
+        t.stalled_since = 0;
+    }
+    t.pkts[t.len] = Some(m);
+    t.len += 1;
+}
+
+/// Sends a copy to every other port that is up; the last one gets the original.
+fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf) {
+    let n = cx.ports.len();
+    let targets = (0..n).filter(|&p| p != in_port && cx.ports[p].is_up());
+    let mut last_target = None;
+    for p in targets {
+        if let Some(prev) = last_target.replace(p) {
+            match cx.cache.alloc() {
+                Some(mut c) => {
+                    c.set_len(m.len()).copy_from_slice(m.data());
+                    PortStats::add(&cx.ports[prev].stats().tx_flood, 1);
+                    push(&mut txq[prev], c);
+                }
+                None => PortStats::add(&cx.ports[prev].stats().drop_no_mbuf, 1),
+            }
+        }
+    }
+    match last_target {
+        Some(p) => {
+            PortStats::add(&cx.ports[p].stats().tx_flood, 1);
+            push(&mut txq[p], m);
+        }
+        None => cx.cache.free(m), // nowhere to go (every other port is down): not a drop of a port
+    }
+}
+
+/// Sends what port `p`'s queue holds; returns frames sent.
+#[inline]
+fn flush(cx: &mut PmdContext, t: &mut TxQueue, p: usize, now: u64, stall_cycles: u64) -> usize {
+    let port = &cx.ports[p];
+    if !port.is_up() {
+        drop_queue(cx, t, p, |s| &s.drop_tx_down);
+        return 0;
+    }
+    let sent = port.tx_burst(cx.index, &mut cx.cache, &mut t.pkts[..t.len]);
+    if sent > 0 {
+        // Keep the unsent frames at the front, in order.
+        t.pkts[..t.len].rotate_left(sent);
+        t.len -= sent;
+        t.stalled_since = 0;
+    } else if t.stalled_since == 0 {
+        t.stalled_since = now.max(1);
+    } else if now.saturating_sub(t.stalled_since) > stall_cycles {
+        tracing::debug!(port = port.name(), frames = t.len, "output stalled past tx_stall; dropping");
+        drop_queue(cx, t, p, |s| &s.drop_tx_full);
+    }
+    sent
+}
+
+fn drop_queue(cx: &mut PmdContext, t: &mut TxQueue, p: usize, ctr: fn(&PortStats) -> &std::sync::atomic::AtomicU64) {
+    for s in t.pkts[..t.len].iter_mut() {
+        if let Some(m) = s.take() {
+            cx.cache.free(m);
+        }
+    }
+    PortStats::add(ctr(cx.ports[p].stats()), t.len as u64);
+    t.len = 0;
+    t.stalled_since = 0;
+}
