@@ -1,1 +1,85 @@
-fn main(){}
+//! `vswitch`: a userspace poll-mode virtual switch for vhost-user guests.
+//!
+//! `vswitch run --config FILE` runs the service in the foreground until SIGINT or
+//! SIGTERM; `vswitch check --config FILE` validates a configuration; `vswitch ctl`
+//! queries a running switch.
+
+mod config;
+mod control;
+mod service;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "vswitch", version, about = "A userspace poll-mode virtual switch for vhost-user guests")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the switch in the foreground until SIGINT/SIGTERM.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without starting anything.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Query a running switch: show, stats, fdb, fdb-flush.
+    Ctl {
+        /// The switch's control socket (config key switch.control_socket).
+        #[arg(long, short, default_value = config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(control::COMMANDS))]
+        command: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VSWITCH_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Check { config } => match config::Config::load(&config) {
+            Ok(c) => {
+                println!("{}: ok ({} ports, PMD cores {:?})", config.display(), c.ports.len(), c.pmd_cores);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run { config } => match config::Config::load(&config) {
+            Ok(c) => service::run(c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Ctl { socket, command } => match control::request(&socket, &command) {
+            Ok(out) => {
+                print!("{out}");
+                if out.starts_with("error:") {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("error: cannot reach the switch at {}: {e}", socket.display());
+                ExitCode::from(1)
+            }
+        },
+    }
+}

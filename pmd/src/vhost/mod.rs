@@ -90,7 +90,8 @@ pub struct Shared {
 /// A vhost-user port.
 pub struct VhostUserPort {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    /// The control thread (only the control plane touches this lock).
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl VhostUserPort {
@@ -108,7 +109,7 @@ impl VhostUserPort {
             stop: AtomicBool::new(false),
         });
         let thread = protocol::spawn(shared.clone())?;
-        Ok(VhostUserPort { shared, thread: Some(thread) })
+        Ok(VhostUserPort { shared, thread: std::sync::Mutex::new(Some(thread)) })
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -117,9 +118,10 @@ impl VhostUserPort {
 
     /// Stops the control thread: rings are taken down, the connection closed and a
     /// server socket removed.
-    pub fn close(&mut self) {
+    pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
+        let t = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = t {
             let _ = t.join();
         }
     }
@@ -135,7 +137,7 @@ impl VhostUserPort {
 
 impl Drop for VhostUserPort {
     fn drop(&mut self) {
-        self.close();
+        self.shutdown();
     }
 }
 

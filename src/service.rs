@@ -1,0 +1,97 @@
+//! The service: builds the mempool, ports and switch from a config, serves the
+//! control socket, and shuts everything down cleanly on SIGINT/SIGTERM.
+
+use crate::config::Config;
+use crate::control;
+use pmd::rcu::Rcu;
+use pmd::vhost::{VhostConfig, VhostUserPort};
+use pmd::{Mempool, Port};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use switch::{Switch, SwitchConfig};
+
+pub fn run(cfg: Config) -> ExitCode {
+    let term = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, term.clone()) {
+            eprintln!("error: cannot install signal handler: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let pool = match Mempool::new(cfg.mbufs, cfg.hugepages) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}: key 'mempool.hugepages' = \"required\": {e}", cfg.file.display());
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(mbufs = cfg.mbufs, hugepages = pool.is_huge(), "mbuf pool ready");
+    let ctl = match control::bind(&cfg.control_socket) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "error: {}: key 'switch.control_socket' = {:?}: {e}",
+                cfg.file.display(),
+                cfg.control_socket
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let rcu = Rcu::new();
+    let mut vports: Vec<Arc<VhostUserPort>> = Vec::new();
+    for p in &cfg.ports {
+        let vc = VhostConfig { name: p.name.clone(), path: p.path.clone(), mode: p.mode, queues: p.queues };
+        match VhostUserPort::open(vc, rcu.clone()) {
+            Ok(port) => vports.push(Arc::new(port)),
+            Err(e) => {
+                eprintln!("error: {}: port {:?}: {e}", cfg.file.display(), p.name);
+                drop(vports);
+                let _ = std::fs::remove_file(&cfg.control_socket);
+                return ExitCode::from(2);
+            }
+        }
+        tracing::info!(port = %p.name, path = %p.path.display(), mode = ?p.mode, queues = p.queues, "port open");
+    }
+    let ports: Vec<Arc<dyn Port>> = vports.iter().map(|p| p.clone() as Arc<dyn Port>).collect();
+    let scfg = SwitchConfig {
+        pmd_cores: cfg.pmd_cores.clone(),
+        fdb_capacity: cfg.fdb_capacity,
+        fdb_per_port: cfg.max_per_port,
+        aging_secs: cfg.aging_secs,
+        tx_stall: Duration::from_millis(cfg.tx_stall_ms),
+    };
+    let mut sw = Switch::start(&scfg, ports, pool.clone(), rcu.clone());
+    tracing::info!(control = %cfg.control_socket.display(), "vswitch running");
+    while !term.load(Ordering::Relaxed) {
+        control::serve_pending(&ctl, &mut |cmd| match cmd {
+            "show" => sw.show(),
+            "stats" => sw.stats(),
+            "fdb" => sw.fdb_dump(),
+            "fdb-flush" => {
+                let n: usize = (0..sw.ports().len()).map(|p| sw.fdb().flush_port(p as u16)).sum();
+                format!("flushed {n} entries\n")
+            }
+            _ => unreachable!("control checks commands"),
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("shutting down");
+    // Control threads first: they take the rings down (guests see the link drop),
+    // which needs the PMD threads still passing quiescent states.
+    for p in vports.iter() {
+        // Arc: the switch holds clones; close through the shared handle.
+        close_port(p);
+    }
+    sw.stop();
+    drop(sw);
+    drop(ctl);
+    let _ = std::fs::remove_file(&cfg.control_socket);
+    tracing::info!(free_mbufs = pool.available(), total = pool.capacity(), "stopped");
+    ExitCode::SUCCESS
+}
+
+fn close_port(p: &Arc<VhostUserPort>) {
+    p.shutdown();
+}

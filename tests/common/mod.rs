@@ -1,0 +1,314 @@
+//! Shared helpers of the integration tests: a scratch directory, a running switch
+//! that is stopped (SIGTERM) when dropped, the control command, and DPDK testpmd.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vswitch")
+}
+
+/// A fresh directory under /tmp, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let p = PathBuf::from(format!("/tmp/vswitch-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One `[[port]]` of a test config.
+pub struct PortSpec<'a> {
+    pub name: &'a str,
+    pub mode: &'a str,
+    pub queues: usize,
+}
+
+/// Writes a config with the given ports (sockets in the scratch dir) and returns its path.
+pub fn write_config(dir: &Scratch, ports: &[PortSpec], extra: &str) -> PathBuf {
+    let mut s = format!(
+        "[switch]\npmd_cores = [{}]\ncontrol_socket = \"{}\"\n{extra}\n[mempool]\nmbufs = 8192\nhugepages = \"auto\"\n",
+        pmd_core(),
+        dir.path("ctl.sock").display()
+    );
+    for p in ports {
+        s += &format!(
+            "\n[[port]]\nname = \"{}\"\ndriver = \"vhost-user\"\npath = \"{}\"\nmode = \"{}\"\nqueues = {}\n",
+            p.name,
+            dir.path(&format!("{}.sock", p.name)).display(),
+            p.mode,
+            p.queues
+        );
+    }
+    let f = dir.path("vswitch.toml");
+    std::fs::write(&f, s).unwrap();
+    f
+}
+
+/// The core the switch's PMD runs on: the last one (testpmd and guests get the others).
+pub fn pmd_core() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) - 1
+}
+
+/// A running `vswitch run`, with its log collected.
+pub struct Switch {
+    child: Child,
+    pub ctl: PathBuf,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Switch {
+    pub fn start(config: &Path, ctl: PathBuf) -> Switch {
+        let mut child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("VSWITCH_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start vswitch");
+        let log = Arc::new(Mutex::new(String::new()));
+        let err = child.stderr.take().unwrap();
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[vswitch] {line}");
+                l2.lock().unwrap().push_str(&line);
+                l2.lock().unwrap().push('\n');
+            }
+        });
+        let sw = Switch { child, ctl, log };
+        let t0 = Instant::now();
+        while !sw.log().contains("vswitch running") {
+            assert!(t0.elapsed() < Duration::from_secs(20), "switch did not start:\n{}", sw.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sw
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn ctl(&self, cmd: &str) -> String {
+        let out = Command::new(bin()).args(["ctl", "--socket"]).arg(&self.ctl).arg(cmd).output().unwrap();
+        assert!(out.status.success(), "ctl {cmd} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Counters of `port` from `ctl stats`.
+    pub fn port_stats(&self, port: &str) -> HashMap<String, u64> {
+        let s = self.ctl("stats");
+        let line = s
+            .lines()
+            .find(|l| l.starts_with(&format!("port {port}:")))
+            .unwrap_or_else(|| panic!("no port {port} in stats:\n{s}"));
+        line.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+            .collect()
+    }
+
+    /// Waits until `ctl show` satisfies `pred`.
+    pub fn wait_show(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let t0 = Instant::now();
+        loop {
+            let s = self.ctl("show");
+            if pred(&s) {
+                return s;
+            }
+            assert!(t0.elapsed() < timeout, "timed out waiting for {what}; show:\n{s}\nlog:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status and asserts a clean stop.
+    pub fn stop(mut self) -> String {
+        // SAFETY-free: kill(1) by pid through the kill command.
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "switch exited with {st}:\n{}", self.log());
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "switch did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let log = self.log();
+        assert!(!log.contains("panicked"), "switch panicked:\n{log}");
+        log
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// An interactive dpdk-testpmd with two virtio-user ports (the guest side).
+pub struct Testpmd {
+    child: Child,
+    stdin: ChildStdin,
+    out: Arc<Mutex<String>>,
+}
+
+pub const MAC0: &str = "02:00:00:00:00:01";
+pub const MAC1: &str = "02:00:00:00:00:02";
+
+impl Testpmd {
+    /// `server`: testpmd listens (the switch is a client). Sockets `<port>.sock` in `dir`.
+    pub fn start(dir: &Scratch, ports: [&str; 2], server: bool, prefix: &str) -> Testpmd {
+        which("dpdk-testpmd");
+        let srv = if server { ",server=1" } else { "" };
+        let vdev = |i: usize, mac: &str| {
+            format!("net_virtio_user{i},path={},queues=1,mac={mac}{srv}", dir.path(&format!("{}.sock", ports[i])).display())
+        };
+        // stdbuf: testpmd writes its answers with stdio, which a pipe would hold back.
+        let mut child = Command::new("stdbuf")
+            .args(["-o0", "-e0", "dpdk-testpmd"])
+            .args(["-l", "0,1", "--main-lcore", "1", "--no-pci", "--in-memory", "--single-file-segments", "-m", "256"])
+            .arg(format!("--file-prefix={prefix}"))
+            .args(["--log-level", "*:warning"])
+            .arg("--vdev")
+            .arg(vdev(0, MAC0))
+            .arg("--vdev")
+            .arg(vdev(1, MAC1))
+            .args(["--", "-i", "--forward-mode=mac", "--nb-cores=1", "--txd=256", "--rxd=256"])
+            .arg(format!("--eth-peer=0,{MAC1}"))
+            .arg(format!("--eth-peer=1,{MAC0}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start dpdk-testpmd");
+        let out = Arc::new(Mutex::new(String::new()));
+        for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let o = out.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(r).lines().map_while(Result::ok) {
+                    eprintln!("[testpmd] {line}");
+                    o.lock().unwrap().push_str(&line);
+                    o.lock().unwrap().push('\n');
+                }
+            });
+        }
+        let stdin = child.stdin.take().unwrap();
+        Testpmd { child, stdin, out }
+    }
+
+    pub fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Waits for `needle` in the output after `from` bytes.
+    pub fn wait_for(&self, needle: &str, from: usize, timeout: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let o = self.output();
+            if o.len() > from && o[from..].contains(needle) {
+                return o[from..].to_string();
+            }
+            assert!(t0.elapsed() < timeout, "testpmd: timed out waiting for {needle:?}:\n{o}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends a command and returns what it printed up to `until`.
+    pub fn cmd(&mut self, c: &str, until: &str) -> String {
+        let from = self.output().len();
+        writeln!(self.stdin, "{c}").unwrap();
+        self.stdin.flush().unwrap();
+        self.wait_for(until, from, Duration::from_secs(30))
+    }
+
+    /// RX and TX packet counts, and TX drops, of both ports from `show port stats all`
+    /// and `show fwd stats all`.
+    pub fn port_stats(&mut self) -> [PortCounts; 2] {
+        let from = self.output().len();
+        writeln!(self.stdin, "show port stats all").unwrap();
+        self.stdin.flush().unwrap();
+        let t0 = Instant::now();
+        let s = loop {
+            let o = self.output()[from..].to_string();
+            if o.split("NIC statistics for port 1").nth(1).is_some_and(|t| t.contains("Tx-bps")) {
+                break o;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "testpmd: no port stats:\n{o}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut res = [PortCounts::default(), PortCounts::default()];
+        for (i, r) in res.iter_mut().enumerate() {
+            let sect = s.split(&format!("NIC statistics for port {i}")).nth(1).unwrap_or_else(|| panic!("{s}"));
+            r.rx = field(sect, "RX-packets:");
+            r.tx = field(sect, "TX-packets:");
+            r.rx_missed = field(sect, "RX-missed:");
+            r.tx_errors = field(sect, "TX-errors:");
+        }
+        res
+    }
+
+    pub fn quit(mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.stdin.flush();
+        let t0 = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() && t0.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Testpmd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+pub struct PortCounts {
+    pub rx: u64,
+    pub tx: u64,
+    pub rx_missed: u64,
+    pub tx_errors: u64,
+}
+
+pub fn field(s: &str, name: &str) -> u64 {
+    let i = s.find(name).unwrap_or_else(|| panic!("no {name} in {s}"));
+    s[i + name.len()..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+pub fn which(cmd: &str) {
+    let ok = Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().map(|o| o.status.success());
+    assert!(
+        ok.unwrap_or(false),
+        "{cmd} is not installed: run the README's test command (scripts/test.sh), which installs it"
+    );
+}
