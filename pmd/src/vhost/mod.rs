@@ -9,9 +9,13 @@
 //! with a `live` flag. The control thread clears the flag, waits out a grace period
 //! ([`crate::rcu`]), and only then changes or drops the ring (and unmaps memory).
 
+pub mod driver;
 pub mod mem;
 pub mod protocol;
 pub mod virtq;
+
+#[cfg(test)]
+mod tests;
 
 use crate::mempool::{Mbuf, MempoolCache};
 use crate::port::{Port, PortStats};
