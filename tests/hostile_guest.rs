@@ -1,0 +1,211 @@
+//! A hostile frontend on port "evil" while DPDK testpmd sends traffic through ports
+//! vm1 and vm2: malformed and out-of-range control messages, a valid ring that then
+//! carries a descriptor pointing outside guest memory, and control messages that
+//! change a running ring and the memory table. Each is refused, logged and counted;
+//! the switch keeps forwarding between vm1 and vm2 without a drop.
+
+mod common;
+use common::*;
+use pmd::vhost::driver::{DriverMem, DriverRing};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+const GET_FEATURES: u32 = 1;
+const SET_FEATURES: u32 = 2;
+const SET_OWNER: u32 = 3;
+const SET_MEM_TABLE: u32 = 5;
+const SET_VRING_NUM: u32 = 8;
+const SET_VRING_ADDR: u32 = 9;
+const SET_VRING_BASE: u32 = 10;
+const SET_VRING_KICK: u32 = 12;
+const SET_VRING_CALL: u32 = 13;
+const VERSION_1: u64 = 1 << 32;
+const MRG_RXBUF: u64 = 1 << 15;
+
+struct Frontend(UnixStream);
+
+impl Frontend {
+    fn connect(path: &Path) -> Frontend {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(s) = UnixStream::connect(path) {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                return Frontend(s);
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "cannot connect to {}", path.display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    fn send(&mut self, req: u32, body: &[u8], fds: &[std::fs::File]) {
+        let mut m = Vec::new();
+        m.extend_from_slice(&req.to_le_bytes());
+        m.extend_from_slice(&1u32.to_le_bytes());
+        m.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        m.extend_from_slice(body);
+        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        self.0.send_with_fds(&[&m[..]], &raw).expect("send");
+    }
+    fn get_u64(&mut self, req: u32) -> u64 {
+        self.send(req, &[], &[]);
+        let mut b = [0u8; 20];
+        self.0.read_exact(&mut b).expect("reply");
+        u64::from_le_bytes(b[12..20].try_into().unwrap())
+    }
+    /// True once the switch has closed the connection.
+    fn closed_by_switch(&mut self) -> bool {
+        let mut b = [0u8; 64];
+        matches!(self.0.read(&mut b), Ok(0)) || matches!(self.0.read(&mut b), Ok(0))
+    }
+    fn vring_state(&mut self, req: u32, index: u32, num: u32) {
+        let mut b = index.to_le_bytes().to_vec();
+        b.extend_from_slice(&num.to_le_bytes());
+        self.send(req, &b, &[]);
+    }
+    fn vring_addr(&mut self, index: u32, r: &DriverRing) {
+        let a = r.addrs();
+        let mut b = Vec::new();
+        b.extend_from_slice(&index.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        for v in [a.desc, a.used, a.avail, 0u64] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        self.send(SET_VRING_ADDR, &b, &[]);
+    }
+    fn mem_table(&mut self, mems: &[&DriverMem], nfds: usize) {
+        let mut b = (mems.len() as u32).to_le_bytes().to_vec();
+        b.extend_from_slice(&0u32.to_le_bytes());
+        for m in mems {
+            let r = m.region();
+            for v in [r.guest_phys, r.size, r.user_addr, r.mmap_offset] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        let files: Vec<std::fs::File> = mems.iter().take(nfds).map(|m| m.file()).collect();
+        self.send(SET_MEM_TABLE, &b, &files);
+    }
+    fn eventfd_msg(&mut self, req: u32, index: u64) {
+        let f = eventfd_file();
+        self.send(req, &index.to_le_bytes(), &[f]);
+    }
+}
+
+fn eventfd_file() -> std::fs::File {
+    // A pipe end stands in for an eventfd: the switch only writes 8 bytes to call
+    // fds and never reads kick fds. (A pipe needs no unsafe in the test.)
+    let (_r, w) = std::io::pipe().unwrap();
+    std::fs::File::from(std::os::fd::OwnedFd::from(w))
+}
+
+fn wait_log(sw: &Switch, needle: &str) {
+    let t0 = Instant::now();
+    while !sw.log().contains(needle) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "switch never logged {needle:?}:\n{}", sw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn evil_line(sw: &Switch) -> String {
+    sw.ctl("show").lines().find(|l| l.starts_with("port 2 evil")).unwrap().to_string()
+}
+
+fn attack(sw: &Switch, sock: &Path) {
+    // 1. An unknown request code.
+    let mut f = Frontend::connect(sock);
+    f.send(9999, &[], &[]);
+    assert!(f.closed_by_switch(), "switch kept a connection that sent garbage");
+    wait_log(sw, "unknown request code 9999");
+
+    // 2. A memory table with fewer file descriptors than regions.
+    let mem = DriverMem::new(4096, 4 << 20, 0x1_0000_0000, 0x7f00_0000_0000);
+    let mut f = Frontend::connect(sock);
+    f.send(SET_OWNER, &[], &[]);
+    f.mem_table(&[&mem], 0);
+    assert!(f.closed_by_switch());
+    wait_log(sw, "1 regions but 0 file descriptors");
+
+    // 3. A ring index out of range, and a body of the wrong size.
+    let mut f = Frontend::connect(sock);
+    f.vring_state(SET_VRING_NUM, 77, 256);
+    assert!(f.closed_by_switch());
+    wait_log(sw, "vring index 77 out of range");
+    let mut f = Frontend::connect(sock);
+    f.send(SET_VRING_NUM, &[1, 2, 3], &[]);
+    assert!(f.closed_by_switch());
+    wait_log(sw, "body is 3 bytes");
+
+    // 4. A valid device; rings set up before the memory table (an order QEMU may use).
+    let mut f = Frontend::connect(sock);
+    f.send(SET_OWNER, &[], &[]);
+    let offered = f.get_u64(GET_FEATURES);
+    assert!(offered & VERSION_1 != 0 && offered & MRG_RXBUF != 0);
+    f.send(SET_FEATURES, &(VERSION_1 | MRG_RXBUF).to_le_bytes(), &[]);
+    let rx = DriverRing::new(&mem, 0, 256);
+    let mut tx = DriverRing::new(&mem, 0x10000, 256);
+    for (i, r) in [(0u32, &rx), (1, &tx)] {
+        f.vring_state(SET_VRING_NUM, i, 256);
+        f.vring_state(SET_VRING_BASE, i, 0);
+        f.vring_addr(i, r);
+    }
+    f.mem_table(&[&mem], 1);
+    for i in 0..2u64 {
+        f.eventfd_msg(SET_VRING_CALL, i);
+        f.eventfd_msg(SET_VRING_KICK, i);
+    }
+    let t0 = Instant::now();
+    while !evil_line(sw).contains("vrings=[live,live]") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "evil rings never went live: {}", evil_line(sw));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The guest transmits a chain pointing outside its memory.
+    tx.set_desc(0, 0x1_0000_0000 - 4096, 1500, 0, 0);
+    tx.push(0);
+    wait_log(sw, "guest error, queue stopped: descriptor buffer outside guest memory");
+    assert!(evil_line(sw).contains("vrings=[live,broken]"), "{}", evil_line(sw));
+
+    // 5. Control messages that change a running ring: its address moves outside memory.
+    let bad = DriverRing::new(&mem, (4 << 20) - 0x1000, 256);
+    f.vring_addr(0, &bad);
+    wait_log(sw, "ring rejected: avail ring 0x7f0000400000+518 is outside guest memory");
+    // A new memory table while rings run: rings are taken down and validated again.
+    let mem2 = DriverMem::new(0, 8 << 20, 0x2_0000_0000, 0x7f10_0000_0000);
+    f.vring_addr(0, &DriverRing::new(&mem2, 0, 256));
+    f.mem_table(&[&mem2], 1);
+    let t0 = Instant::now();
+    while !evil_line(sw).contains("vrings=[live,") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "ring 0 not live on the new table: {}", evil_line(sw));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Ring 1 still points into the old table: rejected against the new one.
+    wait_log(sw, "ring rejected: descriptor table 0x7f0000010000");
+    drop(f);
+}
+
+#[test]
+fn hostile_frontend_is_contained_while_others_forward() {
+    let dir = Scratch::new("evil");
+    let cfg = write_config(
+        &dir,
+        &[
+            PortSpec { name: "vm1", mode: "server", queues: 1 },
+            PortSpec { name: "vm2", mode: "server", queues: 1 },
+            PortSpec { name: "evil", mode: "server", queues: 1 },
+        ],
+        "",
+    );
+    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
+    let mut tp = Testpmd::start(&dir, ["vm1", "vm2"], false, "evil");
+    tp.wait_for("Checking link statuses", 0, Duration::from_secs(60));
+    wait_both_up(&sw);
+    let sock = dir.path("evil.sock");
+    let n = traffic_round(&sw, &mut tp, 4, || attack(&sw, &sock));
+    let st = sw.port_stats("evil");
+    eprintln!("forwarded {n} frames between vm1 and vm2 during the attack; evil port guest_errors={}", st["guest_errors"]);
+    assert!(st["guest_errors"] >= 3, "errors not counted: {st:?}");
+    tp.quit();
+    let log = sw.stop();
+    assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
+}
