@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need (QEMU 10, DPDK testpmd, the
+# guest kernel and busybox, hugepages), builds, and runs every test against the
+# real peers. Must run as root. Tests run one at a time: they share two cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+cargo build --release --workspace --all-targets
+cargo test --release --workspace -- --test-threads=1
