@@ -47,3 +47,32 @@ fn testpmd_switch_as_server() {
 fn testpmd_switch_as_client() {
     run("client", true, "tpc");
 }
+
+/// Two queue pairs per port, two PMD threads: queue pair k of every port is polled by
+/// PMD core k, and traffic flows on both.
+#[test]
+fn testpmd_multiqueue_two_pmds() {
+    let dir = Scratch::new("tpmq");
+    let ports = [PortSpec { name: "vm1", mode: "server", queues: 2 }, PortSpec { name: "vm2", mode: "server", queues: 2 }];
+    let cfg = write_config_cores(&dir, &ports, "", &[0, 1]);
+    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
+    let show = sw.ctl("show");
+    assert!(show.contains("pmd core 0: rxqs [vm1:0 vm2:0]") && show.contains("pmd core 1: rxqs [vm1:1 vm2:1]"), "{show}");
+    let mut tp = Testpmd::start_mq(&dir, ["vm1", "vm2"], false, "tpmq", 2);
+    tp.wait_for("Checking link statuses", 0, Duration::from_secs(60));
+    wait_both_up(&sw);
+    let show = sw.ctl("show");
+    assert!(show.contains("vrings=[live,live,live,live]"), "both queue pairs live:\n{show}");
+    let n = traffic_round(&sw, &mut tp, 3, || {});
+    let stats = sw.ctl("stats");
+    for core in [0, 1] {
+        let line = stats.lines().find(|l| l.starts_with(&format!("pmd core {core}:"))).unwrap();
+        let p = field(line, "packets=");
+        assert!(p > 1000, "PMD core {core} moved {p} frames: queue pair {core} carried no traffic\n{stats}");
+        eprintln!("multiqueue: {line}");
+    }
+    eprintln!("multiqueue: {n} frames in all");
+    tp.quit();
+    let log = sw.stop();
+    assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
+}

@@ -4,13 +4,12 @@
 pub type RxqId = (usize, usize);
 
 /// Spreads rx queues over `pmds` threads round robin, in port order then queue
-/// order, so queue pairs of one multiqueue port land on different cores.
+/// order (as OVS's round-robin assignment), so consecutive queues of one multiqueue
+/// port land on different cores.
 pub fn round_robin(rxqs: &[RxqId], pmds: usize) -> Vec<Vec<RxqId>> {
     let mut out = vec![Vec::new(); pmds.max(1)];
-    // Order by queue index first so that with N cores, queue k of every port goes
-    // to core k % N (ports' queue 0s share the first core like OVS's default).
     let mut sorted = rxqs.to_vec();
-    sorted.sort_by_key(|&(p, q)| (q, p));
+    sorted.sort();
     let n = out.len();
     for (i, rxq) in sorted.into_iter().enumerate() {
         out[i % n].push(rxq);
