@@ -80,7 +80,12 @@ fn ring_setup(mem: &DriverMem) -> (Arc<GuestMemory>, DriverRing<'_>) {
 fn vhost(c: &mut Criterion) {
     let pool = Mempool::new(8192, HugepagePolicy::Auto).unwrap();
     let mut cache = MempoolCache::new(pool.clone());
-    let feat = RingFeatures { event_idx: true, mrg_rxbuf: true, indirect: true, hdr_len: 12 };
+    let feat = RingFeatures {
+        event_idx: true,
+        mrg_rxbuf: true,
+        indirect: true,
+        hdr_len: 12,
+    };
     let mut g = c.benchmark_group("vhost");
     g.throughput(Throughput::Elements(32));
     for &size in &[64usize, 1518] {

@@ -94,18 +94,29 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vswitch/vswitch.ctl";
 
 impl Config {
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let err = |msg: String| ConfigError { file: file.to_path_buf(), msg };
+        let err = |msg: String| ConfigError {
+            file: file.to_path_buf(),
+            msg,
+        };
         let text = std::fs::read_to_string(file).map_err(|e| err(format!("cannot read: {e}")))?;
         Config::parse(file, &text)
     }
 
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let err = |msg: String| ConfigError { file: file.to_path_buf(), msg };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| err(format!("{}", e.to_string().trim_end())))?;
+        let err = |msg: String| ConfigError {
+            file: file.to_path_buf(),
+            msg,
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| err(format!("{}", e.to_string().trim_end())))?;
 
-        let ncpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let ncpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         if raw.switch.pmd_cores.is_empty() {
-            return Err(err("key 'switch.pmd_cores' = []: at least one PMD core is needed".into()));
+            return Err(err(
+                "key 'switch.pmd_cores' = []: at least one PMD core is needed".into(),
+            ));
         }
         let mut pmd_cores = Vec::new();
         for &c in &raw.switch.pmd_cores {
@@ -120,16 +131,28 @@ impl Config {
             }
             pmd_cores.push(c as usize);
         }
-        let control_socket = raw.switch.control_socket.unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
-        check_dir(&control_socket).map_err(|m| err(format!("key 'switch.control_socket' = {:?}: {m}", control_socket)))?;
+        let control_socket = raw
+            .switch
+            .control_socket
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        check_dir(&control_socket).map_err(|m| {
+            err(format!(
+                "key 'switch.control_socket' = {:?}: {m}",
+                control_socket
+            ))
+        })?;
         let tx_stall_ms = raw.switch.tx_stall_ms.unwrap_or(100);
         if tx_stall_ms == 0 || tx_stall_ms > 10_000 {
-            return Err(err(format!("key 'switch.tx_stall_ms' = {tx_stall_ms}: must be 1..=10000")));
+            return Err(err(format!(
+                "key 'switch.tx_stall_ms' = {tx_stall_ms}: must be 1..=10000"
+            )));
         }
 
         let mbufs = raw.mempool.mbufs.unwrap_or(16384);
         if !(1024..=4_194_304).contains(&mbufs) {
-            return Err(err(format!("key 'mempool.mbufs' = {mbufs}: must be 1024..=4194304")));
+            return Err(err(format!(
+                "key 'mempool.mbufs' = {mbufs}: must be 1024..=4194304"
+            )));
         }
         let hugepages = match raw.mempool.hugepages.as_deref().unwrap_or("auto") {
             "auto" => HugepagePolicy::Auto,
@@ -144,11 +167,15 @@ impl Config {
 
         let fdb_capacity = raw.fdb.capacity.unwrap_or(8192);
         if !(16..=16_777_216).contains(&fdb_capacity) {
-            return Err(err(format!("key 'fdb.capacity' = {fdb_capacity}: must be 16..=16777216")));
+            return Err(err(format!(
+                "key 'fdb.capacity' = {fdb_capacity}: must be 16..=16777216"
+            )));
         }
         let aging_secs = raw.fdb.aging_secs.unwrap_or(300);
         if !(1..=86_400).contains(&aging_secs) {
-            return Err(err(format!("key 'fdb.aging_secs' = {aging_secs}: must be 1..=86400")));
+            return Err(err(format!(
+                "key 'fdb.aging_secs' = {aging_secs}: must be 1..=86400"
+            )));
         }
         let max_per_port = raw.fdb.max_per_port.unwrap_or(0);
         if max_per_port < 0 || max_per_port > fdb_capacity {
@@ -161,39 +188,74 @@ impl Config {
             return Err(err("no [[port]] tables: a switch needs ports".into()));
         }
         if raw.port.len() > 1024 {
-            return Err(err(format!("{} [[port]] tables: at most 1024", raw.port.len())));
+            return Err(err(format!(
+                "{} [[port]] tables: at most 1024",
+                raw.port.len()
+            )));
         }
         let mut names = HashSet::new();
         let mut paths = HashSet::new();
         let mut ports = Vec::new();
         for (i, p) in raw.port.iter().enumerate() {
             let at = format!("[[port]] #{} ({:?})", i + 1, p.name);
-            if p.name.is_empty() || p.name.len() > 32 || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(err(format!("{at}: key 'name' = {:?}: 1-32 characters of a-z, 0-9, '-', '_'", p.name)));
+            if p.name.is_empty()
+                || p.name.len() > 32
+                || !p
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(err(format!(
+                    "{at}: key 'name' = {:?}: 1-32 characters of a-z, 0-9, '-', '_'",
+                    p.name
+                )));
             }
             if !names.insert(p.name.clone()) {
-                return Err(err(format!("{at}: key 'name' = {:?}: duplicate port name", p.name)));
+                return Err(err(format!(
+                    "{at}: key 'name' = {:?}: duplicate port name",
+                    p.name
+                )));
             }
             if p.driver != "vhost-user" {
-                return Err(err(format!("{at}: key 'driver' = {:?}: supported drivers: \"vhost-user\"", p.driver)));
+                return Err(err(format!(
+                    "{at}: key 'driver' = {:?}: supported drivers: \"vhost-user\"",
+                    p.driver
+                )));
             }
             let mode = match p.mode.as_deref().unwrap_or("server") {
                 "server" => Mode::Server,
                 "client" => Mode::Client,
-                other => return Err(err(format!("{at}: key 'mode' = {other:?}: must be \"server\" or \"client\""))),
+                other => {
+                    return Err(err(format!(
+                        "{at}: key 'mode' = {other:?}: must be \"server\" or \"client\""
+                    )))
+                }
             };
             if !p.path.is_absolute() {
-                return Err(err(format!("{at}: key 'path' = {:?}: must be an absolute path", p.path)));
+                return Err(err(format!(
+                    "{at}: key 'path' = {:?}: must be an absolute path",
+                    p.path
+                )));
             }
             if !paths.insert(p.path.clone()) || p.path == control_socket {
-                return Err(err(format!("{at}: key 'path' = {:?}: socket path used twice", p.path)));
+                return Err(err(format!(
+                    "{at}: key 'path' = {:?}: socket path used twice",
+                    p.path
+                )));
             }
             check_dir(&p.path).map_err(|m| err(format!("{at}: key 'path' = {:?}: {m}", p.path)))?;
             let queues = p.queues.unwrap_or(1);
             if !(1..=16).contains(&queues) {
-                return Err(err(format!("{at}: key 'queues' = {queues}: must be 1..=16")));
+                return Err(err(format!(
+                    "{at}: key 'queues' = {queues}: must be 1..=16"
+                )));
             }
-            ports.push(PortConfig { name: p.name.clone(), path: p.path.clone(), mode, queues: queues as usize });
+            ports.push(PortConfig {
+                name: p.name.clone(),
+                path: p.path.clone(),
+                mode,
+                queues: queues as usize,
+            });
         }
         Ok(Config {
             file: file.to_path_buf(),
@@ -211,7 +273,10 @@ impl Config {
 }
 
 fn check_dir(sock: &Path) -> Result<(), String> {
-    let dir = sock.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = sock
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !dir.is_dir() {
         return Err(format!("directory {} does not exist", dir.display()));
     }

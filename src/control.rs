@@ -21,7 +21,10 @@ pub fn serve_pending(l: &UnixListener, answer: &mut dyn FnMut(&str) -> String) {
         let reply = if COMMANDS.contains(&cmd) {
             answer(cmd)
         } else {
-            format!("error: unknown command {cmd:?}; commands: {}\n", COMMANDS.join(", "))
+            format!(
+                "error: unknown command {cmd:?}; commands: {}\n",
+                COMMANDS.join(", ")
+            )
         };
         let _ = s.write_all(reply.as_bytes());
     }
@@ -33,7 +36,10 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         if UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
-                format!("another switch answers on control socket {}", path.display()),
+                format!(
+                    "another switch answers on control socket {}",
+                    path.display()
+                ),
             ));
         }
         std::fs::remove_file(path)?;

@@ -13,7 +13,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "vswitch", version, about = "A userspace poll-mode virtual switch for vhost-user guests")]
+#[command(
+    name = "vswitch",
+    version,
+    about = "A userspace poll-mode virtual switch for vhost-user guests"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -44,7 +48,8 @@ enum Cmd {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VSWITCH_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("VSWITCH_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -52,7 +57,12 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Check { config } => match config::Config::load(&config) {
             Ok(c) => {
-                println!("{}: ok ({} ports, PMD cores {:?})", config.display(), c.ports.len(), c.pmd_cores);
+                println!(
+                    "{}: ok ({} ports, PMD cores {:?})",
+                    config.display(),
+                    c.ports.len(),
+                    c.pmd_cores
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -77,7 +87,10 @@ fn main() -> ExitCode {
                 }
             }
             Err(e) => {
-                eprintln!("error: cannot reach the switch at {}: {e}", socket.display());
+                eprintln!(
+                    "error: cannot reach the switch at {}: {e}",
+                    socket.display()
+                );
                 ExitCode::from(1)
             }
         },

@@ -23,11 +23,18 @@ pub fn run(cfg: Config) -> ExitCode {
     let pool = match Mempool::new(cfg.mbufs, cfg.hugepages) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {}: key 'mempool.hugepages' = \"required\": {e}", cfg.file.display());
+            eprintln!(
+                "error: {}: key 'mempool.hugepages' = \"required\": {e}",
+                cfg.file.display()
+            );
             return ExitCode::from(2);
         }
     };
-    tracing::info!(mbufs = cfg.mbufs, hugepages = pool.is_huge(), "mbuf pool ready");
+    tracing::info!(
+        mbufs = cfg.mbufs,
+        hugepages = pool.is_huge(),
+        "mbuf pool ready"
+    );
     let ctl = match control::bind(&cfg.control_socket) {
         Ok(l) => l,
         Err(e) => {
@@ -42,7 +49,12 @@ pub fn run(cfg: Config) -> ExitCode {
     let rcu = Rcu::new();
     let mut vports: Vec<Arc<VhostUserPort>> = Vec::new();
     for p in &cfg.ports {
-        let vc = VhostConfig { name: p.name.clone(), path: p.path.clone(), mode: p.mode, queues: p.queues };
+        let vc = VhostConfig {
+            name: p.name.clone(),
+            path: p.path.clone(),
+            mode: p.mode,
+            queues: p.queues,
+        };
         match VhostUserPort::open(vc, rcu.clone()) {
             Ok(port) => vports.push(Arc::new(port)),
             Err(e) => {
@@ -70,7 +82,9 @@ pub fn run(cfg: Config) -> ExitCode {
             "stats" => sw.stats(),
             "fdb" => sw.fdb_dump(),
             "fdb-flush" => {
-                let n: usize = (0..sw.ports().len()).map(|p| sw.fdb().flush_port(p as u16)).sum();
+                let n: usize = (0..sw.ports().len())
+                    .map(|p| sw.fdb().flush_port(p as u16))
+                    .sum();
                 format!("flushed {n} entries\n")
             }
             _ => unreachable!("control checks commands"),
@@ -88,7 +102,11 @@ pub fn run(cfg: Config) -> ExitCode {
     drop(sw);
     drop(ctl);
     let _ = std::fs::remove_file(&cfg.control_socket);
-    tracing::info!(free_mbufs = pool.available(), total = pool.capacity(), "stopped");
+    tracing::info!(
+        free_mbufs = pool.available(),
+        total = pool.capacity(),
+        "stopped"
+    );
     ExitCode::SUCCESS
 }
 

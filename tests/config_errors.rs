@@ -8,23 +8,39 @@ use std::process::Command;
 fn check(dir: &Scratch, name: &str, text: &str) -> (i32, String) {
     let f = dir.path(name);
     std::fs::write(&f, text).unwrap();
-    let out = Command::new(bin()).args(["check", "--config"]).arg(&f).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn good_port(dir: &Scratch, name: &str) -> String {
-    format!("[[port]]\nname = \"{name}\"\ndriver = \"vhost-user\"\npath = \"{}\"\n", dir.path(&format!("{name}.sock")).display())
+    format!(
+        "[[port]]\nname = \"{name}\"\ndriver = \"vhost-user\"\npath = \"{}\"\n",
+        dir.path(&format!("{name}.sock")).display()
+    )
 }
 
 fn base(dir: &Scratch) -> String {
-    format!("[switch]\npmd_cores = [0]\ncontrol_socket = \"{}\"\n", dir.path("ctl.sock").display())
+    format!(
+        "[switch]\npmd_cores = [0]\ncontrol_socket = \"{}\"\n",
+        dir.path("ctl.sock").display()
+    )
 }
 
 #[track_caller]
 fn expect_error(dir: &Scratch, case: &str, text: &str, needles: &[&str]) {
     let (code, err) = check(dir, &format!("{case}.toml"), text);
     assert_eq!(code, 2, "{case}: exit code {code}, stderr: {err}");
-    assert!(err.contains(&format!("{case}.toml")), "{case}: file not named in: {err}");
+    assert!(
+        err.contains(&format!("{case}.toml")),
+        "{case}: file not named in: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "{case}: {n:?} not in: {err}");
     }
@@ -41,39 +57,118 @@ fn bad_configs_exit_2_with_file_key_and_value() {
     let (code, out) = check(&d, "ok.toml", &format!("{b}{p1}{p2}"));
     assert_eq!(code, 0, "{out}");
 
-    expect_error(&d, "unknown-key", &format!("{b}colour = \"blue\"\n{p1}"), &["unknown field `colour`"]);
-    expect_error(&d, "unknown-port-key", &format!("{b}{p1}speed = 10\n"), &["unknown field `speed`", "port"]);
-    expect_error(&d, "dup-name", &format!("{b}{p1}{p1}"), &["key 'name' = \"a\"", "duplicate port name"]);
+    expect_error(
+        &d,
+        "unknown-key",
+        &format!("{b}colour = \"blue\"\n{p1}"),
+        &["unknown field `colour`"],
+    );
+    expect_error(
+        &d,
+        "unknown-port-key",
+        &format!("{b}{p1}speed = 10\n"),
+        &["unknown field `speed`", "port"],
+    );
+    expect_error(
+        &d,
+        "dup-name",
+        &format!("{b}{p1}{p1}"),
+        &["key 'name' = \"a\"", "duplicate port name"],
+    );
     let p1_renamed = p1.replace("name = \"a\"", "name = \"c\"");
-    expect_error(&d, "dup-path", &format!("{b}{p1}{p1_renamed}"), &["key 'path'", "a.sock", "used twice"]);
+    expect_error(
+        &d,
+        "dup-path",
+        &format!("{b}{p1}{p1_renamed}"),
+        &["key 'path'", "a.sock", "used twice"],
+    );
     expect_error(
         &d,
         "bad-core",
         &format!("{}{p1}", b.replace("pmd_cores = [0]", "pmd_cores = [4096]")),
         &["key 'switch.pmd_cores' has core 4096"],
     );
-    expect_error(&d, "dup-core", &format!("{}{p1}", b.replace("pmd_cores = [0]", "pmd_cores = [0, 0]")), &["core 0 twice"]);
-    expect_error(&d, "no-core", &format!("{}{p1}", b.replace("pmd_cores = [0]", "pmd_cores = []")), &["switch.pmd_cores"]);
+    expect_error(
+        &d,
+        "dup-core",
+        &format!("{}{p1}", b.replace("pmd_cores = [0]", "pmd_cores = [0, 0]")),
+        &["core 0 twice"],
+    );
+    expect_error(
+        &d,
+        "no-core",
+        &format!("{}{p1}", b.replace("pmd_cores = [0]", "pmd_cores = []")),
+        &["switch.pmd_cores"],
+    );
     expect_error(
         &d,
         "no-dir",
-        &format!("{b}{}", p1.replace(&d.0.display().to_string(), "/nonexistent/dir")),
-        &["key 'path' = \"/nonexistent/dir/a.sock\"", "directory /nonexistent/dir does not exist"],
+        &format!(
+            "{b}{}",
+            p1.replace(&d.0.display().to_string(), "/nonexistent/dir")
+        ),
+        &[
+            "key 'path' = \"/nonexistent/dir/a.sock\"",
+            "directory /nonexistent/dir does not exist",
+        ],
     );
-    expect_error(&d, "bad-mode", &format!("{b}{p1}mode = \"peer\"\n"), &["key 'mode' = \"peer\""]);
-    expect_error(&d, "bad-driver", &format!("{b}{}", p1.replace("vhost-user", "e1000")), &["key 'driver' = \"e1000\""]);
-    expect_error(&d, "bad-queues", &format!("{b}{p1}queues = 0\n"), &["key 'queues' = 0"]);
-    expect_error(&d, "bad-hugepages", &format!("{b}[mempool]\nhugepages = \"maybe\"\n{p1}"), &["key 'mempool.hugepages' = \"maybe\""]);
-    expect_error(&d, "bad-mbufs", &format!("{b}[mempool]\nmbufs = 10\n{p1}"), &["key 'mempool.mbufs' = 10"]);
-    expect_error(&d, "bad-aging", &format!("{b}[fdb]\naging_secs = 0\n{p1}"), &["key 'fdb.aging_secs' = 0"]);
+    expect_error(
+        &d,
+        "bad-mode",
+        &format!("{b}{p1}mode = \"peer\"\n"),
+        &["key 'mode' = \"peer\""],
+    );
+    expect_error(
+        &d,
+        "bad-driver",
+        &format!("{b}{}", p1.replace("vhost-user", "e1000")),
+        &["key 'driver' = \"e1000\""],
+    );
+    expect_error(
+        &d,
+        "bad-queues",
+        &format!("{b}{p1}queues = 0\n"),
+        &["key 'queues' = 0"],
+    );
+    expect_error(
+        &d,
+        "bad-hugepages",
+        &format!("{b}[mempool]\nhugepages = \"maybe\"\n{p1}"),
+        &["key 'mempool.hugepages' = \"maybe\""],
+    );
+    expect_error(
+        &d,
+        "bad-mbufs",
+        &format!("{b}[mempool]\nmbufs = 10\n{p1}"),
+        &["key 'mempool.mbufs' = 10"],
+    );
+    expect_error(
+        &d,
+        "bad-aging",
+        &format!("{b}[fdb]\naging_secs = 0\n{p1}"),
+        &["key 'fdb.aging_secs' = 0"],
+    );
     expect_error(&d, "no-ports", &b, &["no [[port]]"]);
     expect_error(&d, "not-toml", "[switch\npmd_cores = [0]\n", &["line 1"]);
-    expect_error(&d, "wrong-type", &format!("{}{p1}", b.replace("pmd_cores = [0]", "pmd_cores = \"0\"")), &["pmd_cores"]);
+    expect_error(
+        &d,
+        "wrong-type",
+        &format!("{}{p1}", b.replace("pmd_cores = [0]", "pmd_cores = \"0\"")),
+        &["pmd_cores"],
+    );
     let rel = p1.replace(&format!("{}/a.sock", d.0.display()), "a.sock");
-    expect_error(&d, "relative-path", &format!("{b}{rel}"), &["key 'path' = \"a.sock\"", "absolute"]);
+    expect_error(
+        &d,
+        "relative-path",
+        &format!("{b}{rel}"),
+        &["key 'path' = \"a.sock\"", "absolute"],
+    );
 
     // A missing file is an error too.
-    let out = Command::new(bin()).args(["check", "--config", "/nonexistent.toml"]).output().unwrap();
+    let out = Command::new(bin())
+        .args(["check", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml: cannot read"));
 }
@@ -82,11 +177,22 @@ fn bad_configs_exit_2_with_file_key_and_value() {
 fn run_with_bad_config_exits_2_and_starts_nothing() {
     let d = Scratch::new("cfgrun");
     let f = d.path("bad.toml");
-    std::fs::write(&f, format!("{}{}mode = \"peer\"\n", base(&d), good_port(&d, "a"))).unwrap();
-    let out = Command::new(bin()).args(["run", "--config"]).arg(&f).output().unwrap();
+    std::fs::write(
+        &f,
+        format!("{}{}mode = \"peer\"\n", base(&d), good_port(&d, "a")),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("key 'mode' = \"peer\""));
-    assert!(!d.path("a.sock").exists() && !d.path("ctl.sock").exists(), "a failed start left sockets behind");
+    assert!(
+        !d.path("a.sock").exists() && !d.path("ctl.sock").exists(),
+        "a failed start left sockets behind"
+    );
 }
 
 #[test]
@@ -94,11 +200,26 @@ fn hugepages_required_but_too_few_exits_2_with_how_to_reserve() {
     let d = Scratch::new("cfghp");
     let f = d.path("hp.toml");
     // 4M mbufs of 2176 bytes = 8.5 GiB of hugepages: more than any test machine reserves.
-    std::fs::write(&f, format!("{}[mempool]\nmbufs = 4194304\nhugepages = \"required\"\n{}", base(&d), good_port(&d, "a"))).unwrap();
-    let out = Command::new(bin()).args(["run", "--config"]).arg(&f).output().unwrap();
+    std::fs::write(
+        &f,
+        format!(
+            "{}[mempool]\nmbufs = 4194304\nhugepages = \"required\"\n{}",
+            base(&d),
+            good_port(&d, "a")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("mempool.hugepages") && err.contains("/proc/sys/vm/nr_hugepages"), "{err}");
+    assert!(
+        err.contains("mempool.hugepages") && err.contains("/proc/sys/vm/nr_hugepages"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -110,8 +231,17 @@ fn every_example_config_is_valid() {
         if p.extension().is_some_and(|x| x == "toml") {
             // The examples put sockets under /tmp/vswitch.
             std::fs::create_dir_all("/tmp/vswitch").unwrap();
-            let out = Command::new(bin()).args(["check", "--config"]).arg(&p).output().unwrap();
-            assert!(out.status.success(), "{}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
+            let out = Command::new(bin())
+                .args(["check", "--config"])
+                .arg(&p)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                p.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
             n += 1;
         }
     }

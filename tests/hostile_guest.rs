@@ -36,7 +36,11 @@ impl Frontend {
                 s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
                 return Frontend(s);
             }
-            assert!(t0.elapsed() < Duration::from_secs(10), "cannot connect to {}", path.display());
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "cannot connect to {}",
+                path.display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -103,20 +107,31 @@ fn eventfd_file() -> std::fs::File {
 fn wait_log(sw: &Switch, needle: &str) {
     let t0 = Instant::now();
     while !sw.log().contains(needle) {
-        assert!(t0.elapsed() < Duration::from_secs(10), "switch never logged {needle:?}:\n{}", sw.log());
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "switch never logged {needle:?}:\n{}",
+            sw.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn evil_line(sw: &Switch) -> String {
-    sw.ctl("show").lines().find(|l| l.starts_with("port 2 evil")).unwrap().to_string()
+    sw.ctl("show")
+        .lines()
+        .find(|l| l.starts_with("port 2 evil"))
+        .unwrap()
+        .to_string()
 }
 
 fn attack(sw: &Switch, sock: &Path) {
     // 1. An unknown request code.
     let mut f = Frontend::connect(sock);
     f.send(9999, &[], &[]);
-    assert!(f.closed_by_switch(), "switch kept a connection that sent garbage");
+    assert!(
+        f.closed_by_switch(),
+        "switch kept a connection that sent garbage"
+    );
     wait_log(sw, "unknown request code 9999");
 
     // 2. A memory table with fewer file descriptors than regions.
@@ -136,6 +151,19 @@ fn attack(sw: &Switch, sock: &Path) {
     f.send(SET_VRING_NUM, &[1, 2, 3], &[]);
     assert!(f.closed_by_switch());
     wait_log(sw, "body is 3 bytes");
+
+    // A kick/call message whose NOFD flag says "no descriptor" but carries one.
+    let mut f = Frontend::connect(sock);
+    f.send(
+        SET_VRING_CALL,
+        &(1u64 << 8).to_le_bytes(),
+        &[eventfd_file()],
+    );
+    assert!(f.closed_by_switch());
+    wait_log(
+        sw,
+        "SET_VRING_CALL came with 1 file descriptors, expected 0",
+    );
 
     // 4. A valid device; rings set up before the memory table (an order QEMU may use).
     let mut f = Frontend::connect(sock);
@@ -157,26 +185,44 @@ fn attack(sw: &Switch, sock: &Path) {
     }
     let t0 = Instant::now();
     while !evil_line(sw).contains("vrings=[live,live]") {
-        assert!(t0.elapsed() < Duration::from_secs(10), "evil rings never went live: {}", evil_line(sw));
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "evil rings never went live: {}",
+            evil_line(sw)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // The guest transmits a chain pointing outside its memory.
     tx.set_desc(0, 0x1_0000_0000 - 4096, 1500, 0, 0);
     tx.push(0);
-    wait_log(sw, "guest error, queue stopped: descriptor buffer outside guest memory");
-    assert!(evil_line(sw).contains("vrings=[live,broken]"), "{}", evil_line(sw));
+    wait_log(
+        sw,
+        "guest error, queue stopped: descriptor buffer outside guest memory",
+    );
+    assert!(
+        evil_line(sw).contains("vrings=[live,broken]"),
+        "{}",
+        evil_line(sw)
+    );
 
     // 5. Control messages that change a running ring: its address moves outside memory.
     let bad = DriverRing::new(&mem, (4 << 20) - 0x1000, 256);
     f.vring_addr(0, &bad);
-    wait_log(sw, "ring rejected: avail ring 0x7f0000400000+518 is outside guest memory");
+    wait_log(
+        sw,
+        "ring rejected: avail ring 0x7f0000400000+518 is outside guest memory",
+    );
     // A new memory table while rings run: rings are taken down and validated again.
     let mem2 = DriverMem::new(0, 8 << 20, 0x2_0000_0000, 0x7f10_0000_0000);
     f.vring_addr(0, &DriverRing::new(&mem2, 0, 256));
     f.mem_table(&[&mem2], 1);
     let t0 = Instant::now();
     while !evil_line(sw).contains("vrings=[live,") {
-        assert!(t0.elapsed() < Duration::from_secs(10), "ring 0 not live on the new table: {}", evil_line(sw));
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "ring 0 not live on the new table: {}",
+            evil_line(sw)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Ring 1 still points into the old table: rejected against the new one.
@@ -190,9 +236,21 @@ fn hostile_frontend_is_contained_while_others_forward() {
     let cfg = write_config(
         &dir,
         &[
-            PortSpec { name: "vm1", mode: "server", queues: 1 },
-            PortSpec { name: "vm2", mode: "server", queues: 1 },
-            PortSpec { name: "evil", mode: "server", queues: 1 },
+            PortSpec {
+                name: "vm1",
+                mode: "server",
+                queues: 1,
+            },
+            PortSpec {
+                name: "vm2",
+                mode: "server",
+                queues: 1,
+            },
+            PortSpec {
+                name: "evil",
+                mode: "server",
+                queues: 1,
+            },
         ],
         "",
     );
@@ -203,9 +261,126 @@ fn hostile_frontend_is_contained_while_others_forward() {
     let sock = dir.path("evil.sock");
     let n = traffic_round(&sw, &mut tp, 4, || attack(&sw, &sock));
     let st = sw.port_stats("evil");
-    eprintln!("forwarded {n} frames between vm1 and vm2 during the attack; evil port guest_errors={}", st["guest_errors"]);
+    eprintln!(
+        "forwarded {n} frames between vm1 and vm2 during the attack; evil port guest_errors={}",
+        st["guest_errors"]
+    );
     assert!(st["guest_errors"] >= 3, "errors not counted: {st:?}");
     tp.quit();
     let log = sw.stop();
     assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
+}
+
+/// Sets up a valid device on `sock` whose receive ring offers no buffers: a guest
+/// that stopped taking frames. Returns the connection (keep it open).
+fn stuck_guest(sock: &Path, mem: &DriverMem) -> Frontend {
+    let mut f = Frontend::connect(sock);
+    f.send(SET_OWNER, &[], &[]);
+    f.send(SET_FEATURES, &(VERSION_1 | MRG_RXBUF).to_le_bytes(), &[]);
+    f.mem_table(&[mem], 1);
+    for (i, base) in [(0u32, 0u64), (1, 0x10000)] {
+        let r = DriverRing::new(mem, base, 256);
+        f.vring_state(SET_VRING_NUM, i, 256);
+        f.vring_state(SET_VRING_BASE, i, 0);
+        f.vring_addr(i, &r);
+        f.eventfd_msg(SET_VRING_CALL, i as u64);
+        f.eventfd_msg(SET_VRING_KICK, i as u64);
+    }
+    f
+}
+
+/// testpmd sends broadcast frames, flooded to vm2 and to a guest that takes none:
+/// after `tx_stall_ms` the stuck guest's frames are dropped (counted) and it stops
+/// holding back the others; vm2 gets every frame.
+#[test]
+fn stuck_guest_does_not_stall_the_others() {
+    let dir = Scratch::new("stuck");
+    let cfg = write_config(
+        &dir,
+        &[
+            PortSpec {
+                name: "vm1",
+                mode: "server",
+                queues: 1,
+            },
+            PortSpec {
+                name: "vm2",
+                mode: "server",
+                queues: 1,
+            },
+            PortSpec {
+                name: "stuck",
+                mode: "server",
+                queues: 1,
+            },
+        ],
+        "",
+    );
+    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
+    let mem = DriverMem::new(0, 4 << 20, 0x1_0000_0000, 0x7f00_0000_0000);
+    let _stuck = stuck_guest(&dir.path("stuck.sock"), &mem);
+    let mut tp = Testpmd::start_opts(
+        &dir,
+        ["vm1", "vm2"],
+        false,
+        "stuck",
+        1,
+        ["ff:ff:ff:ff:ff:ff", "ff:ff:ff:ff:ff:ff"],
+    );
+    tp.wait_for("Checking link statuses", 0, Duration::from_secs(60));
+    wait_both_up(&sw);
+    assert!(
+        evil_port_up(&sw),
+        "stuck port should be up: {}",
+        sw.ctl("show")
+    );
+    tp.cmd("start tx_first 4", "tx_first");
+    std::thread::sleep(Duration::from_secs(3));
+    tp.cmd("stop", "Done.");
+    std::thread::sleep(Duration::from_millis(500));
+    let tpc = tp.port_stats();
+    let (s1, s2, st) = (
+        sw.port_stats("vm1"),
+        sw.port_stats("vm2"),
+        sw.port_stats("stuck"),
+    );
+    eprintln!("broadcast: testpmd port0 tx={} port1 rx={}; vm1 rx={} vm2 tx={}; stuck tx={} drop_tx_full={}",
+        tpc[0].tx, tpc[1].rx, s1["rx_packets"], s2["tx_packets"], st["tx_packets"], st["drop_tx_full"]);
+    assert_eq!(
+        s1["rx_packets"], tpc[0].tx,
+        "switch received all testpmd sent"
+    );
+    assert_eq!(
+        s2["tx_packets"], s1["rx_packets"],
+        "every broadcast from vm1 reached vm2"
+    );
+    assert_eq!(s2["drop_tx_full"] + s1["drop_tx_full"], 0);
+    assert_eq!(st["tx_packets"], 0);
+    assert!(
+        st["drop_tx_full"] > 0,
+        "frames to the stuck guest must be dropped and counted"
+    );
+    assert!(
+        tpc[0].tx > 100_000,
+        "the stuck guest throttled the others: only {} frames",
+        tpc[0].tx
+    );
+    tp.quit();
+    let log = sw.stop();
+    assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
+}
+
+fn evil_port_up(sw: &Switch) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if sw
+            .ctl("show")
+            .lines()
+            .any(|l| l.starts_with("port 2 stuck") && l.ends_with("up=true"))
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }

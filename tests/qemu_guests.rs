@@ -20,7 +20,11 @@ fn images() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let out = root.join("target/guest");
     which("qemu-system-x86_64");
-    let st = Command::new("bash").arg(root.join("tests/guest/build.sh")).arg(&out).status().unwrap();
+    let st = Command::new("bash")
+        .arg(root.join("tests/guest/build.sh"))
+        .arg(&out)
+        .status()
+        .unwrap();
     assert!(st.success(), "tests/guest/build.sh failed");
     out
 }
@@ -47,7 +51,10 @@ impl Guest {
             .spawn()
             .expect("start qemu");
         let out = Arc::new(Mutex::new(String::new()));
-        for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for r in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let o = out.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(r).lines().map_while(Result::ok) {
@@ -71,7 +78,11 @@ impl Guest {
             if let Some(l) = o.lines().find(|l| l.contains("VSW-ERROR")) {
                 panic!("guest {}: {l}\n{o}", self.name);
             }
-            assert!(t0.elapsed() < timeout, "guest {}: no {prefix} within {timeout:?}:\n{o}", self.name);
+            assert!(
+                t0.elapsed() < timeout,
+                "guest {}: no {prefix} within {timeout:?}:\n{o}",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -79,7 +90,11 @@ impl Guest {
     fn wait_exit(mut self, timeout: Duration) {
         let t0 = Instant::now();
         while self.child.try_wait().unwrap().is_none() {
-            assert!(t0.elapsed() < timeout, "guest {} did not power off", self.name);
+            assert!(
+                t0.elapsed() < timeout,
+                "guest {} did not power off",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -93,8 +108,15 @@ impl Drop for Guest {
 }
 
 fn num(line: &str, key: &str) -> u64 {
-    let i = line.find(key).unwrap_or_else(|| panic!("no {key} in {line}"));
-    line[i + key.len()..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    let i = line
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    line[i + key.len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -103,7 +125,18 @@ fn two_guests_ping_pktgen_and_reconnect() {
     let dir = Scratch::new("qemu");
     let cfg = write_config(
         &dir,
-        &[PortSpec { name: "vm1", mode: "server", queues: 1 }, PortSpec { name: "vm2", mode: "server", queues: 1 }],
+        &[
+            PortSpec {
+                name: "vm1",
+                mode: "server",
+                queues: 1,
+            },
+            PortSpec {
+                name: "vm2",
+                mode: "server",
+                queues: 1,
+            },
+        ],
         "",
     );
     let sw = Switch::start(&cfg, dir.path("ctl.sock"));
@@ -135,25 +168,53 @@ fn two_guests_ping_pktgen_and_reconnect() {
     let s2 = sw.port_stats("vm2");
     eprintln!("pktgen: sent {FRAMES}, guest A received {received} frames in all; switch vm2 rx={} vm1 tx={} drops: tx_full={} tx_down={}",
         s2["rx_packets"], s1["tx_packets"], s1["drop_tx_full"], s1["drop_tx_down"]);
-    assert!(received >= FRAMES, "guest A received {received} of {FRAMES} (+ ARP/ICMP)");
-    assert_eq!(s1["drop_tx_full"], 0, "switch dropped frames for a full guest ring");
+    assert!(
+        received >= FRAMES,
+        "guest A received {received} of {FRAMES} (+ ARP/ICMP)"
+    );
+    assert_eq!(
+        s1["drop_tx_full"], 0,
+        "switch dropped frames for a full guest ring"
+    );
     assert_eq!(s1["guest_errors"] + s2["guest_errors"], 0);
     assert!(s1["tx_packets"] >= FRAMES && s2["rx_packets"] >= FRAMES);
     let fdb = sw.ctl("fdb");
     assert!(fdb.contains(MAC_A) && fdb.contains(MAC_B), "fdb:\n{fdb}");
     a.wait_exit(Duration::from_secs(60));
     b.wait_exit(Duration::from_secs(60));
-    sw.wait_show("ports down after the guests powered off", Duration::from_secs(30), |s| {
-        s.lines().filter(|l| l.starts_with("port ") && l.ends_with("up=false")).count() == 2
-    });
+    sw.wait_show(
+        "ports down after the guests powered off",
+        Duration::from_secs(30),
+        |s| {
+            s.lines()
+                .filter(|l| l.starts_with("port ") && l.ends_with("up=false"))
+                .count()
+                == 2
+        },
+    );
 
     // Round 2: new QEMU processes on the same sockets, switch not restarted.
-    let a = Guest::boot("guest-a2", dir.path("vm1.sock"), MAC_A, "vsw.ip=10.0.0.1/24 vsw.role=ping vsw.peer=10.0.0.2 vsw.count=5 vsw.wait=240", &img);
-    let b = Guest::boot("guest-b2", dir.path("vm2.sock"), MAC_B, "vsw.ip=10.0.0.2/24 vsw.role=idle vsw.secs=120", &img);
+    let a = Guest::boot(
+        "guest-a2",
+        dir.path("vm1.sock"),
+        MAC_A,
+        "vsw.ip=10.0.0.1/24 vsw.role=ping vsw.peer=10.0.0.2 vsw.count=5 vsw.wait=240",
+        &img,
+    );
+    let b = Guest::boot(
+        "guest-b2",
+        dir.path("vm2.sock"),
+        MAC_B,
+        "vsw.ip=10.0.0.2/24 vsw.role=idle vsw.secs=120",
+        &img,
+    );
     let ping = a.wait_line("VSW-PING", Duration::from_secs(300));
     assert_eq!(num(&ping, "received="), 5, "after reconnect: {ping}");
     let show = sw.ctl("show");
-    assert!(show.matches("connections=2").count() == 2, "each port should have seen two connections:\n{show}");
+    assert!(
+        show.matches("connections=2").count() == 2,
+        "each port should have seen two connections:\n{show}"
+    );
     eprintln!("after QEMU restart: {ping}");
     drop(b);
     a.wait_exit(Duration::from_secs(60));

@@ -70,7 +70,11 @@ impl HugeMem {
             }
         }
         let ptr = map(len, false).map_err(|errno| HugepageError { wanted: len, errno })?;
-        Ok(HugeMem { ptr, len, huge: false })
+        Ok(HugeMem {
+            ptr,
+            len,
+            huge: false,
+        })
     }
 
     pub fn as_ptr(&self) -> *mut u8 {
@@ -96,7 +100,14 @@ fn map(len: usize, huge: bool) -> Result<NonNull<u8>, std::io::Error> {
     // SAFETY: anonymous mapping with no address hint; the kernel picks a fresh range
     // that aliases nothing in this process.
     let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
     };
     if p == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error());

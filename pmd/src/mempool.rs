@@ -51,14 +51,22 @@ impl Mbuf {
     pub fn data(&self) -> &[u8] {
         // SAFETY: buf points at BUF_SIZE bytes owned exclusively by this handle;
         // data_off + len <= BUF_SIZE is kept by every setter.
-        unsafe { std::slice::from_raw_parts(self.buf.as_ptr().add(self.data_off as usize), self.len as usize) }
+        unsafe {
+            std::slice::from_raw_parts(
+                self.buf.as_ptr().add(self.data_off as usize),
+                self.len as usize,
+            )
+        }
     }
     /// The packet bytes, writable.
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `data`, and &mut self makes the access exclusive.
         unsafe {
-            std::slice::from_raw_parts_mut(self.buf.as_ptr().add(self.data_off as usize), self.len as usize)
+            std::slice::from_raw_parts_mut(
+                self.buf.as_ptr().add(self.data_off as usize),
+                self.len as usize,
+            )
         }
     }
     /// Sets the packet length (from the start of data) and returns the data, writable.
@@ -123,7 +131,12 @@ impl Mempool {
         debug_assert!(idx < self.count);
         // SAFETY: idx < count, so the slot lies inside the mapping.
         let p = unsafe { self.mem.as_ptr().add(idx as usize * BUF_SIZE) };
-        Mbuf { buf: NonNull::new(p).expect("mapping is non-null"), idx, data_off: HEADROOM as u16, len: 0 }
+        Mbuf {
+            buf: NonNull::new(p).expect("mapping is non-null"),
+            idx,
+            data_off: HEADROOM as u16,
+            len: 0,
+        }
     }
 
     /// Takes one buffer from the shared ring (slow path; PMD threads use a cache).
@@ -143,7 +156,9 @@ impl Mempool {
         let base = self.mem.as_ptr() as usize;
         let p = m.buf.as_ptr() as usize;
         assert!(
-            p >= base && p < base + self.count as usize * BUF_SIZE && (p - base) / BUF_SIZE == m.idx as usize,
+            p >= base
+                && p < base + self.count as usize * BUF_SIZE
+                && (p - base) / BUF_SIZE == m.idx as usize,
             "mbuf freed to a pool it does not come from"
         );
     }
@@ -157,7 +172,10 @@ pub struct MempoolCache {
 
 impl MempoolCache {
     pub fn new(pool: Arc<Mempool>) -> MempoolCache {
-        MempoolCache { pool, stack: Vec::with_capacity(CACHE_MAX + CACHE_BURST) }
+        MempoolCache {
+            pool,
+            stack: Vec::with_capacity(CACHE_MAX + CACHE_BURST),
+        }
     }
 
     pub fn pool(&self) -> &Arc<Mempool> {
@@ -274,7 +292,12 @@ mod tests {
                         }
                         for m in held.iter() {
                             let v = u64::from_le_bytes(m.data()[..8].try_into().unwrap());
-                            assert_eq!(v >> 24, t as u64, "buffer {} shared between threads", m.index());
+                            assert_eq!(
+                                v >> 24,
+                                t as u64,
+                                "buffer {} shared between threads",
+                                m.index()
+                            );
                             seen += 1;
                         }
                         let keep = held.len() / 3;
@@ -295,7 +318,11 @@ mod tests {
         assert_eq!(pool.available(), N as usize, "buffers lost");
         let mut ids = HashSet::new();
         while let Some(m) = pool.alloc() {
-            assert!(ids.insert(m.index()), "index {} twice on the free ring", m.index());
+            assert!(
+                ids.insert(m.index()),
+                "index {} twice on the free ring",
+                m.index()
+            );
             std::mem::forget(m);
         }
         assert_eq!(ids.len(), N as usize);

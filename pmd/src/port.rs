@@ -20,7 +20,12 @@ pub trait Port: Send + Sync {
     /// Sends packets from the front of `pkts` on a tx queue picked from `txq_hint`;
     /// returns how many were sent (the driver now owns them, and frees them into
     /// `cache`); the rest stay with the caller.
-    fn tx_burst(&self, txq_hint: usize, cache: &mut MempoolCache, pkts: &mut [Option<Mbuf>]) -> usize;
+    fn tx_burst(
+        &self,
+        txq_hint: usize,
+        cache: &mut MempoolCache,
+        pkts: &mut [Option<Mbuf>],
+    ) -> usize;
     /// Whether the port can carry traffic now (a guest is attached and its rings are live).
     fn is_up(&self) -> bool;
     fn stats(&self) -> &PortStats;

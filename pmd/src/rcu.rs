@@ -31,7 +31,12 @@ impl RcuThread {
         // SeqCst store: ordered before this thread's following SeqCst loads of the
         // "ring is live" flags, so a flag cleared before `synchronize` saw this
         // store is seen cleared.
-        self.counter.store(self.counter.load(std::sync::atomic::Ordering::Relaxed).wrapping_add(1), SeqCst);
+        self.counter.store(
+            self.counter
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .wrapping_add(1),
+            SeqCst,
+        );
     }
     /// Called by the PMD thread when it stops polling for good.
     pub fn offline(&self) {
@@ -46,7 +51,10 @@ impl Rcu {
 
     /// Registers a PMD thread (online from now on).
     pub fn register(&self) -> Arc<RcuThread> {
-        let t = Arc::new(RcuThread { counter: AtomicU64::new(0), online: AtomicBool::new(true) });
+        let t = Arc::new(RcuThread {
+            counter: AtomicU64::new(0),
+            online: AtomicBool::new(true),
+        });
         self.threads.lock().unwrap().push(t.clone());
         t
     }
@@ -97,7 +105,11 @@ mod tests {
         for _ in 0..200 {
             live.store(false, SeqCst);
             rcu.synchronize();
-            assert_eq!(inside.load(SeqCst), 0, "reader still inside after grace period");
+            assert_eq!(
+                inside.load(SeqCst),
+                0,
+                "reader still inside after grace period"
+            );
             live.store(true, SeqCst);
         }
         stop.store(true, SeqCst);

@@ -37,7 +37,11 @@ impl Mac {
 impl std::fmt::Display for Mac {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -146,15 +150,31 @@ impl Fdb {
                 let v = s.val.load(Relaxed);
                 let old_port = v as u16;
                 if old_port != port {
-                    s.val.store(val_of(port, now), Release);
-                    self.count_port(old_port, -1);
-                    self.count_port(port, 1);
+                    // A station move: lock the slot so that a concurrent move or aging
+                    // of the same entry cannot count it twice.
+                    if s.key
+                        .compare_exchange(key, key | BUSY, Acquire, Relaxed)
+                        .is_err()
+                    {
+                        return Learned::Known; // someone else is changing it right now
+                    }
+                    let old_port = s.val.load(Relaxed) as u16;
+                    s.val.store(val_of(port, now), Relaxed);
+                    // Count while holding the slot, so moves of one entry count in order.
+                    if old_port != port {
+                        self.count_port(old_port, -1);
+                        self.count_port(port, 1);
+                    }
+                    s.key.store(key, Release);
                     return Learned::Moved;
                 }
                 if (v >> 16) as u32 != now {
                     s.val.store(val_of(port, now), Relaxed);
                 }
                 return Learned::Known;
+            }
+            if k == key | BUSY {
+                return Learned::Known; // another thread is updating this very entry
             }
             if free.is_none() && (k == 0 || k == TOMB) {
                 free = Some((home + i) & self.mask);
@@ -163,9 +183,14 @@ impl Fdb {
                 break; // an empty slot ends the probe: the key is not further on
             }
         }
-        let Some(mut at) = free else { return Learned::Refused };
+        let Some(mut at) = free else {
+            return Learned::Refused;
+        };
         if self.count.load(Relaxed) >= self.capacity
-            || self.per_port.get(port as usize).is_none_or(|c| c.load(Relaxed) >= self.per_port_limit)
+            || self
+                .per_port
+                .get(port as usize)
+                .is_none_or(|c| c.load(Relaxed) >= self.per_port_limit)
         {
             return Learned::Refused;
         }
@@ -173,7 +198,11 @@ impl Fdb {
         loop {
             let s = &self.slots[at];
             let cur = s.key.load(Relaxed);
-            if (cur == 0 || cur == TOMB) && s.key.compare_exchange(cur, key | BUSY, Acquire, Relaxed).is_ok() {
+            if (cur == 0 || cur == TOMB)
+                && s.key
+                    .compare_exchange(cur, key | BUSY, Acquire, Relaxed)
+                    .is_ok()
+            {
                 s.val.store(val_of(port, now), Relaxed);
                 s.key.store(key, Release);
                 self.count.fetch_add(1, Relaxed);
@@ -197,7 +226,7 @@ impl Fdb {
             if d > 0 {
                 c.fetch_add(1, Relaxed);
             } else {
-                c.fetch_sub(1, Relaxed);
+                let _ = c.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
             }
         }
     }
@@ -219,7 +248,8 @@ impl Fdb {
                 }
                 return None;
             }
-            if k == 0 {
+            if k == 0 || k == key | BUSY {
+                // Not there, or being changed right now: flood this frame.
                 return None;
             }
         }
@@ -227,12 +257,17 @@ impl Fdb {
     }
 
     fn remove_slot(&self, s: &Slot, k: u64) -> bool {
-        if s.key.compare_exchange(k, k | BUSY, AcqRel, Relaxed).is_err() {
+        if s.key
+            .compare_exchange(k, k | BUSY, AcqRel, Relaxed)
+            .is_err()
+        {
             return false;
         }
         let port = s.val.load(Relaxed) as u16;
         s.key.store(TOMB, Release);
-        self.count.fetch_sub(1, Relaxed);
+        let _ = self
+            .count
+            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
         self.count_port(port, -1);
         true
     }
@@ -258,7 +293,11 @@ impl Fdb {
         let mut n = 0;
         for s in self.slots.iter() {
             let k = s.key.load(Acquire);
-            if k & OCCUPIED != 0 && k & BUSY == 0 && s.val.load(Relaxed) as u16 == port && self.remove_slot(s, k) {
+            if k & OCCUPIED != 0
+                && k & BUSY == 0
+                && s.val.load(Relaxed) as u16 == port
+                && self.remove_slot(s, k)
+            {
                 n += 1;
             }
         }
@@ -267,7 +306,9 @@ impl Fdb {
 
     /// Entries learned on `port`.
     pub fn port_entries(&self, port: PortNo) -> u32 {
-        self.per_port.get(port as usize).map_or(0, |c| c.load(Relaxed))
+        self.per_port
+            .get(port as usize)
+            .map_or(0, |c| c.load(Relaxed))
     }
 
     /// All entries, sorted by VLAN and MAC.
@@ -388,11 +429,37 @@ mod tests {
                 t.learn(mac(round * 8 + i), 0, 0, round * 2);
             }
             for i in 0..8 {
-                assert_eq!(t.lookup(mac(round * 8 + i), 0), Some(0), "round {round} mac {i}");
+                assert_eq!(
+                    t.lookup(mac(round * 8 + i), 0),
+                    Some(0),
+                    "round {round} mac {i}"
+                );
             }
             t.age(round * 2 + 1);
             assert!(t.is_empty());
         }
+    }
+
+    #[test]
+    fn concurrent_station_moves_keep_counts_sane() {
+        let t = std::sync::Arc::new(Fdb::new(64, 4, 64, 300));
+        t.learn(mac(1), 0, 0, 0);
+        let hs: Vec<_> = (1..4u16)
+            .map(|p| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000u32 {
+                        t.learn(mac(1), 0, if i % 2 == 0 { p } else { 0 }, 0);
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        let total: u32 = (0..4).map(|p| t.port_entries(p)).sum();
+        assert_eq!(total, 1, "one entry must be counted once");
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -59,16 +59,29 @@ fn measure_tsc_hz() -> u64 {
 
 impl Switch {
     /// Starts the PMD threads over `ports`.
-    pub fn start(cfg: &SwitchConfig, ports: Vec<Arc<dyn Port>>, pool: Arc<Mempool>, rcu: Arc<Rcu>) -> Switch {
+    pub fn start(
+        cfg: &SwitchConfig,
+        ports: Vec<Arc<dyn Port>>,
+        pool: Arc<Mempool>,
+        rcu: Arc<Rcu>,
+    ) -> Switch {
         let ports: Arc<[Arc<dyn Port>]> = ports.into();
         let per_port = if cfg.fdb_per_port == 0 {
             cfg.fdb_capacity / ports.len().max(1)
         } else {
             cfg.fdb_per_port
         };
-        let fdb = Arc::new(Fdb::new(cfg.fdb_capacity, ports.len(), per_port, cfg.aging_secs));
-        let rxqs: Vec<sched::RxqId> =
-            ports.iter().enumerate().flat_map(|(p, port)| (0..port.rx_queues()).map(move |q| (p, q))).collect();
+        let fdb = Arc::new(Fdb::new(
+            cfg.fdb_capacity,
+            ports.len(),
+            per_port,
+            cfg.aging_secs,
+        ));
+        let rxqs: Vec<sched::RxqId> = ports
+            .iter()
+            .enumerate()
+            .flat_map(|(p, port)| (0..port.rx_queues()).map(move |q| (p, q)))
+            .collect();
         let plan = sched::round_robin(&rxqs, cfg.pmd_cores.len());
         let stop = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
@@ -99,7 +112,12 @@ impl Switch {
                     .name(format!("pmd-{core}"))
                     .spawn(move || pmd_loop::run(cx))
                     .expect("spawn PMD thread");
-                Pmd { core, rxqs, stats, thread: Some(thread) }
+                Pmd {
+                    core,
+                    rxqs,
+                    stats,
+                    thread: Some(thread),
+                }
             })
             .collect();
         let housekeeping = {
@@ -117,7 +135,15 @@ impl Switch {
                 })
                 .expect("spawn aging thread")
         };
-        Switch { ports, fdb, pmds, stop, housekeeping: Some(housekeeping), epoch, tsc_hz }
+        Switch {
+            ports,
+            fdb,
+            pmds,
+            stop,
+            housekeeping: Some(housekeeping),
+            epoch,
+            tsc_hz,
+        }
     }
 
     pub fn ports(&self) -> &[Arc<dyn Port>] {
@@ -144,13 +170,29 @@ impl Switch {
     pub fn show(&self) -> String {
         let mut s = String::new();
         for (i, p) in self.ports.iter().enumerate() {
-            let _ = writeln!(s, "port {i} {}: {} up={}", p.name(), p.describe(), p.is_up());
+            let _ = writeln!(
+                s,
+                "port {i} {}: {} up={}",
+                p.name(),
+                p.describe(),
+                p.is_up()
+            );
         }
         for p in &self.pmds {
-            let q: Vec<String> = p.rxqs.iter().map(|&(port, q)| format!("{}:{q}", self.ports[port].name())).collect();
+            let q: Vec<String> = p
+                .rxqs
+                .iter()
+                .map(|&(port, q)| format!("{}:{q}", self.ports[port].name()))
+                .collect();
             let _ = writeln!(s, "pmd core {}: rxqs [{}]", p.core, q.join(" "));
         }
-        let _ = writeln!(s, "fdb: {} of {} entries, aging {} s", self.fdb.len(), self.fdb.capacity(), self.fdb.aging_secs());
+        let _ = writeln!(
+            s,
+            "fdb: {} of {} entries, aging {} s",
+            self.fdb.len(),
+            self.fdb.capacity(),
+            self.fdb.aging_secs()
+        );
         s
     }
 
@@ -158,12 +200,20 @@ impl Switch {
     pub fn stats(&self) -> String {
         let mut s = String::new();
         for p in self.ports.iter() {
-            let kv: Vec<String> = p.stats().snapshot().iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let kv: Vec<String> = p
+                .stats()
+                .snapshot()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             let _ = writeln!(s, "port {}: {}", p.name(), kv.join(" "));
         }
         for p in &self.pmds {
             let st = &p.stats;
-            let (b, i) = (st.busy_cycles.load(Ordering::Relaxed), st.idle_cycles.load(Ordering::Relaxed));
+            let (b, i) = (
+                st.busy_cycles.load(Ordering::Relaxed),
+                st.idle_cycles.load(Ordering::Relaxed),
+            );
             let _ = writeln!(
                 s,
                 "pmd core {}: packets={} busy_cycles={} idle_cycles={} busy_pct={:.1} cycles_per_packet={:.1} iterations={} backpressure={} tsc_hz={}",

@@ -7,8 +7,10 @@
 //! rather than dropping them), learn, look up, and queue each frame on its output
 //! port(s); then send every touched output queue once. A frame waits on an output
 //! queue until the guest has room, for at most `tx_stall` without progress; after
-//! that the queue is dropped and counted (`drop_tx_full`), so one stuck guest
-//! cannot stop the others for long.
+//! that the queue is dropped and counted (`drop_tx_full`) and the port is marked
+//! congested: until it takes a whole queue again, frames it has no room for are
+//! dropped at once and it no longer holds back rx. So one stuck guest costs the
+//! others at most one `tx_stall`, not a stall every `tx_stall`.
 
 use crate::fdb::{Fdb, Learned, Mac, PortNo};
 use crate::sched::RxqId;
@@ -29,11 +31,18 @@ struct TxQueue {
     len: usize,
     /// When the queue last made progress while non-empty (cycles).
     stalled_since: u64,
+    /// The guest stalled past `tx_stall`: no backpressure for it until it drains.
+    congested: bool,
 }
 
 impl TxQueue {
     fn new() -> TxQueue {
-        TxQueue { pkts: (0..TXQ_CAP).map(|_| None).collect(), len: 0, stalled_since: 0 }
+        TxQueue {
+            pkts: (0..TXQ_CAP).map(|_| None).collect(),
+            len: 0,
+            stalled_since: 0,
+            congested: false,
+        }
     }
 }
 
@@ -75,18 +84,21 @@ pub fn run(mut cx: PmdContext) {
         }
         let mut did = 0usize;
         // 1. Output queues that are still backed up from earlier bursts.
-        let mut backed_up = false;
         for p in 0..nports {
             if txq[p].len > 0 {
                 did += flush(&mut cx, &mut txq[p], p, last, stall_cycles);
-                backed_up |= txq[p].len > TXQ_CAP - BURST;
             }
         }
-        // 2. Receive and switch, unless an output queue has no room for a burst.
-        if backed_up {
+        // 2. Receive and switch; before each burst, stop if an output queue has no
+        // room for one (a burst adds at most one frame per input frame to a queue).
+        if backed_up(&txq) {
             bp += 1;
         } else {
             for i in 0..cx.rxqs.len() {
+                if backed_up(&txq) {
+                    bp += 1;
+                    break;
+                }
                 let (port, q) = cx.rxqs[i];
                 let n = cx.ports[port].rx_burst(q, &mut cx.cache, &mut burst);
                 if n == 0 {
@@ -147,7 +159,11 @@ fn switch_one(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf,
     if !src.is_multicast() && cx.fdb.learn(src, vlan, in_port as PortNo, now) == Learned::Refused {
         PortStats::add(&ports[in_port].stats().learn_refused, 1);
     }
-    let out = if dst.is_multicast() { None } else { cx.fdb.lookup(dst, vlan) };
+    let out = if dst.is_multicast() {
+        None
+    } else {
+        cx.fdb.lookup(dst, vlan)
+    };
     match out {
         Some(p) if p as usize == in_port => {
             PortStats::add(&ports[in_port].stats().drop_hairpin, 1);
@@ -159,37 +175,57 @@ fn switch_one(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf,
                 PortStats::add(&ports[p].stats().drop_tx_down, 1);
                 cx.cache.free(m);
             } else {
-                push(&mut txq[p], m);
+                enqueue_out(cx, txq, p, m);
             }
         }
         _ => flood(cx, txq, in_port, m),
     }
 }
 
+/// Whether an output queue that still applies backpressure has less than a burst of room.
 #[inline]
-fn push(t: &mut TxQueue, m: Mbuf) {
-    // Rx is held back while any queue has less than a burst of room, and one burst
-    // adds at most one frame per input frame, so there is always room here.
-    debug_assert!(t.len < TXQ_CAP);
+fn backed_up(txq: &[TxQueue]) -> bool {
+    txq.iter().any(|t| !t.congested && t.len > TXQ_CAP - BURST)
+}
+
+/// Queues a frame for a port; returns it if the queue is full (only possible for
+/// a congested port, which does not hold rx back).
+#[inline]
+fn push(t: &mut TxQueue, m: Mbuf) -> Result<(), Mbuf> {
+    if t.len == TXQ_CAP {
+        return Err(m);
+    }
     if t.len == 0 {
         t.stalled_since = 0;
     }
     t.pkts[t.len] = Some(m);
     t.len += 1;
+    Ok(())
+}
+
+/// `push`, counting and freeing a frame that does not fit.
+#[inline]
+fn enqueue_out(cx: &mut PmdContext, txq: &mut [TxQueue], p: usize, m: Mbuf) {
+    if let Err(m) = push(&mut txq[p], m) {
+        PortStats::add(&cx.ports[p].stats().drop_tx_full, 1);
+        cx.cache.free(m);
+    }
 }
 
 /// Sends a copy to every other port that is up; the last one gets the original.
 fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf) {
     let n = cx.ports.len();
-    let targets = (0..n).filter(|&p| p != in_port && cx.ports[p].is_up());
     let mut last_target = None;
-    for p in targets {
+    for p in 0..n {
+        if p == in_port || !cx.ports[p].is_up() {
+            continue;
+        }
         if let Some(prev) = last_target.replace(p) {
             match cx.cache.alloc() {
                 Some(mut c) => {
                     c.set_len(m.len()).copy_from_slice(m.data());
                     PortStats::add(&cx.ports[prev].stats().tx_flood, 1);
-                    push(&mut txq[prev], c);
+                    enqueue_out(cx, txq, prev, c);
                 }
                 None => PortStats::add(&cx.ports[prev].stats().drop_no_mbuf, 1),
             }
@@ -198,7 +234,7 @@ fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf) {
     match last_target {
         Some(p) => {
             PortStats::add(&cx.ports[p].stats().tx_flood, 1);
-            push(&mut txq[p], m);
+            enqueue_out(cx, txq, p, m);
         }
         None => cx.cache.free(m), // nowhere to go (every other port is down): not a drop of a port
     }
@@ -218,16 +254,36 @@ fn flush(cx: &mut PmdContext, t: &mut TxQueue, p: usize, now: u64, stall_cycles:
         t.pkts[..t.len].rotate_left(sent);
         t.len -= sent;
         t.stalled_since = 0;
+        if t.len == 0 {
+            t.congested = false; // it took everything: back to lossless waiting
+        }
+    }
+    if t.len == 0 {
+        return sent;
+    }
+    if t.congested {
+        // No waiting for a guest that stalled before: what it has no room for goes.
+        drop_queue(cx, t, p, |s| &s.drop_tx_full);
     } else if t.stalled_since == 0 {
         t.stalled_since = now.max(1);
-    } else if now.saturating_sub(t.stalled_since) > stall_cycles {
-        tracing::debug!(port = port.name(), frames = t.len, "output stalled past tx_stall; dropping");
+    } else if sent == 0 && now.saturating_sub(t.stalled_since) > stall_cycles {
+        tracing::debug!(
+            port = port.name(),
+            frames = t.len,
+            "output stalled past tx_stall; dropping"
+        );
         drop_queue(cx, t, p, |s| &s.drop_tx_full);
+        t.congested = true;
     }
     sent
 }
 
-fn drop_queue(cx: &mut PmdContext, t: &mut TxQueue, p: usize, ctr: fn(&PortStats) -> &std::sync::atomic::AtomicU64) {
+fn drop_queue(
+    cx: &mut PmdContext,
+    t: &mut TxQueue,
+    p: usize,
+    ctr: fn(&PortStats) -> &std::sync::atomic::AtomicU64,
+) {
     for s in t.pkts[..t.len].iter_mut() {
         if let Some(m) = s.take() {
             cx.cache.free(m);

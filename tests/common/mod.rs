@@ -47,7 +47,12 @@ pub fn write_config(dir: &Scratch, ports: &[PortSpec], extra: &str) -> PathBuf {
 }
 
 /// As `write_config`, with the PMD cores given.
-pub fn write_config_cores(dir: &Scratch, ports: &[PortSpec], extra: &str, cores: &[usize]) -> PathBuf {
+pub fn write_config_cores(
+    dir: &Scratch,
+    ports: &[PortSpec],
+    extra: &str,
+    cores: &[usize],
+) -> PathBuf {
     let cores: Vec<String> = cores.iter().map(|c| c.to_string()).collect();
     let mut s = format!(
         "[switch]\npmd_cores = [{}]\ncontrol_socket = \"{}\"\n{extra}\n[mempool]\nmbufs = 8192\nhugepages = \"auto\"\n",
@@ -70,7 +75,10 @@ pub fn write_config_cores(dir: &Scratch, ports: &[PortSpec], extra: &str, cores:
 
 /// The core the switch's PMD runs on: the last one (testpmd and guests get the others).
 pub fn pmd_core() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) - 1
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        - 1
 }
 
 /// A running `vswitch run`, with its log collected.
@@ -104,7 +112,11 @@ impl Switch {
         let sw = Switch { child, ctl, log };
         let t0 = Instant::now();
         while !sw.log().contains("vswitch running") {
-            assert!(t0.elapsed() < Duration::from_secs(20), "switch did not start:\n{}", sw.log());
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "switch did not start:\n{}",
+                sw.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         sw
@@ -115,8 +127,17 @@ impl Switch {
     }
 
     pub fn ctl(&self, cmd: &str) -> String {
-        let out = Command::new(bin()).args(["ctl", "--socket"]).arg(&self.ctl).arg(cmd).output().unwrap();
-        assert!(out.status.success(), "ctl {cmd} failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(bin())
+            .args(["ctl", "--socket"])
+            .arg(&self.ctl)
+            .arg(cmd)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ctl {cmd} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -141,7 +162,11 @@ impl Switch {
             if pred(&s) {
                 return s;
             }
-            assert!(t0.elapsed() < timeout, "timed out waiting for {what}; show:\n{s}\nlog:\n{}", self.log());
+            assert!(
+                t0.elapsed() < timeout,
+                "timed out waiting for {what}; show:\n{s}\nlog:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -149,14 +174,20 @@ impl Switch {
     /// SIGTERM and wait; returns the exit status and asserts a clean stop.
     pub fn stop(mut self) -> String {
         // SAFETY-free: kill(1) by pid through the kill command.
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let t0 = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
                 assert!(st.success(), "switch exited with {st}:\n{}", self.log());
                 break;
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "switch did not stop on SIGTERM");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "switch did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -169,7 +200,10 @@ impl Switch {
 impl Drop for Switch {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
             std::thread::sleep(Duration::from_millis(500));
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -194,34 +228,75 @@ impl Testpmd {
     }
 
     /// As `start`, with `queues` queue pairs per port.
-    pub fn start_mq(dir: &Scratch, ports: [&str; 2], server: bool, prefix: &str, queues: usize) -> Testpmd {
+    pub fn start_mq(
+        dir: &Scratch,
+        ports: [&str; 2],
+        server: bool,
+        prefix: &str,
+        queues: usize,
+    ) -> Testpmd {
+        Testpmd::start_opts(dir, ports, server, prefix, queues, [MAC1, MAC0])
+    }
+
+    /// As `start_mq`, with the destination MAC each port sends to.
+    pub fn start_opts(
+        dir: &Scratch,
+        ports: [&str; 2],
+        server: bool,
+        prefix: &str,
+        queues: usize,
+        peers: [&str; 2],
+    ) -> Testpmd {
         which("dpdk-testpmd");
         let srv = if server { ",server=1" } else { "" };
         let vdev = |i: usize, mac: &str| {
-            format!("net_virtio_user{i},path={},queues={queues},mac={mac}{srv}", dir.path(&format!("{}.sock", ports[i])).display())
+            format!(
+                "net_virtio_user{i},path={},queues={queues},mac={mac}{srv}",
+                dir.path(&format!("{}.sock", ports[i])).display()
+            )
         };
         // stdbuf: testpmd writes its answers with stdio, which a pipe would hold back.
         let mut child = Command::new("stdbuf")
             .args(["-o0", "-e0", "dpdk-testpmd"])
-            .args(["-l", "0,1", "--main-lcore", "1", "--no-pci", "--in-memory", "--single-file-segments", "-m", "256"])
+            .args([
+                "-l",
+                "0,1",
+                "--main-lcore",
+                "1",
+                "--no-pci",
+                "--in-memory",
+                "--single-file-segments",
+                "-m",
+                "256",
+            ])
             .arg(format!("--file-prefix={prefix}"))
             .args(["--log-level", "*:warning"])
             .arg("--vdev")
             .arg(vdev(0, MAC0))
             .arg("--vdev")
             .arg(vdev(1, MAC1))
-            .args(["--", "-i", "--forward-mode=mac", "--nb-cores=1", "--txd=256", "--rxd=256"])
+            .args([
+                "--",
+                "-i",
+                "--forward-mode=mac",
+                "--nb-cores=1",
+                "--txd=256",
+                "--rxd=256",
+            ])
             .arg(format!("--rxq={queues}"))
             .arg(format!("--txq={queues}"))
-            .arg(format!("--eth-peer=0,{MAC1}"))
-            .arg(format!("--eth-peer=1,{MAC0}"))
+            .arg(format!("--eth-peer=0,{}", peers[0]))
+            .arg(format!("--eth-peer=1,{}", peers[1]))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start dpdk-testpmd");
         let out = Arc::new(Mutex::new(String::new()));
-        for r in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for r in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let o = out.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(r).lines().map_while(Result::ok) {
@@ -247,7 +322,10 @@ impl Testpmd {
             if o.len() > from && o[from..].contains(needle) {
                 return o[from..].to_string();
             }
-            assert!(t0.elapsed() < timeout, "testpmd: timed out waiting for {needle:?}:\n{o}");
+            assert!(
+                t0.elapsed() < timeout,
+                "testpmd: timed out waiting for {needle:?}:\n{o}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -269,15 +347,24 @@ impl Testpmd {
         let t0 = Instant::now();
         let s = loop {
             let o = self.output()[from..].to_string();
-            if o.split("NIC statistics for port 1").nth(1).is_some_and(|t| t.contains("Tx-bps")) {
+            if o.split("NIC statistics for port 1")
+                .nth(1)
+                .is_some_and(|t| t.contains("Tx-bps"))
+            {
                 break o;
             }
-            assert!(t0.elapsed() < Duration::from_secs(30), "testpmd: no port stats:\n{o}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "testpmd: no port stats:\n{o}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         };
         let mut res = [PortCounts::default(), PortCounts::default()];
         for (i, r) in res.iter_mut().enumerate() {
-            let sect = s.split(&format!("NIC statistics for port {i}")).nth(1).unwrap_or_else(|| panic!("{s}"));
+            let sect = s
+                .split(&format!("NIC statistics for port {i}"))
+                .nth(1)
+                .unwrap_or_else(|| panic!("{s}"));
             r.rx = field(sect, "RX-packets:");
             r.tx = field(sect, "TX-packets:");
             r.rx_missed = field(sect, "RX-missed:");
@@ -290,7 +377,9 @@ impl Testpmd {
         let _ = writeln!(self.stdin, "quit");
         let _ = self.stdin.flush();
         let t0 = Instant::now();
-        while self.child.try_wait().ok().flatten().is_none() && t0.elapsed() < Duration::from_secs(15) {
+        while self.child.try_wait().ok().flatten().is_none()
+            && t0.elapsed() < Duration::from_secs(15)
+        {
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = self.child.kill();
@@ -315,11 +404,20 @@ pub struct PortCounts {
 
 pub fn field(s: &str, name: &str) -> u64 {
     let i = s.find(name).unwrap_or_else(|| panic!("no {name} in {s}"));
-    s[i + name.len()..].split_whitespace().next().unwrap().parse().unwrap()
+    s[i + name.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 pub fn which(cmd: &str) {
-    let ok = Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().map(|o| o.status.success());
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()
+        .map(|o| o.status.success());
     assert!(
         ok.unwrap_or(false),
         "{cmd} is not installed: run the README's test command (scripts/test.sh), which installs it"
@@ -342,22 +440,55 @@ pub fn traffic_round(sw: &Switch, tp: &mut Testpmd, secs: u64, during: impl FnOn
     let tpc = tp.port_stats();
     let s0 = sw.port_stats("vm1");
     let s1 = sw.port_stats("vm2");
-    let d = |a: &std::collections::HashMap<String, u64>, b: &std::collections::HashMap<String, u64>, k: &str| a[k] - b[k];
+    let d = |a: &std::collections::HashMap<String, u64>,
+             b: &std::collections::HashMap<String, u64>,
+             k: &str| a[k] - b[k];
 
     // testpmd sent no frame it could not queue (TX-dropped), in either direction.
     for i in 0..2 {
-        let sect = stop.split(&format!("Forward statistics for port {i}")).nth(1).expect("fwd stats");
-        assert_eq!(field(sect, "TX-dropped:"), 0, "testpmd port {i} dropped on tx:\n{stop}");
+        let sect = stop
+            .split(&format!("Forward statistics for port {i}"))
+            .nth(1)
+            .expect("fwd stats");
+        assert_eq!(
+            field(sect, "TX-dropped:"),
+            0,
+            "testpmd port {i} dropped on tx:\n{stop}"
+        );
     }
     // Everything testpmd sent reached the switch.
     let sent0 = tpc[0].tx - tp_before[0].tx;
     let sent1 = tpc[1].tx - tp_before[1].tx;
-    assert_eq!(d(&s0, &before0, "rx_packets"), sent0, "switch vm1 rx vs testpmd port 0 tx");
-    assert_eq!(d(&s1, &before1, "rx_packets"), sent1, "switch vm2 rx vs testpmd port 1 tx");
+    assert_eq!(
+        d(&s0, &before0, "rx_packets"),
+        sent0,
+        "switch vm1 rx vs testpmd port 0 tx"
+    );
+    assert_eq!(
+        d(&s1, &before1, "rx_packets"),
+        sent1,
+        "switch vm2 rx vs testpmd port 1 tx"
+    );
     // Two ports: everything from one goes to the other, nothing dropped.
-    assert_eq!(d(&s1, &before1, "tx_packets"), sent0, "switch vm2 tx vs vm1 rx");
-    assert_eq!(d(&s0, &before0, "tx_packets"), sent1, "switch vm1 tx vs vm2 rx");
-    for k in ["drop_tx_full", "drop_tx_down", "drop_oversize", "drop_no_mbuf", "drop_hairpin", "drop_runt", "guest_errors"] {
+    assert_eq!(
+        d(&s1, &before1, "tx_packets"),
+        sent0,
+        "switch vm2 tx vs vm1 rx"
+    );
+    assert_eq!(
+        d(&s0, &before0, "tx_packets"),
+        sent1,
+        "switch vm1 tx vs vm2 rx"
+    );
+    for k in [
+        "drop_tx_full",
+        "drop_tx_down",
+        "drop_oversize",
+        "drop_no_mbuf",
+        "drop_hairpin",
+        "drop_runt",
+        "guest_errors",
+    ] {
         assert_eq!(s0[k] + s1[k], before0[k] + before1[k], "switch counted {k}");
     }
     // What testpmd received is what the switch delivered, less the frames still in
@@ -366,9 +497,18 @@ pub fn traffic_round(sw: &Switch, tp: &mut Testpmd, secs: u64, during: impl FnOn
     let got1 = tpc[1].rx - tp_before[1].rx;
     let del0 = d(&s0, &before0, "tx_packets");
     let del1 = d(&s1, &before1, "tx_packets");
-    assert!(got0 <= del0 && del0 - got0 <= 512, "port 0 received {got0} of {del0} delivered");
-    assert!(got1 <= del1 && del1 - got1 <= 512, "port 1 received {got1} of {del1} delivered");
-    assert!(sent0 > 1000 && sent1 > 1000, "too little traffic: {sent0} / {sent1}");
+    assert!(
+        got0 <= del0 && del0 - got0 <= 512,
+        "port 0 received {got0} of {del0} delivered"
+    );
+    assert!(
+        got1 <= del1 && del1 - got1 <= 512,
+        "port 1 received {got1} of {del1} delivered"
+    );
+    assert!(
+        sent0 > 1000 && sent1 > 1000,
+        "too little traffic: {sent0} / {sent1}"
+    );
     eprintln!(
         "traffic round: testpmd port0 tx={sent0} rx={got0}, port1 tx={sent1} rx={got1}; switch vm1 rx={} tx={}, vm2 rx={} tx={}",
         d(&s0, &before0, "rx_packets"),
@@ -378,14 +518,28 @@ pub fn traffic_round(sw: &Switch, tp: &mut Testpmd, secs: u64, during: impl FnOn
     );
     // The table learned each MAC on its port.
     let fdb = sw.ctl("fdb");
-    assert!(fdb.lines().any(|l| l.starts_with("vm1") && l.contains(MAC0)), "fdb:\n{fdb}");
-    assert!(fdb.lines().any(|l| l.starts_with("vm2") && l.contains(MAC1)), "fdb:\n{fdb}");
+    assert!(
+        fdb.lines()
+            .any(|l| l.starts_with("vm1") && l.contains(MAC0)),
+        "fdb:\n{fdb}"
+    );
+    assert!(
+        fdb.lines()
+            .any(|l| l.starts_with("vm2") && l.contains(MAC1)),
+        "fdb:\n{fdb}"
+    );
     sent0 + sent1
 }
 
 /// Waits until ports vm1 and vm2 are both up.
 pub fn wait_both_up(sw: &Switch) {
     sw.wait_show("vm1 and vm2 up", Duration::from_secs(30), |s| {
-        s.lines().filter(|l| (l.starts_with("port 0 vm1") || l.starts_with("port 1 vm2")) && l.ends_with("up=true")).count() == 2
+        s.lines()
+            .filter(|l| {
+                (l.starts_with("port 0 vm1") || l.starts_with("port 1 vm2"))
+                    && l.ends_with("up=true")
+            })
+            .count()
+            == 2
     });
 }

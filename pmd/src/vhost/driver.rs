@@ -32,14 +32,29 @@ impl DriverMem {
         // SAFETY: fd is a fresh descriptor nothing else owns.
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(outside + size).expect("size memfd");
-        let map = MmapRegion::<()>::from_file(FileOffset::new(file.try_clone().unwrap(), 0), (outside + size) as usize)
-            .expect("map memfd");
-        DriverMem { file, map, outside, size, gpa_base, uva_base }
+        let map = MmapRegion::<()>::from_file(
+            FileOffset::new(file.try_clone().unwrap(), 0),
+            (outside + size) as usize,
+        )
+        .expect("map memfd");
+        DriverMem {
+            file,
+            map,
+            outside,
+            size,
+            gpa_base,
+            uva_base,
+        }
     }
 
     /// The region as a frontend describes it in SET_MEM_TABLE.
     pub fn region(&self) -> RegionDesc {
-        RegionDesc { guest_phys: self.gpa_base, size: self.size, user_addr: self.uva_base, mmap_offset: self.outside }
+        RegionDesc {
+            guest_phys: self.gpa_base,
+            size: self.size,
+            user_addr: self.uva_base,
+            mmap_offset: self.outside,
+        }
     }
 
     pub fn file(&self) -> File {
@@ -47,7 +62,10 @@ impl DriverMem {
     }
 
     fn ptr(&self, file_off: u64, len: usize) -> *mut u8 {
-        assert!(file_off + len as u64 <= self.outside + self.size, "driver access out of the file");
+        assert!(
+            file_off + len as u64 <= self.outside + self.size,
+            "driver access out of the file"
+        );
         // SAFETY: checked just above to lie inside the mapping.
         unsafe { self.map.as_ptr().add(file_off as usize) }
     }
@@ -115,12 +133,23 @@ impl<'a> DriverRing<'a> {
         let desc = base;
         let avail = desc + 16 * size as u64;
         let used = (avail + 6 + 2 * size as u64).div_ceil(4096) * 4096;
-        DriverRing { mem, size, desc, avail, used, avail_idx: 0 }
+        DriverRing {
+            mem,
+            size,
+            desc,
+            avail,
+            used,
+            avail_idx: 0,
+        }
     }
     /// Ring addresses as the frontend sends them (its virtual addresses).
     pub fn addrs(&self) -> RingAddrs {
         let u = self.mem.uva_base;
-        RingAddrs { desc: u + self.desc, avail: u + self.avail, used: u + self.used }
+        RingAddrs {
+            desc: u + self.desc,
+            avail: u + self.avail,
+            used: u + self.used,
+        }
     }
     /// Guest-physical address of an offset in the region.
     pub fn gpa(&self, off: u64) -> u64 {

@@ -49,10 +49,17 @@ impl GuestMemory {
     /// mapped from its file at its offset.
     pub fn map(descs: &[RegionDesc], files: Vec<File>) -> Result<GuestMemory, String> {
         if descs.is_empty() || descs.len() > MAX_REGIONS {
-            return Err(format!("memory table has {} regions (1..={MAX_REGIONS} allowed)", descs.len()));
+            return Err(format!(
+                "memory table has {} regions (1..={MAX_REGIONS} allowed)",
+                descs.len()
+            ));
         }
         if files.len() != descs.len() {
-            return Err(format!("memory table has {} regions but {} file descriptors", descs.len(), files.len()));
+            return Err(format!(
+                "memory table has {} regions but {} file descriptors",
+                descs.len(),
+                files.len()
+            ));
         }
         for (i, d) in descs.iter().enumerate() {
             if d.size == 0
@@ -64,7 +71,8 @@ impl GuestMemory {
                 return Err(format!("memory region {i} is empty or overflows: {d:?}"));
             }
             for (j, e) in descs.iter().enumerate().take(i) {
-                let gp = d.guest_phys < e.guest_phys + e.size && e.guest_phys < d.guest_phys + d.size;
+                let gp =
+                    d.guest_phys < e.guest_phys + e.size && e.guest_phys < d.guest_phys + d.size;
                 let ua = d.user_addr < e.user_addr + e.size && e.user_addr < d.user_addr + d.size;
                 if gp || ua {
                     return Err(format!("memory regions {j} and {i} overlap"));
@@ -79,11 +87,29 @@ impl GuestMemory {
             let start = d.mmap_offset & !(page - 1);
             let lead = d.mmap_offset - start;
             let len = (d.size + lead) as usize;
+            // A mapping past the end of the file would fault (SIGBUS) on first access.
+            // (A frontend that shrinks its file later can still do that; QEMU and DPDK
+            // do not; memfd seals would be the full answer.)
+            let flen = f
+                .metadata()
+                .map_err(|e| format!("memory region {d:?}: {e}"))?
+                .len();
+            if flen < d.mmap_offset + d.size {
+                return Err(format!(
+                    "memory region {d:?} ends past its file ({flen} bytes)"
+                ));
+            }
             let map = MmapRegion::<()>::from_file(FileOffset::new(f, start), len)
                 .map_err(|e| format!("cannot map memory region {d:?}: {e}"))?;
             // SAFETY: lead < page <= len, so the pointer stays inside the mapping.
             let host = unsafe { map.as_ptr().add(lead as usize) };
-            regions.push(Region { guest_phys: d.guest_phys, size: d.size, user_addr: d.user_addr, host, _map: map });
+            regions.push(Region {
+                guest_phys: d.guest_phys,
+                size: d.size,
+                user_addr: d.user_addr,
+                host,
+                _map: map,
+            });
         }
         Ok(GuestMemory { regions })
     }
@@ -95,18 +121,27 @@ impl GuestMemory {
     /// Host address of `len` bytes at guest-physical `gpa`, if they lie in one region.
     #[inline]
     pub fn gpa_to_host(&self, gpa: u64, len: u64) -> Option<*mut u8> {
-        self.regions.iter().find_map(|r| translate(gpa, len, r.guest_phys, r.size, r.host))
+        self.regions
+            .iter()
+            .find_map(|r| translate(gpa, len, r.guest_phys, r.size, r.host))
     }
 
     /// Host address of `len` bytes at the frontend's virtual address `uva` (ring addresses
     /// in SET_VRING_ADDR are frontend virtual addresses).
     pub fn uva_to_host(&self, uva: u64, len: u64) -> Option<*mut u8> {
-        self.regions.iter().find_map(|r| translate(uva, len, r.user_addr, r.size, r.host))
+        self.regions
+            .iter()
+            .find_map(|r| translate(uva, len, r.user_addr, r.size, r.host))
     }
 
     /// A flat copy of the table for the hot path's cached lookups.
     pub fn fast_table(&self) -> FastTable {
-        let mut t = FastTable { n: self.regions.len(), start: [0; MAX_REGIONS], end: [0; MAX_REGIONS], host: [0; MAX_REGIONS] };
+        let mut t = FastTable {
+            n: self.regions.len(),
+            start: [0; MAX_REGIONS],
+            end: [0; MAX_REGIONS],
+            host: [0; MAX_REGIONS],
+        };
         for (i, r) in self.regions.iter().enumerate() {
             t.start[i] = r.guest_phys;
             t.end[i] = r.guest_phys + r.size;
@@ -141,7 +176,12 @@ pub struct FastTable {
 
 impl FastTable {
     pub const fn empty() -> FastTable {
-        FastTable { n: 0, start: [0; MAX_REGIONS], end: [0; MAX_REGIONS], host: [0; MAX_REGIONS] }
+        FastTable {
+            n: 0,
+            start: [0; MAX_REGIONS],
+            end: [0; MAX_REGIONS],
+            host: [0; MAX_REGIONS],
+        }
     }
 
     /// Host address of `len` bytes at `gpa` if wholly inside one region; `hint` is the

@@ -77,6 +77,11 @@ impl VringSlot {
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Relaxed)
     }
+    /// Live and not broken.
+    #[inline]
+    pub fn usable(&self) -> bool {
+        self.is_live() && !self.is_broken()
+    }
 }
 
 /// State shared by a port's control thread and the PMD threads.
@@ -113,7 +118,10 @@ impl VhostUserPort {
             stop: AtomicBool::new(false),
         });
         let thread = protocol::spawn(shared.clone())?;
-        Ok(VhostUserPort { shared, thread: std::sync::Mutex::new(Some(thread)) })
+        Ok(VhostUserPort {
+            shared,
+            thread: std::sync::Mutex::new(Some(thread)),
+        })
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -157,19 +165,26 @@ impl Port for VhostUserPort {
     #[inline]
     fn rx_burst(&self, q: usize, cache: &mut MempoolCache, out: &mut [Option<Mbuf>]) -> usize {
         let idx = 2 * q + 1;
-        let Some(slot) = self.shared.vrings.get(idx) else { return 0 };
+        let Some(slot) = self.shared.vrings.get(idx) else {
+            return 0;
+        };
         if !slot.live.load(Ordering::SeqCst) {
             return 0;
         }
         // SAFETY: live is set and this queue is polled by exactly one PMD thread (the
         // scheduler assigns each rx queue once), so this is the only access.
-        let Some(ring) = (unsafe { &mut *slot.ring.get() }) else { return 0 };
+        let Some(ring) = (unsafe { &mut *slot.ring.get() }) else {
+            return 0;
+        };
         let (mut oversize, mut no_mbuf) = (0u64, false);
         let n = ring.dequeue(cache, out, &mut oversize, &mut no_mbuf);
         let st = &self.shared.stats;
         // When the pool runs dry (no_mbuf) nothing is lost: the frames wait on the ring.
         let _ = no_mbuf;
-        let bytes: usize = out[..n].iter().map(|m| m.as_ref().map_or(0, |m| m.len())).sum();
+        let bytes: usize = out[..n]
+            .iter()
+            .map(|m| m.as_ref().map_or(0, |m| m.len()))
+            .sum();
         PortStats::add(&st.rx_packets, n as u64);
         PortStats::add(&st.rx_bytes, bytes as u64);
         PortStats::add(&st.drop_oversize, oversize);
@@ -180,18 +195,29 @@ impl Port for VhostUserPort {
     }
 
     #[inline]
-    fn tx_burst(&self, txq_hint: usize, cache: &mut MempoolCache, pkts: &mut [Option<Mbuf>]) -> usize {
+    fn tx_burst(
+        &self,
+        txq_hint: usize,
+        cache: &mut MempoolCache,
+        pkts: &mut [Option<Mbuf>],
+    ) -> usize {
         let nq = self.shared.cfg.queues;
-        let mut q = txq_hint % nq;
-        if !self.shared.vrings[2 * q].live.load(Ordering::SeqCst) {
-            q = 0; // the guest may use fewer queue pairs than offered
-        }
+        // The hinted queue pair, or the next usable one: the guest may use fewer queue
+        // pairs than offered, or have broken one.
+        let first = txq_hint % nq;
+        let Some(q) = (0..nq)
+            .map(|k| (first + k) % nq)
+            .find(|&q| self.shared.vrings[2 * q].usable())
+        else {
+            return 0;
+        };
         let idx = 2 * q;
         let slot = &self.shared.vrings[idx];
-        if !slot.live.load(Ordering::SeqCst) {
-            return 0;
-        }
-        while slot.tx_lock.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        while slot
+            .tx_lock
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             std::hint::spin_loop();
         }
         // SAFETY: live is set and tx_lock is held: no other thread touches this ring.
@@ -215,9 +241,9 @@ impl Port for VhostUserPort {
     }
 
     fn is_up(&self) -> bool {
+        // Up while the guest has a receive ring we can deliver to.
         self.shared.connected.load(Ordering::Relaxed)
-            && self.shared.vrings[0].is_live()
-            && !self.shared.vrings[0].is_broken()
+            && self.shared.vrings.iter().step_by(2).any(|v| v.usable())
     }
 
     fn stats(&self) -> &PortStats {

@@ -23,8 +23,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vhost::vhost_user::message::{
-    FrontendReq, VhostUserHeaderFlag, VhostUserMemory, VhostUserMemoryRegion, VhostUserMsgValidator,
-    VhostUserProtocolFeatures, VhostUserVringAddr, VhostUserVringState, MAX_ATTACHED_FD_ENTRIES, MAX_MSG_SIZE,
+    FrontendReq, VhostUserHeaderFlag, VhostUserMemory, VhostUserMemoryRegion,
+    VhostUserMsgValidator, VhostUserProtocolFeatures, VhostUserVringAddr, VhostUserVringState,
+    MAX_ATTACHED_FD_ENTRIES, MAX_MSG_SIZE,
 };
 use vhost::vhost_user::Listener;
 use vm_memory::ByteValued;
@@ -88,9 +89,15 @@ struct Conn {
 pub(super) fn spawn(sh: Arc<Shared>) -> Result<JoinHandle<()>, String> {
     let listener = match sh.cfg.mode {
         Mode::Server => {
-            let l = Listener::new(&sh.cfg.path, true)
-                .map_err(|e| format!("port {}: cannot listen on {}: {e}", sh.cfg.name, sh.cfg.path.display()))?;
-            l.set_nonblocking(true).map_err(|e| format!("port {}: {e}", sh.cfg.name))?;
+            let l = Listener::new(&sh.cfg.path, true).map_err(|e| {
+                format!(
+                    "port {}: cannot listen on {}: {e}",
+                    sh.cfg.name,
+                    sh.cfg.path.display()
+                )
+            })?;
+            l.set_nonblocking(true)
+                .map_err(|e| format!("port {}: {e}", sh.cfg.name))?;
             Some(l)
         }
         Mode::Client => None,
@@ -148,7 +155,10 @@ fn recv_msg(s: &mut UnixStream, sh: &Shared) -> Res<Option<(u32, u32, Vec<u8>, V
         if sh.stop.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        let mut iov = [libc::iovec { iov_base: hdr.as_mut_ptr() as *mut libc::c_void, iov_len: HDR_LEN }];
+        let mut iov = [libc::iovec {
+            iov_base: hdr.as_mut_ptr() as *mut libc::c_void,
+            iov_len: HDR_LEN,
+        }];
         // SAFETY: iov points at `hdr`, a live local buffer of HDR_LEN bytes; fds has room
         // for MAX_ATTACHED_FD_ENTRIES descriptors, each of which we take ownership of below.
         match unsafe { s.recv_with_fds(&mut iov, &mut fds) } {
@@ -158,30 +168,44 @@ fn recv_msg(s: &mut UnixStream, sh: &Shared) -> Res<Option<(u32, u32, Vec<u8>, V
         }
     };
     // SAFETY: recvmsg returned nfds new descriptors that nothing else owns.
-    let files: Vec<File> = fds[..nfds].iter().map(|&fd| unsafe { File::from_raw_fd(fd) }).collect();
+    let files: Vec<File> = fds[..nfds]
+        .iter()
+        .map(|&fd| unsafe { File::from_raw_fd(fd) })
+        .collect();
     if n == 0 {
         return Ok(None); // peer closed
     }
     if n < HDR_LEN {
-        s.read_exact(&mut hdr[n..]).map_err(|e| ProtocolError(format!("short header: {e}")))?;
+        s.read_exact(&mut hdr[n..])
+            .map_err(|e| ProtocolError(format!("short header: {e}")))?;
     }
     let req = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
     let flags = u32::from_le_bytes(hdr[4..8].try_into().unwrap());
     let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
     if size > MAX_MSG_SIZE {
-        return perr(format!("request {req} has a {size}-byte body (max {MAX_MSG_SIZE})"));
+        return perr(format!(
+            "request {req} has a {size}-byte body (max {MAX_MSG_SIZE})"
+        ));
     }
     if flags & 0x3 != 1 || flags & VhostUserHeaderFlag::REPLY.bits() != 0 {
         return perr(format!("request {req} has bad flags {flags:#x}"));
     }
     let mut body = vec![0u8; size];
-    s.read_exact(&mut body).map_err(|e| ProtocolError(format!("short body of request {req}: {e}")))?;
+    s.read_exact(&mut body)
+        .map_err(|e| ProtocolError(format!("short body of request {req}: {e}")))?;
     Ok(Some((req, flags, body, files)))
 }
 
-fn body_as<T: ByteValued + VhostUserMsgValidator + Default>(req: FrontendReq, body: &[u8]) -> Res<T> {
+fn body_as<T: ByteValued + VhostUserMsgValidator + Default>(
+    req: FrontendReq,
+    body: &[u8],
+) -> Res<T> {
     if body.len() != std::mem::size_of::<T>() {
-        return perr(format!("{req:?}: body is {} bytes, expected {}", body.len(), std::mem::size_of::<T>()));
+        return perr(format!(
+            "{req:?}: body is {} bytes, expected {}",
+            body.len(),
+            std::mem::size_of::<T>()
+        ));
     }
     let mut v = T::default();
     v.as_mut_slice().copy_from_slice(body);
@@ -204,7 +228,8 @@ fn send_reply(s: &mut UnixStream, req: u32, payload: &[u8]) -> Res<()> {
     msg.extend_from_slice(&(1u32 | VhostUserHeaderFlag::REPLY.bits()).to_le_bytes());
     msg.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     msg.extend_from_slice(payload);
-    s.write_all(&msg).map_err(|e| ProtocolError(format!("send reply: {e}")))
+    s.write_all(&msg)
+        .map_err(|e| ProtocolError(format!("send reply: {e}")))
 }
 
 impl Conn {
@@ -221,11 +246,15 @@ impl Conn {
     }
 
     fn serve(&mut self, mut s: UnixStream) -> Res<()> {
-        s.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| ProtocolError(e.to_string()))?;
-        s.set_write_timeout(Some(Duration::from_secs(5))).map_err(|e| ProtocolError(e.to_string()))?;
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .map_err(|e| ProtocolError(e.to_string()))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| ProtocolError(e.to_string()))?;
         self.sh.connected.store(true, Ordering::SeqCst);
         while let Some((code, flags, body, files)) = recv_msg(&mut s, &self.sh)? {
-            let req = FrontendReq::try_from(code).map_err(|_| ProtocolError(format!("unknown request code {code}")))?;
+            let req = FrontendReq::try_from(code)
+                .map_err(|_| ProtocolError(format!("unknown request code {code}")))?;
+            check_fds(req, &body, files.len())?;
             tracing::debug!(port = %self.sh.cfg.name, ?req, len = body.len(), fds = files.len(), "request");
             let need_reply = flags & VhostUserHeaderFlag::NEED_REPLY.bits() != 0
                 && self.protocol_features & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0;
@@ -245,7 +274,10 @@ impl Conn {
     fn vq_index(&self, req: FrontendReq, i: u64) -> Res<usize> {
         let i = i as usize;
         if i >= self.vqs.len() {
-            return perr(format!("{req:?}: vring index {i} out of range (this port has {})", self.vqs.len()));
+            return perr(format!(
+                "{req:?}: vring index {i} out of range (this port has {})",
+                self.vqs.len()
+            ));
         }
         Ok(i)
     }
@@ -257,7 +289,9 @@ impl Conn {
             R::SET_FEATURES => {
                 let f = body_u64(req, body)?;
                 if f & !OFFERED_FEATURES != 0 {
-                    return perr(format!("SET_FEATURES {f:#x} has bits this backend did not offer"));
+                    return perr(format!(
+                        "SET_FEATURES {f:#x} has bits this backend did not offer"
+                    ));
                 }
                 let changed = f != self.features;
                 self.features = f;
@@ -271,7 +305,9 @@ impl Conn {
             R::SET_PROTOCOL_FEATURES => {
                 let f = body_u64(req, body)?;
                 if f & !offered_protocol_features() != 0 {
-                    return perr(format!("SET_PROTOCOL_FEATURES {f:#x} has bits this backend did not offer"));
+                    return perr(format!(
+                        "SET_PROTOCOL_FEATURES {f:#x} has bits this backend did not offer"
+                    ));
                 }
                 self.protocol_features = f;
                 Reply::Ack(true)
@@ -297,7 +333,9 @@ impl Conn {
                 let i = self.vq_index(req, v.index as u64)?;
                 let num = v.num;
                 if num == 0 || num > super::virtq::MAX_RING || !num.is_power_of_two() {
-                    return perr(format!("SET_VRING_NUM: ring {i} size {num} is not a power of two up to 32768"));
+                    return perr(format!(
+                        "SET_VRING_NUM: ring {i} size {num} is not a power of two up to 32768"
+                    ));
                 }
                 self.vqs[i].size = num;
                 self.refresh(i);
@@ -309,7 +347,11 @@ impl Conn {
                 if v.flags != 0 {
                     return perr("SET_VRING_ADDR: logging flag set but LOG_ALL was not negotiated");
                 }
-                self.vqs[i].addrs = Some(RingAddrs { desc: v.descriptor, avail: v.available, used: v.used });
+                self.vqs[i].addrs = Some(RingAddrs {
+                    desc: v.descriptor,
+                    avail: v.available,
+                    used: v.used,
+                });
                 self.refresh(i);
                 Reply::Ack(true)
             }
@@ -317,8 +359,14 @@ impl Conn {
                 let v: VhostUserVringState = body_as(req, body)?;
                 let i = self.vq_index(req, v.index as u64)?;
                 if v.num > u16::MAX as u32 {
-                    return perr(format!("SET_VRING_BASE: base {} does not fit a split ring", { v.num }));
+                    return perr(format!(
+                        "SET_VRING_BASE: base {} does not fit a split ring",
+                        { v.num }
+                    ));
                 }
+                // Take a running ring down first, so the base it stopped at does not
+                // overwrite the one given here.
+                self.teardown(i);
                 self.vqs[i].base = v.num as u16;
                 self.refresh(i);
                 Reply::Ack(true)
@@ -336,12 +384,19 @@ impl Conn {
             }
             R::SET_VRING_KICK | R::SET_VRING_CALL | R::SET_VRING_ERR => {
                 let v = body_u64(req, body)?;
+                if v >> 9 != 0 {
+                    return perr(format!(
+                        "{req:?}: payload {v:#x} has bits above the index and NOFD flag"
+                    ));
+                }
                 let i = self.vq_index(req, v & 0xff)?;
                 let mut files = files.into_iter();
                 let f = if v & VRING_NOFD != 0 {
                     None
                 } else {
-                    Some(files.next().ok_or_else(|| ProtocolError(format!("{req:?}: no file descriptor attached")))?)
+                    Some(files.next().ok_or_else(|| {
+                        ProtocolError(format!("{req:?}: no file descriptor attached"))
+                    })?)
                 };
                 match req {
                     R::SET_VRING_KICK => {
@@ -361,7 +416,9 @@ impl Conn {
                 let v: VhostUserVringState = body_as(req, body)?;
                 let i = self.vq_index(req, v.index as u64)?;
                 if v.num > 1 {
-                    return perr(format!("SET_VRING_ENABLE: value {} is neither 0 nor 1", { v.num }));
+                    return perr(format!("SET_VRING_ENABLE: value {} is neither 0 nor 1", {
+                        v.num
+                    }));
                 }
                 // QEMU 10 sends this before SET_FEATURES: accept it in any order.
                 self.vqs[i].enabled = v.num == 1;
@@ -369,13 +426,21 @@ impl Conn {
                 Reply::Ack(true)
             }
             R::GET_MAX_MEM_SLOTS => Reply::Value(MAX_REGIONS as u64),
-            R::SET_BACKEND_REQ_FD | R::SET_LOG_BASE | R::SET_LOG_FD | R::NET_SET_MTU | R::SEND_RARP => {
+            R::SET_BACKEND_REQ_FD
+            | R::SET_LOG_BASE
+            | R::SET_LOG_FD
+            | R::NET_SET_MTU
+            | R::SEND_RARP => {
                 // Not offered: a frontend that sends them anyway gets a failure when it
                 // asks for an acknowledgement, and any descriptor is closed.
                 tracing::warn!(port = %self.sh.cfg.name, ?req, "request for a feature not offered; refused");
                 Reply::Ack(false)
             }
-            other => return perr(format!("request {other:?} is not supported by this backend")),
+            other => {
+                return perr(format!(
+                    "request {other:?} is not supported by this backend"
+                ))
+            }
         })
     }
 
@@ -385,7 +450,11 @@ impl Conn {
             event_idx: f & VIRTIO_RING_F_EVENT_IDX != 0,
             mrg_rxbuf: f & VIRTIO_NET_F_MRG_RXBUF != 0,
             indirect: f & VIRTIO_RING_F_INDIRECT_DESC != 0,
-            hdr_len: if f & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 { 12 } else { 10 },
+            hdr_len: if f & (VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MRG_RXBUF) != 0 {
+                12
+            } else {
+                10
+            },
         }
     }
 
@@ -437,12 +506,25 @@ impl Conn {
         let with_proto = self.features & VHOST_USER_F_PROTOCOL_FEATURES != 0;
         let vq = &self.vqs[i];
         // Without PROTOCOL_FEATURES a ring is enabled once kicked; with it, by SET_VRING_ENABLE.
-        let enabled = if with_proto || !self.features_set { vq.enabled } else { true };
-        let (Some(mem), Some(addrs)) = (&self.mem, vq.addrs) else { return };
+        let enabled = if with_proto || !self.features_set {
+            vq.enabled
+        } else {
+            true
+        };
+        let (Some(mem), Some(addrs)) = (&self.mem, vq.addrs) else {
+            return;
+        };
         if !self.features_set || vq.size == 0 || !vq.kicked || !enabled {
             return;
         }
-        match LiveRing::new(mem.clone(), vq.size, addrs, vq.base, self.ring_features(), vq.call.clone()) {
+        match LiveRing::new(
+            mem.clone(),
+            vq.size,
+            addrs,
+            vq.base,
+            self.ring_features(),
+            vq.call.clone(),
+        ) {
             Ok(ring) => {
                 // SAFETY: the ring is not live (teardown above), so no PMD thread holds it.
                 unsafe { *slot.ring.get() = Some(ring) };
@@ -457,6 +539,30 @@ impl Conn {
             }
         }
     }
+}
+
+/// Refuses a request with more or fewer file descriptors than it carries.
+fn check_fds(req: FrontendReq, body: &[u8], nfds: usize) -> Res<()> {
+    use FrontendReq as R;
+    let want = match req {
+        R::SET_MEM_TABLE => return Ok(()), // checked against the region count when parsed
+        R::SET_VRING_KICK | R::SET_VRING_CALL | R::SET_VRING_ERR => {
+            let v = body_u64(req, body)?;
+            if v & VRING_NOFD != 0 {
+                0
+            } else {
+                1
+            }
+        }
+        R::SET_BACKEND_REQ_FD | R::SET_LOG_FD | R::SET_LOG_BASE => return Ok(()), // refused anyway
+        _ => 0,
+    };
+    if nfds != want {
+        return perr(format!(
+            "{req:?} came with {nfds} file descriptors, expected {want}"
+        ));
+    }
+    Ok(())
 }
 
 enum Reply {
@@ -475,12 +581,16 @@ fn parse_mem_table(body: &[u8], files: Vec<File>) -> Res<GuestMemory> {
     m.as_mut_slice().copy_from_slice(&body[..hl]);
     let n = m.num_regions as usize;
     if !m.is_valid() || n > MAX_REGIONS || body.len() != hl + n * rl {
-        return perr(format!("SET_MEM_TABLE: {n} regions in a {}-byte body", body.len()));
+        return perr(format!(
+            "SET_MEM_TABLE: {n} regions in a {}-byte body",
+            body.len()
+        ));
     }
     let descs: Vec<RegionDesc> = (0..n)
         .map(|k| {
             let mut r = VhostUserMemoryRegion::default();
-            r.as_mut_slice().copy_from_slice(&body[hl + k * rl..hl + (k + 1) * rl]);
+            r.as_mut_slice()
+                .copy_from_slice(&body[hl + k * rl..hl + (k + 1) * rl]);
             RegionDesc {
                 guest_phys: r.guest_phys_addr,
                 size: r.memory_size,

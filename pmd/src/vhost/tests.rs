@@ -33,7 +33,12 @@ fn rig() -> Rig {
 }
 
 fn feat(mrg: bool, event_idx: bool) -> RingFeatures {
-    RingFeatures { event_idx, mrg_rxbuf: mrg, indirect: true, hdr_len: 12 }
+    RingFeatures {
+        event_idx,
+        mrg_rxbuf: mrg,
+        indirect: true,
+        hdr_len: 12,
+    }
 }
 
 fn live(r: &Rig, ring: &DriverRing, f: RingFeatures, call: Option<Arc<std::fs::File>>) -> LiveRing {
@@ -63,7 +68,10 @@ fn dequeue(cache: &mut MempoolCache, lr: &mut LiveRing) -> Vec<Mbuf> {
 }
 
 fn assert_clean(r: &Rig) {
-    assert!(r.mem.read_outside().iter().all(|&b| b == CANARY), "memory outside the guest region was written");
+    assert!(
+        r.mem.read_outside().iter().all(|&b| b == CANARY),
+        "memory outside the guest region was written"
+    );
 }
 
 fn free_all(cache: &mut MempoolCache, v: Vec<Mbuf>) {
@@ -108,7 +116,11 @@ fn good_tx_chains_are_received_and_returned() {
     }
     assert_eq!(ring.used_idx(), 40);
     assert_eq!(ring.used_elem(5), (5, 0));
-    assert_eq!(ring.used_flags() & 1, 1, "guest kicks are suppressed while we poll");
+    assert_eq!(
+        ring.used_flags() & 1,
+        1,
+        "guest kicks are suppressed while we poll"
+    );
     assert!(lr.error().is_none());
     free_all(&mut r.cache, a);
     free_all(&mut r.cache, b);
@@ -273,7 +285,11 @@ fn errors_after_good_chains_keep_the_good_ones() {
     let got = dequeue(&mut r.cache, &mut lr);
     assert_eq!(got.len(), 3, "frames before the bad chain are delivered");
     assert!(lr.error().is_some());
-    assert_eq!(ring.used_idx(), 3, "the good chains are returned to the guest");
+    assert_eq!(
+        ring.used_idx(),
+        3,
+        "the good chains are returned to the guest"
+    );
     free_all(&mut r.cache, got);
 }
 
@@ -341,7 +357,11 @@ fn full_rx_ring_keeps_the_frame() {
     ring.push(0);
     let mut lr = live(&r, &ring, feat(true, false), None);
     let mut pkts = rx_frames(3, 200, &mut r.cache);
-    assert_eq!(enqueue(&mut r.cache, &mut lr, &mut pkts), 1, "one buffer, one frame");
+    assert_eq!(
+        enqueue(&mut r.cache, &mut lr, &mut pkts),
+        1,
+        "one buffer, one frame"
+    );
     assert!(pkts[0].is_none() && pkts[1].is_some() && pkts[2].is_some());
     assert_eq!(enqueue(&mut r.cache, &mut lr, &mut pkts[1..]), 0);
     // The guest adds a buffer: the next frame goes.
@@ -364,7 +384,10 @@ fn read_only_buffer_in_receive_chain_is_not_written() {
     let mut pkts = rx_frames(1, 100, &mut r.cache);
     assert_eq!(enqueue(&mut r.cache, &mut lr, &mut pkts), 0);
     assert!(lr.error().unwrap().0.contains("read-only"));
-    assert!(r.mem.read(BUF, 2048).iter().all(|&b| b == 0xee), "a read-only buffer was written");
+    assert!(
+        r.mem.read(BUF, 2048).iter().all(|&b| b == 0xee),
+        "a read-only buffer was written"
+    );
     assert_eq!(ring.used_idx(), 0);
     r.cache.free(pkts[0].take().unwrap());
     assert_clean(&r);
@@ -389,18 +412,29 @@ fn ring_outside_memory_is_rejected_at_setup() {
     let r = rig();
     let gm = Arc::new(GuestMemory::map(&[r.mem.region()], vec![r.mem.file()]).unwrap());
     let ring = DriverRing::new(&r.mem, SIZE - 4096, 256); // table runs past the end
-    let e = LiveRing::new(gm.clone(), 256, ring.addrs(), 0, feat(true, false), None).err().unwrap();
+    let e = LiveRing::new(gm.clone(), 256, ring.addrs(), 0, feat(true, false), None)
+        .err()
+        .unwrap();
     assert!(e.contains("outside guest memory"), "{e}");
     let ring = DriverRing::new(&r.mem, 0, 256);
-    assert!(LiveRing::new(gm, 100, ring.addrs(), 0, feat(true, false), None).is_err(), "size not a power of two");
+    assert!(
+        LiveRing::new(gm, 100, ring.addrs(), 0, feat(true, false), None).is_err(),
+        "size not a power of two"
+    );
 }
 
 #[test]
 fn memory_table_rejects_overlaps_and_fd_mismatch() {
     let r = rig();
     let a = r.mem.region();
-    assert!(GuestMemory::map(&[a, a], vec![r.mem.file(), r.mem.file()]).err().unwrap().contains("overlap"));
-    assert!(GuestMemory::map(&[a], vec![]).err().unwrap().contains("file descriptors"));
+    assert!(GuestMemory::map(&[a, a], vec![r.mem.file(), r.mem.file()])
+        .err()
+        .unwrap()
+        .contains("overlap"));
+    assert!(GuestMemory::map(&[a], vec![])
+        .err()
+        .unwrap()
+        .contains("file descriptors"));
     let mut z = a;
     z.size = 0;
     assert!(GuestMemory::map(&[z], vec![r.mem.file()]).is_err());
@@ -460,4 +494,53 @@ fn no_interrupt_flag_is_respected_without_event_idx() {
     let mut p = rx_frames(1, 64, &mut r.cache);
     enqueue(&mut r.cache, &mut lr, &mut p);
     assert_eq!(calls(&call), 1);
+}
+
+#[test]
+fn continues_from_the_used_index_when_base_differs() {
+    // DPDK virtio-user sends base 0 when it comes back after a reconnect with its
+    // rings as they were: the used index in guest memory says where we stopped.
+    let mut r = rig();
+    let mut ring = DriverRing::new(&r.mem, 0, 256);
+    r.mem.write_u16(ring.used + 2, 1000);
+    ring.set_avail_idx(1000);
+    let len = put_frame(&r, BUF, &frame(64, 3));
+    ring.set_desc(0, ring.gpa(BUF), len, 0, 0);
+    ring.push(0);
+    let mut lr = live(&r, &ring, feat(true, false), None);
+    let got = dequeue(&mut r.cache, &mut lr);
+    assert_eq!(got.len(), 1, "exactly the one new entry");
+    assert!(lr.error().is_none());
+    assert_eq!(ring.used_idx(), 1001);
+    assert_eq!(lr.last_avail(), 1001);
+    free_all(&mut r.cache, got);
+}
+
+#[test]
+fn region_past_the_end_of_its_file_is_rejected() {
+    let r = rig();
+    let mut d = r.mem.region();
+    d.size += 4096; // the file is OUTSIDE + SIZE bytes long
+    let e = GuestMemory::map(&[d], vec![r.mem.file()]).err().unwrap();
+    assert!(e.contains("past its file"), "{e}");
+}
+
+#[test]
+fn rings_misaligned_in_host_memory_are_rejected() {
+    // user_addr 8 bytes off its page: a 16-aligned frontend address lands 8 bytes
+    // off alignment in our mapping.
+    let r = rig();
+    let mut d = r.mem.region();
+    d.user_addr += 8;
+    let gm = Arc::new(GuestMemory::map(&[d], vec![r.mem.file()]).unwrap());
+    let ring = DriverRing::new(&r.mem, 0x1000 - 8, 256);
+    let mut a = ring.addrs();
+    a.desc += 8;
+    a.avail += 8;
+    a.used += 8;
+    assert_eq!(a.desc % 16, 0);
+    let e = LiveRing::new(gm, 256, a, 0, feat(true, false), None)
+        .err()
+        .unwrap();
+    assert!(e.contains("misaligned"), "{e}");
 }

@@ -86,7 +86,10 @@ struct Seg {
     len: u32,
 }
 
-const NO_SEG: Seg = Seg { ptr: std::ptr::null_mut(), len: 0 };
+const NO_SEG: Seg = Seg {
+    ptr: std::ptr::null_mut(),
+    len: 0,
+};
 
 impl LiveRing {
     /// Validates a ring's placement and builds its live state.
@@ -99,24 +102,37 @@ impl LiveRing {
         call: Option<Arc<File>>,
     ) -> Result<LiveRing, String> {
         if size == 0 || size > MAX_RING || !size.is_power_of_two() {
-            return Err(format!("ring size {size} is not a power of two in 1..={MAX_RING}"));
+            return Err(format!(
+                "ring size {size} is not a power of two in 1..={MAX_RING}"
+            ));
         }
         let s = size as u64;
         let desc_len = 16 * s;
         let avail_len = 6 + 2 * s;
         let used_len = 6 + 8 * s;
-        if addrs.desc % 16 != 0 || addrs.avail % 2 != 0 || addrs.used % 4 != 0 {
+        let desc = mem.uva_to_host(addrs.desc, desc_len).ok_or_else(|| {
+            format!(
+                "descriptor table {:#x}+{desc_len} is outside guest memory",
+                addrs.desc
+            )
+        })?;
+        let avail = mem.uva_to_host(addrs.avail, avail_len).ok_or_else(|| {
+            format!(
+                "avail ring {:#x}+{avail_len} is outside guest memory",
+                addrs.avail
+            )
+        })?;
+        let used = mem.uva_to_host(addrs.used, used_len).ok_or_else(|| {
+            format!(
+                "used ring {:#x}+{used_len} is outside guest memory",
+                addrs.used
+            )
+        })?;
+        // Alignment of what we will access (the host pointers), not only of the
+        // frontend's addresses: they differ if its user_addr and mmap_offset do.
+        if desc as usize % 16 != 0 || avail as usize % 2 != 0 || used as usize % 4 != 0 {
             return Err(format!("ring addresses misaligned: {addrs:x?}"));
         }
-        let desc = mem
-            .uva_to_host(addrs.desc, desc_len)
-            .ok_or_else(|| format!("descriptor table {:#x}+{desc_len} is outside guest memory", addrs.desc))?;
-        let avail = mem
-            .uva_to_host(addrs.avail, avail_len)
-            .ok_or_else(|| format!("avail ring {:#x}+{avail_len} is outside guest memory", addrs.avail))?;
-        let used = mem
-            .uva_to_host(addrs.used, used_len)
-            .ok_or_else(|| format!("used ring {:#x}+{used_len} is outside guest memory", addrs.used))?;
         let table = mem.fast_table();
         let mut r = LiveRing {
             mask: (size - 1) as u16,
@@ -133,9 +149,22 @@ impl LiveRing {
             _mem: mem,
             _call: call,
         };
-        // The used index in guest memory is where we continue (after a reconnect it
-        // may differ from the avail base by entries the old connection completed).
-        r.last_used = r.read_used_idx();
+        // This device completes every avail entry in the burst that consumed it, so
+        // the used index in guest memory is exactly where processing stopped. QEMU
+        // sends that as the base; DPDK virtio-user always sends 0, also when it comes
+        // back after a reconnect with its rings as they were. Trust the used index, as
+        // DPDK's vhost library does (the guest can only hurt itself with it: every
+        // later read is checked against the ring size).
+        let used_idx = r.read_used_idx();
+        if used_idx != base {
+            tracing::warn!(
+                base,
+                used_idx,
+                "vring base differs from the used index; continuing from the used index"
+            );
+        }
+        r.last_avail = used_idx;
+        r.last_used = used_idx;
         if !feat.event_idx {
             r.write_used_flags(VRING_USED_F_NO_NOTIFY);
         }
@@ -214,7 +243,9 @@ impl LiveRing {
         let idx = self.read_avail_idx();
         let n = idx.wrapping_sub(self.last_avail);
         if n as u32 > self.ring_size() {
-            return Err(GuestError("avail index is further ahead than the ring size"));
+            return Err(GuestError(
+                "avail index is further ahead than the ring size",
+            ));
         }
         // Read descriptors only after seeing the index that published them.
         fence(Ordering::Acquire);
@@ -226,7 +257,8 @@ impl LiveRing {
         // SAFETY: callers pass i < the table's entry count and a table that lies in guest
         // memory; copied byte-wise (a guest-given indirect table may be unaligned) and once,
         // so the guest cannot change a field between its check and its use.
-        let raw: [u8; 16] = unsafe { std::ptr::read_volatile(table.add(16 * i as usize) as *const [u8; 16]) };
+        let raw: [u8; 16] =
+            unsafe { std::ptr::read_volatile(table.add(16 * i as usize) as *const [u8; 16]) };
         Desc {
             addr: u64::from_le_bytes(raw[0..8].try_into().unwrap()),
             len: u32::from_le_bytes(raw[8..12].try_into().unwrap()),
@@ -238,7 +270,12 @@ impl LiveRing {
     /// Walks the chain at `head`, checking every descriptor, and stores up to MAX_SEGS
     /// translated segments. Returns (segments stored, bytes in them, bytes in the chain).
     #[inline]
-    fn collect(&mut self, head: u16, writable: bool, segs: &mut [Seg; MAX_SEGS]) -> Result<(usize, u64, u64), GuestError> {
+    fn collect(
+        &mut self,
+        head: u16,
+        writable: bool,
+        segs: &mut [Seg; MAX_SEGS],
+    ) -> Result<(usize, u64, u64), GuestError> {
         let mut table = self.desc;
         let mut table_len = self.ring_size();
         let mut idx = head;
@@ -252,13 +289,19 @@ impl LiveRing {
             let d = self.read_desc(table, idx);
             if d.flags & VRING_DESC_F_INDIRECT != 0 {
                 if !self.feat.indirect {
-                    return Err(GuestError("indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC"));
+                    return Err(GuestError(
+                        "indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC",
+                    ));
                 }
                 if indirect || seen != 0 || d.flags & VRING_DESC_F_NEXT != 0 {
-                    return Err(GuestError("indirect descriptor nested, chained or not first"));
+                    return Err(GuestError(
+                        "indirect descriptor nested, chained or not first",
+                    ));
                 }
                 if d.len == 0 || d.len % 16 != 0 || d.len / 16 > MAX_RING {
-                    return Err(GuestError("indirect table length is not a multiple of 16 in range"));
+                    return Err(GuestError(
+                        "indirect table length is not a multiple of 16 in range",
+                    ));
                 }
                 table = self
                     .table
@@ -271,7 +314,9 @@ impl LiveRing {
             }
             seen += 1;
             if seen > table_len {
-                return Err(GuestError("descriptor chain loops or is longer than its table"));
+                return Err(GuestError(
+                    "descriptor chain loops or is longer than its table",
+                ));
             }
             if (d.flags & VRING_DESC_F_WRITE != 0) != writable {
                 return Err(if writable {
@@ -375,7 +420,9 @@ impl LiveRing {
                 }
                 // SAFETY: the segment lies in guest memory (checked in collect); dst has
                 // payload bytes and the segments after the header add up to payload.
-                unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr().add(off), len as usize) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr().add(off), len as usize)
+                };
                 off += len as usize;
             }
             self.write_used_elem(self.last_used.wrapping_add(done), head, 0);
@@ -508,7 +555,9 @@ impl LiveRing {
                             let fo = written_total - hdr_len;
                             let k = room.min(frame.len() - fo);
                             // SAFETY: dst has `room` >= k writable bytes; frame[fo..fo+k] is in the mbuf.
-                            unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr().add(fo), dst, k) };
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(frame.as_ptr().add(fo), dst, k)
+                            };
                             k
                         };
                         pos += k;
@@ -524,7 +573,11 @@ impl LiveRing {
                     self.fail(GuestError("receive chain with no room"));
                     break 'pkts;
                 }
-                self.write_used_elem(self.last_used.wrapping_add(used_chains), head, chain_written as u32);
+                self.write_used_elem(
+                    self.last_used.wrapping_add(used_chains),
+                    head,
+                    chain_written as u32,
+                );
                 used_chains += 1;
                 num_buffers += 1;
             }
