@@ -108,7 +108,7 @@ impl Config {
             msg,
         };
         let raw: RawConfig =
-            toml::from_str(text).map_err(|e| err(format!("{}", e.to_string().trim_end())))?;
+            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
 
         let ncpus = std::thread::available_parallelism()
             .map(|n| n.get())

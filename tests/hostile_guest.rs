@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use pmd::vhost::driver::{DriverMem, DriverRing};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
