@@ -1,8 +1,10 @@
 //! Grace periods between the control plane and PMD threads.
 //!
 //! PMD threads never take a lock the control plane holds. Instead, each PMD thread
-//! announces a quiescent state once per loop iteration (it holds no reference into
-//! any ring or guest mapping at that point). To change a live ring or unmap guest
+//! announces a quiescent state between loop iterations (it holds no reference into
+//! any ring or guest mapping at that point), every few iterations: the announcement
+//! is a full barrier, which would otherwise wait for the iteration's stores to
+//! guest rings on every pass. To change a live ring or unmap guest
 //! memory, the control plane first hides it (an atomic flag the PMD reads before use),
 //! then calls [`Rcu::synchronize`], which returns once every online PMD thread has
 //! passed a quiescent state: from then on no PMD thread can be inside the old state.

@@ -22,13 +22,20 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Loop iterations between quiescent-state announcements (a power of two): a grace
+/// period waits at most this many iterations, a few microseconds.
+const QUIESCE_EVERY: u64 = 64;
+
 /// Frames one output queue holds.
 pub const TXQ_CAP: usize = 256;
 
 /// A PMD thread's output queue for one port.
+/// Frames live in `pkts[head..end]`: sending advances `head`, so a partial send
+/// moves nothing; the array is compacted only when the tail has no room for a burst.
 struct TxQueue {
     pkts: Box<[Option<Mbuf>]>,
-    len: usize,
+    head: usize,
+    end: usize,
     /// When the queue last made progress while non-empty (cycles).
     stalled_since: u64,
     /// The guest stalled past `tx_stall`: no backpressure for it until it drains.
@@ -36,10 +43,25 @@ struct TxQueue {
 }
 
 impl TxQueue {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.end - self.head
+    }
+    /// Makes room at the tail for a burst if the queue itself has it.
+    #[inline]
+    fn compact(&mut self) {
+        if self.head > 0 && self.end > TXQ_CAP - BURST {
+            let n = self.len();
+            self.pkts[..self.end].rotate_left(self.head);
+            self.head = 0;
+            self.end = n;
+        }
+    }
     fn new() -> TxQueue {
         TxQueue {
             pkts: (0..TXQ_CAP).map(|_| None).collect(),
-            len: 0,
+            head: 0,
+            end: 0,
             stalled_since: 0,
             congested: false,
         }
@@ -78,14 +100,16 @@ pub fn run(mut cx: PmdContext) {
     let mut now_secs = 0u32;
     let mut last = cycles();
     while !cx.stop.load(Relaxed) {
-        cx.rcu.quiescent();
+        if iters & (QUIESCE_EVERY - 1) == 0 {
+            cx.rcu.quiescent();
+        }
         if iters & 1023 == 0 {
             now_secs = cx.epoch.elapsed().as_secs() as u32;
         }
         let mut did = 0usize;
         // 1. Output queues that are still backed up from earlier bursts.
         for p in 0..nports {
-            if txq[p].len > 0 {
+            if txq[p].len() > 0 {
                 did += flush(&mut cx, &mut txq[p], p, last, stall_cycles);
             }
         }
@@ -111,7 +135,7 @@ pub fn run(mut cx: PmdContext) {
                     switch_one(&mut cx, &mut txq, port, m, now_secs);
                 }
                 for (p, t) in txq.iter_mut().enumerate() {
-                    if t.len > 0 {
+                    if t.len() > 0 {
                         flush(&mut cx, t, p, last, stall_cycles);
                     }
                 }
@@ -185,21 +209,24 @@ fn switch_one(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf,
 /// Whether an output queue that still applies backpressure has less than a burst of room.
 #[inline]
 fn backed_up(txq: &[TxQueue]) -> bool {
-    txq.iter().any(|t| !t.congested && t.len > TXQ_CAP - BURST)
+    txq.iter().any(|t| !t.congested && t.end > TXQ_CAP - BURST)
 }
 
 /// Queues a frame for a port; returns it if the queue is full (only possible for
 /// a congested port, which does not hold rx back).
 #[inline]
 fn push(t: &mut TxQueue, m: Mbuf) -> Result<(), Mbuf> {
-    if t.len == TXQ_CAP {
-        return Err(m);
+    if t.end == TXQ_CAP {
+        t.compact();
+        if t.end == TXQ_CAP {
+            return Err(m);
+        }
     }
-    if t.len == 0 {
+    if t.len() == 0 {
         t.stalled_since = 0;
     }
-    t.pkts[t.len] = Some(m);
-    t.len += 1;
+    t.pkts[t.end] = Some(m);
+    t.end += 1;
     Ok(())
 }
 
@@ -248,17 +275,19 @@ fn flush(cx: &mut PmdContext, t: &mut TxQueue, p: usize, now: u64, stall_cycles:
         drop_queue(cx, t, p, |s| &s.drop_tx_down);
         return 0;
     }
-    let sent = port.tx_burst(cx.index, &mut cx.cache, &mut t.pkts[..t.len]);
+    let sent = port.tx_burst(cx.index, &mut cx.cache, &mut t.pkts[t.head..t.end]);
     if sent > 0 {
-        // Keep the unsent frames at the front, in order.
-        t.pkts[..t.len].rotate_left(sent);
-        t.len -= sent;
+        t.head += sent;
         t.stalled_since = 0;
-        if t.len == 0 {
+        if t.head == t.end {
+            t.head = 0;
+            t.end = 0;
             t.congested = false; // it took everything: back to lossless waiting
+        } else {
+            t.compact();
         }
     }
-    if t.len == 0 {
+    if t.len() == 0 {
         return sent;
     }
     if t.congested {
@@ -269,7 +298,7 @@ fn flush(cx: &mut PmdContext, t: &mut TxQueue, p: usize, now: u64, stall_cycles:
     } else if sent == 0 && now.saturating_sub(t.stalled_since) > stall_cycles {
         tracing::debug!(
             port = port.name(),
-            frames = t.len,
+            frames = t.len(),
             "output stalled past tx_stall; dropping"
         );
         drop_queue(cx, t, p, |s| &s.drop_tx_full);
@@ -284,12 +313,13 @@ fn drop_queue(
     p: usize,
     ctr: fn(&PortStats) -> &std::sync::atomic::AtomicU64,
 ) {
-    for s in t.pkts[..t.len].iter_mut() {
+    for s in t.pkts[t.head..t.end].iter_mut() {
         if let Some(m) = s.take() {
             cx.cache.free(m);
         }
     }
-    PortStats::add(ctr(cx.ports[p].stats()), t.len as u64);
-    t.len = 0;
+    PortStats::add(ctr(cx.ports[p].stats()), t.len() as u64);
+    t.head = 0;
+    t.end = 0;
     t.stalled_since = 0;
 }

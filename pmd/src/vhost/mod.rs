@@ -92,8 +92,20 @@ pub struct Shared {
     pub vrings: Box<[VringSlot]>,
     pub stats: PortStats,
     pub connected: AtomicBool,
+    /// Connected and some receive ring usable: kept by whoever changes either, so the
+    /// data path reads one flag.
+    up: AtomicBool,
     pub connections: AtomicU64,
     pub stop: AtomicBool,
+}
+
+impl Shared {
+    /// Recomputes `up` after a ring or the connection changed.
+    pub fn update_up(&self) {
+        let up = self.connected.load(Ordering::SeqCst)
+            && self.vrings.iter().step_by(2).any(|v| v.usable());
+        self.up.store(up, Ordering::SeqCst);
+    }
 }
 
 /// A vhost-user port.
@@ -114,6 +126,7 @@ impl VhostUserPort {
             rcu,
             stats: PortStats::default(),
             connected: AtomicBool::new(false),
+            up: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
@@ -143,6 +156,7 @@ impl VhostUserPort {
         if !slot.broken.swap(true, Ordering::Relaxed) {
             PortStats::add(&self.shared.stats.guest_errors, 1);
             tracing::error!(port = %self.shared.cfg.name, vring = idx, "guest error, queue stopped: {}", e.0);
+            self.shared.update_up();
         }
     }
 }

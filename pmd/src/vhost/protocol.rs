@@ -137,6 +137,7 @@ fn run(sh: Arc<Shared>, listener: Option<Listener>) {
         let why = conn.serve(stream);
         conn.teardown_all();
         sh.connected.store(false, Ordering::SeqCst);
+        sh.update_up();
         match why {
             Ok(()) => tracing::info!(port = %sh.cfg.name, "vhost-user frontend disconnected"),
             Err(e) => tracing::error!(port = %sh.cfg.name, "vhost-user connection closed: {}", e.0),
@@ -251,6 +252,7 @@ impl Conn {
         s.set_write_timeout(Some(Duration::from_secs(5)))
             .map_err(|e| ProtocolError(e.to_string()))?;
         self.sh.connected.store(true, Ordering::SeqCst);
+        self.sh.update_up();
         while let Some((code, flags, body, files)) = recv_msg(&mut s, &self.sh)? {
             let req = FrontendReq::try_from(code)
                 .map_err(|_| ProtocolError(format!("unknown request code {code}")))?;
@@ -468,6 +470,7 @@ impl Conn {
             debug_assert!(unsafe { (*slot.ring.get()).is_none() });
             return;
         }
+        self.sh.update_up();
         self.sh.rcu.synchronize();
         // SAFETY: live is clear and a grace period passed: no PMD thread is inside.
         if let Some(old) = unsafe { (*slot.ring.get()).take() } {
@@ -480,6 +483,7 @@ impl Conn {
         for s in self.sh.vrings.iter() {
             any |= s.live.swap(false, Ordering::SeqCst);
         }
+        self.sh.update_up();
         if any {
             self.sh.rcu.synchronize();
         }
@@ -530,10 +534,12 @@ impl Conn {
                 unsafe { *slot.ring.get() = Some(ring) };
                 slot.broken.store(false, Ordering::Relaxed);
                 slot.live.store(true, Ordering::SeqCst);
+                sh.update_up();
                 tracing::debug!(port = %sh.cfg.name, vring = i, "ring live");
             }
             Err(e) => {
                 slot.broken.store(true, Ordering::Relaxed);
+                sh.update_up();
                 sh.stats.guest_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(port = %sh.cfg.name, vring = i, "ring rejected: {e}");
             }
