@@ -233,27 +233,7 @@ fn attack(sw: &Switch, sock: &Path) {
 #[test]
 fn hostile_frontend_is_contained_while_others_forward() {
     let dir = Scratch::new("evil");
-    let cfg = write_config(
-        &dir,
-        &[
-            PortSpec {
-                name: "vm1",
-                mode: "server",
-                queues: 1,
-            },
-            PortSpec {
-                name: "vm2",
-                mode: "server",
-                queues: 1,
-            },
-            PortSpec {
-                name: "evil",
-                mode: "server",
-                queues: 1,
-            },
-        ],
-        "",
-    );
+    let cfg = write_config(&dir, &server_ports(&["vm1", "vm2", "evil"]), "");
     let sw = Switch::start(&cfg, dir.path("ctl.sock"));
     let mut tp = Testpmd::start(&dir, ["vm1", "vm2"], false, "evil");
     tp.wait_for("Checking link statuses", 0, Duration::from_secs(60));
@@ -295,27 +275,7 @@ fn stuck_guest(sock: &Path, mem: &DriverMem) -> Frontend {
 #[test]
 fn stuck_guest_does_not_stall_the_others() {
     let dir = Scratch::new("stuck");
-    let cfg = write_config(
-        &dir,
-        &[
-            PortSpec {
-                name: "vm1",
-                mode: "server",
-                queues: 1,
-            },
-            PortSpec {
-                name: "vm2",
-                mode: "server",
-                queues: 1,
-            },
-            PortSpec {
-                name: "stuck",
-                mode: "server",
-                queues: 1,
-            },
-        ],
-        "",
-    );
+    let cfg = write_config(&dir, &server_ports(&["vm1", "vm2", "stuck"]), "");
     let sw = Switch::start(&cfg, dir.path("ctl.sock"));
     let mem = DriverMem::new(0, 4 << 20, 0x1_0000_0000, 0x7f00_0000_0000);
     let _stuck = stuck_guest(&dir.path("stuck.sock"), &mem);

@@ -6,7 +6,6 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -50,20 +49,7 @@ impl Guest {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start qemu");
-        let out = Arc::new(Mutex::new(String::new()));
-        for r in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let o = out.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(r).lines().map_while(Result::ok) {
-                    eprintln!("[{name}] {line}");
-                    o.lock().unwrap().push_str(&line);
-                    o.lock().unwrap().push('\n');
-                }
-            });
-        }
+        let out = capture(&mut child, name);
         Guest { name, child, out }
     }
 
@@ -123,22 +109,7 @@ fn num(line: &str, key: &str) -> u64 {
 fn two_guests_ping_pktgen_and_reconnect() {
     let img = images();
     let dir = Scratch::new("qemu");
-    let cfg = write_config(
-        &dir,
-        &[
-            PortSpec {
-                name: "vm1",
-                mode: "server",
-                queues: 1,
-            },
-            PortSpec {
-                name: "vm2",
-                mode: "server",
-                queues: 1,
-            },
-        ],
-        "",
-    );
+    let cfg = write_config(&dir, &server_ports(&["vm1", "vm2"]), "");
     let sw = Switch::start(&cfg, dir.path("ctl.sock"));
 
     // Round 1: A receives, B pings A and then sends FRAMES frames to A; A pings B too.

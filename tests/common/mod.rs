@@ -34,6 +34,48 @@ impl Drop for Scratch {
     }
 }
 
+/// Collects what a child prints on stdout and stderr (echoed with a tag) into a string.
+pub fn capture(child: &mut Child, tag: &str) -> Arc<Mutex<String>> {
+    let out = Arc::new(Mutex::new(String::new()));
+    let streams: Vec<Box<dyn std::io::Read + Send>> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for r in streams {
+        let (o, tag) = (out.clone(), tag.to_string());
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {line}");
+                let mut o = o.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
+            }
+        });
+    }
+    out
+}
+
+/// Server-mode, single-queue ports with these names.
+pub fn server_ports<'a>(names: &[&'a str]) -> Vec<PortSpec<'a>> {
+    names
+        .iter()
+        .map(|&name| PortSpec {
+            name,
+            mode: "server",
+            queues: 1,
+        })
+        .collect()
+}
+
 /// One `[[port]]` of a test config.
 pub struct PortSpec<'a> {
     pub name: &'a str,
@@ -99,16 +141,7 @@ impl Switch {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start vswitch");
-        let log = Arc::new(Mutex::new(String::new()));
-        let err = child.stderr.take().unwrap();
-        let l2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("[vswitch] {line}");
-                l2.lock().unwrap().push_str(&line);
-                l2.lock().unwrap().push('\n');
-            }
-        });
+        let log = capture(&mut child, "vswitch");
         let sw = Switch { child, ctl, log };
         let t0 = Instant::now();
         while !sw.log().contains("vswitch running") {
@@ -292,20 +325,7 @@ impl Testpmd {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start dpdk-testpmd");
-        let out = Arc::new(Mutex::new(String::new()));
-        for r in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let o = out.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(r).lines().map_while(Result::ok) {
-                    eprintln!("[testpmd] {line}");
-                    o.lock().unwrap().push_str(&line);
-                    o.lock().unwrap().push('\n');
-                }
-            });
-        }
+        let out = capture(&mut child, "testpmd");
         let stdin = child.stdin.take().unwrap();
         Testpmd { child, stdin, out }
     }
