@@ -100,7 +100,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Recomputes `up` after a ring or the connection changed.
+    /// Recomputes `up` after a ring or the connection changed. A PMD thread marking a
+    /// ring broken can race with the control thread doing this; the stale value then
+    /// lasts until the next change, during which tx finds no usable ring and the
+    /// port's frames are dropped after `tx_stall` like any stuck guest's (bounded).
     pub fn update_up(&self) {
         let up = self.connected.load(Ordering::SeqCst)
             && self.vrings.iter().step_by(2).any(|v| v.usable());
