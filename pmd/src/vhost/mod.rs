@@ -258,9 +258,8 @@ impl Port for VhostUserPort {
     }
 
     fn is_up(&self) -> bool {
-        // Up while the guest has a receive ring we can deliver to.
-        self.shared.connected.load(Ordering::Relaxed)
-            && self.shared.vrings.iter().step_by(2).any(|v| v.usable())
+        // Up while the guest has a receive ring we can deliver to (kept in one flag).
+        self.shared.up.load(Ordering::Relaxed)
     }
 
     fn stats(&self) -> &PortStats {
