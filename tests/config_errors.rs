@@ -5,18 +5,22 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn check(dir: &Scratch, name: &str, text: &str) -> (i32, String) {
-    let f = dir.path(name);
-    std::fs::write(&f, text).unwrap();
+/// Writes `text` to `file` and runs `vswitch CMD --config file`: (exit code, stderr).
+fn vswitch_with(cmd: &str, file: &std::path::Path, text: &str) -> (i32, String) {
+    std::fs::write(file, text).unwrap();
     let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&f)
+        .args([cmd, "--config"])
+        .arg(file)
         .output()
         .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn check(dir: &Scratch, name: &str, text: &str) -> (i32, String) {
+    vswitch_with("check", &dir.path(name), text)
 }
 
 fn good_port(dir: &Scratch, name: &str) -> String {
@@ -176,19 +180,10 @@ fn bad_configs_exit_2_with_file_key_and_value() {
 #[test]
 fn run_with_bad_config_exits_2_and_starts_nothing() {
     let d = Scratch::new("cfgrun");
-    let f = d.path("bad.toml");
-    std::fs::write(
-        &f,
-        format!("{}{}mode = \"peer\"\n", base(&d), good_port(&d, "a")),
-    )
-    .unwrap();
-    let out = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("key 'mode' = \"peer\""));
+    let text = format!("{}{}mode = \"peer\"\n", base(&d), good_port(&d, "a"));
+    let (code, err) = vswitch_with("run", &d.path("bad.toml"), &text);
+    assert_eq!(code, 2);
+    assert!(err.contains("key 'mode' = \"peer\""), "{err}");
     assert!(
         !d.path("a.sock").exists() && !d.path("ctl.sock").exists(),
         "a failed start left sockets behind"
@@ -198,24 +193,14 @@ fn run_with_bad_config_exits_2_and_starts_nothing() {
 #[test]
 fn hugepages_required_but_too_few_exits_2_with_how_to_reserve() {
     let d = Scratch::new("cfghp");
-    let f = d.path("hp.toml");
     // 4M mbufs of 2176 bytes = 8.5 GiB of hugepages: more than any test machine reserves.
-    std::fs::write(
-        &f,
-        format!(
-            "{}[mempool]\nmbufs = 4194304\nhugepages = \"required\"\n{}",
-            base(&d),
-            good_port(&d, "a")
-        ),
-    )
-    .unwrap();
-    let out = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let text = format!(
+        "{}[mempool]\nmbufs = 4194304\nhugepages = \"required\"\n{}",
+        base(&d),
+        good_port(&d, "a")
+    );
+    let (code, err) = vswitch_with("run", &d.path("hp.toml"), &text);
+    assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("mempool.hugepages") && err.contains("/proc/sys/vm/nr_hugepages"),
         "{err}"
