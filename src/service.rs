@@ -95,8 +95,7 @@ pub fn run(cfg: Config) -> ExitCode {
     // Control threads first: they take the rings down (guests see the link drop),
     // which needs the PMD threads still passing quiescent states.
     for p in vports.iter() {
-        // Arc: the switch holds clones; close through the shared handle.
-        close_port(p);
+        p.shutdown();
     }
     sw.stop();
     drop(sw);
@@ -108,8 +107,4 @@ pub fn run(cfg: Config) -> ExitCode {
         "stopped"
     );
     ExitCode::SUCCESS
-}
-
-fn close_port(p: &Arc<VhostUserPort>) {
-    p.shutdown();
 }

@@ -1,7 +1,7 @@
 //! The PMD loop: one thread per configured core, busy-polling its rx queues,
 //! switching each burst through the forwarding table, and sending per output port.
 //!
-//! Per iteration: announce a quiescent state, retry output queues that are backed
+//! Per iteration (and a quiescent state every 64 of them): retry output queues that are backed
 //! up, poll each assigned rx queue for a burst of up to 32 frames (skipped while an
 //! output queue is nearly full: backpressure keeps the frames in the sender's ring
 //! rather than dropping them), learn, look up, and queue each frame on its output

@@ -193,11 +193,9 @@ impl Port for VhostUserPort {
         let Some(ring) = (unsafe { &mut *slot.ring.get() }) else {
             return 0;
         };
-        let (mut oversize, mut no_mbuf) = (0u64, false);
-        let n = ring.dequeue(cache, out, &mut oversize, &mut no_mbuf);
+        let mut oversize = 0u64;
+        let n = ring.dequeue(cache, out, &mut oversize);
         let st = &self.shared.stats;
-        // When the pool runs dry (no_mbuf) nothing is lost: the frames wait on the ring.
-        let _ = no_mbuf;
         let bytes: usize = out[..n]
             .iter()
             .map(|m| m.as_ref().map_or(0, |m| m.len()))

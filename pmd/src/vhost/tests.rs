@@ -62,8 +62,8 @@ fn frame(n: usize, tag: u8) -> Vec<u8> {
 
 fn dequeue(cache: &mut MempoolCache, lr: &mut LiveRing) -> Vec<Mbuf> {
     let mut out: [Option<Mbuf>; 32] = Default::default();
-    let (mut over, mut nomb) = (0, false);
-    let n = lr.dequeue(cache, &mut out, &mut over, &mut nomb);
+    let mut over = 0;
+    let n = lr.dequeue(cache, &mut out, &mut over);
     out[..n].iter_mut().map(|m| m.take().unwrap()).collect()
 }
 
@@ -305,8 +305,8 @@ fn oversize_frame_is_dropped_not_fatal() {
     ring.push(1);
     let mut lr = live(&r, &ring, feat(true, false), None);
     let mut out: [Option<Mbuf>; 32] = Default::default();
-    let (mut over, mut nomb) = (0, false);
-    let n = lr.dequeue(&mut r.cache, &mut out, &mut over, &mut nomb);
+    let mut over = 0;
+    let n = lr.dequeue(&mut r.cache, &mut out, &mut over);
     assert_eq!((n, over), (1, 1));
     assert_eq!(ring.used_idx(), 2);
     assert!(lr.error().is_none());
@@ -442,8 +442,11 @@ fn memory_table_rejects_overlaps_and_fd_mismatch() {
 
 fn eventfd() -> Arc<std::fs::File> {
     use std::os::fd::FromRawFd;
-    // SAFETY: a fresh eventfd owned by the File.
-    Arc::new(unsafe { std::fs::File::from_raw_fd(libc::eventfd(0, libc::EFD_NONBLOCK)) })
+    // SAFETY: eventfd takes no pointers.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
+    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is a fresh descriptor nothing else owns.
+    Arc::new(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
 fn calls(f: &std::fs::File) -> u64 {

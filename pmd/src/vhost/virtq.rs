@@ -10,7 +10,7 @@
 //! nothing is read or written outside the guest's regions.
 
 use super::mem::{FastTable, GuestMemory};
-use crate::mempool::{Mbuf, MempoolCache};
+use crate::mempool::{Mbuf, MempoolCache, DATA_ROOM};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{fence, Ordering};
@@ -351,7 +351,7 @@ impl LiveRing {
 
     /// Moves up to `out.len()` frames the guest transmitted into fresh mbufs.
     /// Frames too large for an mbuf are dropped and counted in `oversize`; when the
-    /// pool runs dry, the rest stay on the ring (counted in `no_mbuf` by the caller).
+    /// pool runs dry, the rest stay on the ring.
     /// Returns the number of mbufs stored at the front of `out`.
     #[inline]
     pub fn dequeue(
@@ -359,7 +359,6 @@ impl LiveRing {
         cache: &mut MempoolCache,
         out: &mut [Option<Mbuf>],
         oversize: &mut u64,
-        no_mbuf: &mut bool,
     ) -> usize {
         if self.error.is_some() {
             return 0;
@@ -388,20 +387,15 @@ impl LiveRing {
                 }
             };
             let payload = total.saturating_sub(hdr);
-            let Some(mut m) = (if payload as usize <= mempool_room(cache) && stored == total {
-                cache.alloc()
-            } else {
-                None
-            }) else {
-                if payload as usize > mempool_room(cache) || stored != total {
-                    *oversize += 1;
-                    self.write_used_elem(self.last_used.wrapping_add(done), head, 0);
-                    done += 1;
-                    continue;
-                }
-                *no_mbuf = true;
-                break;
-            };
+            if payload > DATA_ROOM as u64 || stored != total {
+                // Larger than an mbuf (or than MAX_SEGS descriptors): drop it, return the chain.
+                *oversize += 1;
+                self.write_used_elem(self.last_used.wrapping_add(done), head, 0);
+                done += 1;
+                continue;
+            }
+            // An empty pool loses nothing: the rest stay on the ring for the next poll.
+            let Some(mut m) = cache.alloc() else { break };
             let dst = m.set_len(payload as usize);
             let mut skip = hdr;
             let mut off = 0usize;
@@ -597,9 +591,4 @@ impl LiveRing {
         self.publish_used(used_chains, used_chains);
         consumed
     }
-}
-
-#[inline(always)]
-fn mempool_room(_cache: &MempoolCache) -> usize {
-    crate::mempool::DATA_ROOM
 }
