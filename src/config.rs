@@ -4,6 +4,7 @@
 //! `vswitch run`/`check` exit with code 2.
 
 use pmd::hugepage::HugepagePolicy;
+use pmd::nic::af_xdp::{XdpMode, ZeroCopy};
 use pmd::vhost::Mode;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -62,9 +63,12 @@ struct RawFdb {
 struct RawPort {
     name: String,
     driver: String,
-    path: PathBuf,
+    path: Option<PathBuf>,
     mode: Option<String>,
     queues: Option<i64>,
+    iface: Option<String>,
+    xdp_mode: Option<String>,
+    zero_copy: Option<String>,
 }
 
 /// A validated configuration.
@@ -85,9 +89,28 @@ pub struct Config {
 #[derive(Clone, Debug)]
 pub struct PortConfig {
     pub name: String,
-    pub path: PathBuf,
-    pub mode: Mode,
     pub queues: usize,
+    pub kind: PortKind,
+}
+
+/// What a port is, with the settings of its driver.
+#[derive(Clone, Debug)]
+pub enum PortKind {
+    VhostUser {
+        path: PathBuf,
+        mode: Mode,
+    },
+    AfXdp {
+        iface: String,
+        xdp_mode: XdpMode,
+        zero_copy: ZeroCopy,
+    },
+    AfPacket {
+        iface: String,
+    },
+    Tap {
+        iface: String,
+    },
 }
 
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vswitch/vswitch.ctl";
@@ -195,6 +218,7 @@ impl Config {
         }
         let mut names = HashSet::new();
         let mut paths = HashSet::new();
+        let mut ifaces = HashSet::new();
         let mut ports = Vec::new();
         for (i, p) in raw.port.iter().enumerate() {
             let at = format!("[[port]] #{} ({:?})", i + 1, p.name);
@@ -216,45 +240,137 @@ impl Config {
                     p.name
                 )));
             }
-            if p.driver != "vhost-user" {
-                return Err(err(format!(
-                    "{at}: key 'driver' = {:?}: supported drivers: \"vhost-user\"",
-                    p.driver
-                )));
-            }
-            let mode = match p.mode.as_deref().unwrap_or("server") {
-                "server" => Mode::Server,
-                "client" => Mode::Client,
-                other => {
-                    return Err(err(format!(
-                        "{at}: key 'mode' = {other:?}: must be \"server\" or \"client\""
-                    )))
-                }
-            };
-            if !p.path.is_absolute() {
-                return Err(err(format!(
-                    "{at}: key 'path' = {:?}: must be an absolute path",
-                    p.path
-                )));
-            }
-            if !paths.insert(p.path.clone()) || p.path == control_socket {
-                return Err(err(format!(
-                    "{at}: key 'path' = {:?}: socket path used twice",
-                    p.path
-                )));
-            }
-            check_dir(&p.path).map_err(|m| err(format!("{at}: key 'path' = {:?}: {m}", p.path)))?;
             let queues = p.queues.unwrap_or(1);
             if !(1..=16).contains(&queues) {
                 return Err(err(format!(
                     "{at}: key 'queues' = {queues}: must be 1..=16"
                 )));
             }
+            // Keys that belong to other drivers are an error, not silently ignored.
+            let only = |key: &str, set: bool, drivers: &str| {
+                if set {
+                    Err(err(format!(
+                        "{at}: key '{key}' does not apply to driver {:?} (only to {drivers})",
+                        p.driver
+                    )))
+                } else {
+                    Ok(())
+                }
+            };
+            let mut iface = |default: Option<&str>| -> Result<String, ConfigError> {
+                let name = match (p.iface.as_deref(), default) {
+                    (Some(n), _) => n,
+                    (None, Some(d)) => d,
+                    (None, None) => {
+                        return Err(err(format!(
+                            "{at}: key 'iface' is missing: driver {:?} needs the interface's name",
+                            p.driver
+                        )))
+                    }
+                };
+                if !pmd::nic::valid_ifname(name) {
+                    return Err(err(format!(
+                        "{at}: key 'iface' = {name:?}: not an interface name (1-15 characters, no '/', ':' or spaces)"
+                    )));
+                }
+                if !ifaces.insert(name.to_string()) {
+                    return Err(err(format!(
+                        "{at}: key 'iface' = {name:?}: interface used by two ports"
+                    )));
+                }
+                Ok(name.to_string())
+            };
+            let kind = match p.driver.as_str() {
+                "vhost-user" => {
+                    only("iface", p.iface.is_some(), "af-xdp, af-packet, tap")?;
+                    only("xdp_mode", p.xdp_mode.is_some(), "af-xdp")?;
+                    only("zero_copy", p.zero_copy.is_some(), "af-xdp")?;
+                    let Some(path) = p.path.clone() else {
+                        return Err(err(format!(
+                            "{at}: key 'path' is missing: driver \"vhost-user\" needs the socket's path"
+                        )));
+                    };
+                    let mode = match p.mode.as_deref().unwrap_or("server") {
+                        "server" => Mode::Server,
+                        "client" => Mode::Client,
+                        other => {
+                            return Err(err(format!(
+                                "{at}: key 'mode' = {other:?}: must be \"server\" or \"client\""
+                            )))
+                        }
+                    };
+                    if !path.is_absolute() {
+                        return Err(err(format!(
+                            "{at}: key 'path' = {path:?}: must be an absolute path"
+                        )));
+                    }
+                    if !paths.insert(path.clone()) || path == control_socket {
+                        return Err(err(format!(
+                            "{at}: key 'path' = {path:?}: socket path used twice"
+                        )));
+                    }
+                    check_dir(&path)
+                        .map_err(|m| err(format!("{at}: key 'path' = {path:?}: {m}")))?;
+                    PortKind::VhostUser { path, mode }
+                }
+                "af-xdp" => {
+                    only("path", p.path.is_some(), "vhost-user")?;
+                    only("mode", p.mode.is_some(), "vhost-user")?;
+                    let xdp_mode = match p.xdp_mode.as_deref().unwrap_or("auto") {
+                        "auto" => XdpMode::Auto,
+                        "native" => XdpMode::Native,
+                        "generic" => XdpMode::Generic,
+                        other => {
+                            return Err(err(format!(
+                                "{at}: key 'xdp_mode' = {other:?}: must be \"auto\", \"native\" or \"generic\""
+                            )))
+                        }
+                    };
+                    let zero_copy = match p.zero_copy.as_deref().unwrap_or("auto") {
+                        "auto" => ZeroCopy::Auto,
+                        "on" => ZeroCopy::On,
+                        "off" => ZeroCopy::Off,
+                        other => {
+                            return Err(err(format!(
+                                "{at}: key 'zero_copy' = {other:?}: must be \"auto\", \"on\" or \"off\""
+                            )))
+                        }
+                    };
+                    PortKind::AfXdp {
+                        iface: iface(None)?,
+                        xdp_mode,
+                        zero_copy,
+                    }
+                }
+                "af-packet" | "tap" => {
+                    only("path", p.path.is_some(), "vhost-user")?;
+                    only("mode", p.mode.is_some(), "vhost-user")?;
+                    only("xdp_mode", p.xdp_mode.is_some(), "af-xdp")?;
+                    only("zero_copy", p.zero_copy.is_some(), "af-xdp")?;
+                    if queues != 1 {
+                        return Err(err(format!(
+                            "{at}: key 'queues' = {queues}: driver {:?} has one queue",
+                            p.driver
+                        )));
+                    }
+                    if p.driver == "tap" {
+                        PortKind::Tap {
+                            iface: iface(Some(&p.name))?,
+                        }
+                    } else {
+                        PortKind::AfPacket { iface: iface(None)? }
+                    }
+                }
+                other => {
+                    return Err(err(format!(
+                        "{at}: key 'driver' = {other:?}: supported drivers: \"vhost-user\", \"af-xdp\", \"af-packet\", \"tap\""
+                    )))
+                }
+            };
             ports.push(PortConfig {
                 name: p.name.clone(),
-                path: p.path.clone(),
-                mode,
                 queues: queues as usize,
+                kind,
             });
         }
         Ok(Config {

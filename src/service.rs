@@ -1,8 +1,11 @@
 //! The service: builds the mempool, ports and switch from a config, serves the
 //! control socket, and shuts everything down cleanly on SIGINT/SIGTERM.
 
-use crate::config::Config;
+use crate::config::{Config, PortKind};
 use crate::control;
+use pmd::nic::af_packet::{AfPacketPort, PacketConfig};
+use pmd::nic::af_xdp::{AfXdpPort, XdpConfig};
+use pmd::nic::tap::{TapConfig, TapPort};
 use pmd::rcu::Rcu;
 use pmd::vhost::{VhostConfig, VhostUserPort};
 use pmd::{Mempool, Port};
@@ -48,25 +51,65 @@ pub fn run(cfg: Config) -> ExitCode {
     };
     let rcu = Rcu::new();
     let mut vports: Vec<Arc<VhostUserPort>> = Vec::new();
+    let mut ports: Vec<Arc<dyn Port>> = Vec::new();
     for p in &cfg.ports {
-        let vc = VhostConfig {
-            name: p.name.clone(),
-            path: p.path.clone(),
-            mode: p.mode,
-            queues: p.queues,
+        let opened: Result<Arc<dyn Port>, String> = match &p.kind {
+            PortKind::VhostUser { path, mode } => {
+                let vc = VhostConfig {
+                    name: p.name.clone(),
+                    path: path.clone(),
+                    mode: *mode,
+                    queues: p.queues,
+                };
+                VhostUserPort::open(vc, rcu.clone()).map(|port| {
+                    let port = Arc::new(port);
+                    vports.push(port.clone());
+                    port as Arc<dyn Port>
+                })
+            }
+            PortKind::AfXdp {
+                iface,
+                xdp_mode,
+                zero_copy,
+            } => AfXdpPort::open(
+                XdpConfig {
+                    name: p.name.clone(),
+                    iface: iface.clone(),
+                    queues: p.queues,
+                    xdp_mode: *xdp_mode,
+                    zero_copy: *zero_copy,
+                },
+                pool.clone(),
+            )
+            .map(|port| Arc::new(port) as Arc<dyn Port>)
+            .map_err(|e| e.to_string()),
+            PortKind::AfPacket { iface } => AfPacketPort::open(PacketConfig {
+                name: p.name.clone(),
+                iface: iface.clone(),
+            })
+            .map(|port| Arc::new(port) as Arc<dyn Port>)
+            .map_err(|e| e.to_string()),
+            PortKind::Tap { iface } => TapPort::open(TapConfig {
+                name: p.name.clone(),
+                iface: iface.clone(),
+            })
+            .map(|port| Arc::new(port) as Arc<dyn Port>)
+            .map_err(|e| e.to_string()),
         };
-        match VhostUserPort::open(vc, rcu.clone()) {
-            Ok(port) => vports.push(Arc::new(port)),
+        match opened {
+            Ok(port) => ports.push(port),
             Err(e) => {
                 eprintln!("error: {}: port {:?}: {e}", cfg.file.display(), p.name);
+                // Dropping the ports opened so far closes their sockets and detaches
+                // their XDP programs: nothing stays attached.
+                drop(ports);
                 drop(vports);
                 let _ = std::fs::remove_file(&cfg.control_socket);
                 return ExitCode::from(2);
             }
         }
-        tracing::info!(port = %p.name, path = %p.path.display(), mode = ?p.mode, queues = p.queues, "port open");
+        tracing::info!(port = %p.name, kind = ?p.kind, queues = p.queues, "port open");
     }
-    let ports: Vec<Arc<dyn Port>> = vports.iter().map(|p| p.clone() as Arc<dyn Port>).collect();
     let scfg = SwitchConfig {
         pmd_cores: cfg.pmd_cores.clone(),
         fdb_capacity: cfg.fdb_capacity,
@@ -74,7 +117,7 @@ pub fn run(cfg: Config) -> ExitCode {
         aging_secs: cfg.aging_secs,
         tx_stall: Duration::from_millis(cfg.tx_stall_ms),
     };
-    let mut sw = Switch::start(&scfg, ports, pool.clone(), rcu.clone());
+    let mut sw = Switch::start(&scfg, ports.clone(), pool.clone(), rcu.clone());
     tracing::info!(control = %cfg.control_socket.display(), "vswitch running");
     while !term.load(Ordering::Relaxed) {
         control::serve_pending(&ctl, &mut |cmd| match cmd {
@@ -99,6 +142,9 @@ pub fn run(cfg: Config) -> ExitCode {
     }
     sw.stop();
     drop(sw);
+    // NIC ports give the mbufs the kernel held back to the pool when they close.
+    drop(ports);
+    drop(vports);
     drop(ctl);
     let _ = std::fs::remove_file(&cfg.control_socket);
     tracing::info!(

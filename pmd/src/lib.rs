@@ -2,11 +2,12 @@
 //!
 //! It owns everything that touches memory shared with guests or mapped from the
 //! kernel: hugepage memory ([`hugepage`]), packet buffers and their pools
-//! ([`mempool`]), the burst rx/tx [`port::Port`] abstraction, and the vhost-user
-//! driver ([`vhost`]). All `unsafe` code of vswitch lives in this crate.
+//! ([`mempool`]), the burst rx/tx [`port::Port`] abstraction, the vhost-user
+//! driver ([`vhost`]) and the NIC drivers ([`nic`]: AF_XDP, AF_PACKET, TAP). All `unsafe` code of vswitch lives in this crate.
 
 pub mod hugepage;
 pub mod mempool;
+pub mod nic;
 pub mod port;
 pub mod rcu;
 pub mod tsc;

@@ -151,6 +151,43 @@ impl Mempool {
         let _ = self.free.push(m.idx);
     }
 
+    /// The pool's memory as one page-aligned region, `(base, len)`: what an AF_XDP
+    /// socket registers as its UMEM so that the kernel writes frames straight into mbufs.
+    /// Buffer `i` starts at offset `i * BUF_SIZE`.
+    pub fn region(&self) -> (*mut u8, usize) {
+        (self.mem.as_ptr(), self.mem.len())
+    }
+
+    /// Hands a buffer to a device: returns the offset of its packet data from the
+    /// region's base and its length. The caller must give the offset back to
+    /// [`Mempool::reclaim`] exactly once, when the device is done with it.
+    #[inline]
+    pub fn lend(&self, m: Mbuf) -> (u64, u32) {
+        self.check_owner(&m);
+        (
+            m.idx as u64 * BUF_SIZE as u64 + m.data_off as u64,
+            m.len as u32,
+        )
+    }
+
+    /// Takes back a buffer a device returns: `off` is an offset into the region (any
+    /// byte of the buffer's slot; the packet data starts there) and `len` the data length
+    /// (clamped to the slot). `None` if `off` is outside the pool.
+    ///
+    /// The caller must own the buffer at `off`: it was lent with [`Mempool::lend`] or
+    /// taken from the pool, and is not reclaimed twice.
+    #[inline]
+    pub fn reclaim(&self, off: u64, len: u32) -> Option<Mbuf> {
+        let idx = off / BUF_SIZE as u64;
+        if idx >= self.count as u64 {
+            return None;
+        }
+        let mut m = self.mbuf(idx as u32);
+        m.data_off = (off % BUF_SIZE as u64) as u16;
+        m.len = len.min((BUF_SIZE - m.data_off as usize) as u32) as u16;
+        Some(m)
+    }
+
     #[inline]
     fn check_owner(&self, m: &Mbuf) {
         let base = self.mem.as_ptr() as usize;

@@ -1,0 +1,336 @@
+//! AF_PACKET ports: a TPACKET_V3 mmap ring pair on any Linux interface.
+//!
+//! The fallback NIC driver, for interfaces or kernels where AF_XDP cannot run. The
+//! kernel copies each received frame into a block of the rx ring, and the port copies it
+//! into an mbuf; to send, the port copies the mbuf into a frame of the tx ring and kicks
+//! the kernel once per burst. Frames the kernel received with their VLAN tag stripped
+//! into metadata get the tag put back. Frames this socket sends are not received back
+//! (PACKET_IGNORE_OUTGOING), and the interface is put in promiscuous mode for as long as
+//! the socket is open.
+
+use super::{add_promisc, kick_tx, os_err, setsockopt, socket, NicError, RingMap, TxLock};
+use crate::mempool::{Mbuf, MempoolCache};
+use crate::port::{Port, PortStats};
+use std::cell::UnsafeCell;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+#[derive(Clone, Debug)]
+pub struct PacketConfig {
+    pub name: String,
+    pub iface: String,
+}
+
+const BLOCK_SIZE: u32 = 1 << 17;
+const RX_BLOCKS: u32 = 32;
+/// A partly filled rx block is handed to us after this many milliseconds.
+const RX_RETIRE_MS: u32 = 1;
+const TX_FRAME: u32 = 2048;
+const TX_FRAMES: u32 = 1024;
+/// Where packet data starts in a tx frame: the V3 header, aligned.
+const TX_DATA: usize = (std::mem::size_of::<libc::tpacket3_hdr>() + libc::TPACKET_ALIGNMENT - 1)
+    & !(libc::TPACKET_ALIGNMENT - 1);
+
+/// Where the rx side is in the ring: touched only by the PMD that polls the port.
+struct RxCursor {
+    block: u32,
+    /// Packets of the current block already taken, and the offset of the next one.
+    taken: u32,
+    next: usize,
+}
+
+pub struct AfPacketPort {
+    cfg: PacketConfig,
+    fd: OwnedFd,
+    ring: RingMap,
+    rx: UnsafeCell<RxCursor>,
+    tx_next: UnsafeCell<u32>,
+    tx_lock: TxLock,
+    stats: PortStats,
+}
+
+// SAFETY: `rx` is only touched by the one PMD thread polling the port's single rx queue
+// (the Port contract) and `tx_next` only under `tx_lock`; the ring is shared with the
+// kernel through per-frame status words accessed atomically.
+unsafe impl Sync for AfPacketPort {}
+
+impl AfPacketPort {
+    pub fn open(cfg: PacketConfig) -> Result<AfPacketPort, NicError> {
+        let iface = cfg.iface.as_str();
+        let ifindex = super::ifindex(iface)?;
+        let e = |what: &str, x| os_err(iface, what, x);
+        // Protocol 0: receive nothing until bound to the interface below.
+        let fd = socket(iface, libc::AF_PACKET, libc::SOCK_RAW, 0)?;
+        setsockopt(
+            &fd,
+            libc::SOL_PACKET,
+            libc::PACKET_VERSION,
+            &(libc::tpacket_versions::TPACKET_V3 as i32),
+        )
+        .map_err(|x| e("TPACKET_V3", x))?;
+        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &1i32)
+            .map_err(|x| e("PACKET_IGNORE_OUTGOING", x))?;
+        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &1i32)
+            .map_err(|x| e("PACKET_QDISC_BYPASS", x))?;
+        // A malformed tx frame is skipped and its slot given back, not left stuck.
+        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_LOSS, &1i32)
+            .map_err(|x| e("PACKET_LOSS", x))?;
+        let rxreq = libc::tpacket_req3 {
+            tp_block_size: BLOCK_SIZE,
+            tp_block_nr: RX_BLOCKS,
+            tp_frame_size: TX_FRAME,
+            tp_frame_nr: BLOCK_SIZE / TX_FRAME * RX_BLOCKS,
+            tp_retire_blk_tov: RX_RETIRE_MS,
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &rxreq)
+            .map_err(|x| e("rx ring", x))?;
+        let txreq = libc::tpacket_req3 {
+            tp_block_size: BLOCK_SIZE,
+            tp_block_nr: TX_FRAMES * TX_FRAME / BLOCK_SIZE,
+            tp_frame_size: TX_FRAME,
+            tp_frame_nr: TX_FRAMES,
+            tp_retire_blk_tov: 0,
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_TX_RING, &txreq)
+            .map_err(|x| e("tx ring", x))?;
+        let len = (BLOCK_SIZE * RX_BLOCKS + TX_FRAMES * TX_FRAME) as usize;
+        let ring = RingMap::map(&fd, len, 0).map_err(|x| e("mapping the rings", x))?;
+        let sll = libc::sockaddr_ll {
+            sll_family: libc::AF_PACKET as u16,
+            sll_protocol: (libc::ETH_P_ALL as u16).to_be(),
+            sll_ifindex: ifindex as i32,
+            sll_hatype: 0,
+            sll_pkttype: 0,
+            sll_halen: 0,
+            sll_addr: [0; 8],
+        };
+        // SAFETY: sll is a valid sockaddr_ll of the length passed.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(e("bind", std::io::Error::last_os_error()));
+        }
+        add_promisc(&fd, ifindex).map_err(|x| e("promiscuous mode", x))?;
+        tracing::info!(port = %cfg.name, iface, "af-packet port open");
+        Ok(AfPacketPort {
+            cfg,
+            fd,
+            ring,
+            rx: UnsafeCell::new(RxCursor {
+                block: 0,
+                taken: 0,
+                next: 0,
+            }),
+            tx_next: UnsafeCell::new(0),
+            tx_lock: TxLock::new(),
+            stats: PortStats::default(),
+        })
+    }
+
+    #[inline]
+    fn block(&self, b: u32) -> *mut u8 {
+        // SAFETY: b < RX_BLOCKS, so the block lies inside the rx part of the mapping.
+        unsafe { self.ring.ptr.add((b * BLOCK_SIZE) as usize) }
+    }
+
+    #[inline]
+    fn block_status(&self, b: u32) -> &AtomicU32 {
+        let off = std::mem::offset_of!(libc::tpacket_block_desc, hdr);
+        // SAFETY: the block descriptor's first header word is an aligned u32 inside the
+        // block, written by the kernel and by us only through this atomic.
+        unsafe { &*(self.block(b).add(off) as *const AtomicU32) }
+    }
+
+    #[inline]
+    fn tx_frame(&self, i: u32) -> *mut u8 {
+        // SAFETY: i < TX_FRAMES, so the frame lies inside the tx part of the mapping.
+        unsafe {
+            self.ring
+                .ptr
+                .add((BLOCK_SIZE * RX_BLOCKS + i * TX_FRAME) as usize)
+        }
+    }
+}
+
+/// Reads a field of a ring header at `p + off`.
+#[inline]
+fn rd32(p: *const u8, off: usize) -> u32 {
+    // SAFETY: callers pass headers the kernel handed to us (status says so), inside the
+    // mapping; read_unaligned copes with any placement.
+    unsafe { (p.add(off) as *const u32).read_unaligned() }
+}
+#[inline]
+fn rd16(p: *const u8, off: usize) -> u16 {
+    // SAFETY: as in rd32.
+    unsafe { (p.add(off) as *const u16).read_unaligned() }
+}
+
+impl Port for AfPacketPort {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn rx_queues(&self) -> usize {
+        1
+    }
+
+    fn rx_burst(&self, _q: usize, cache: &mut MempoolCache, out: &mut [Option<Mbuf>]) -> usize {
+        use std::mem::offset_of;
+        // SAFETY: only the PMD thread polling this port's one queue calls rx_burst.
+        let cur = unsafe { &mut *self.rx.get() };
+        let hdr = offset_of!(libc::tpacket_block_desc, hdr);
+        let (num_pkts, first) = (hdr + 4, hdr + 8);
+        let mut n = 0;
+        let mut bytes = 0u64;
+        while n < out.len() {
+            let st = self.block_status(cur.block);
+            if st.load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
+                break;
+            }
+            let b = self.block(cur.block);
+            let count = rd32(b, num_pkts);
+            if cur.taken == 0 {
+                cur.next = rd32(b, first) as usize;
+            }
+            while cur.taken < count && n < out.len() {
+                if cur.next + TX_DATA > BLOCK_SIZE as usize {
+                    cur.taken = count; // a header the kernel would never write: skip the block
+                    break;
+                }
+                // SAFETY: the packet header lies inside the block (checked above).
+                let p = unsafe { b.add(cur.next) };
+                let h = |f| rd32(p, f);
+                let next_off = h(offset_of!(libc::tpacket3_hdr, tp_next_offset)) as usize;
+                let snap = h(offset_of!(libc::tpacket3_hdr, tp_snaplen)) as usize;
+                let status = h(offset_of!(libc::tpacket3_hdr, tp_status));
+                let mac = rd16(p, offset_of!(libc::tpacket3_hdr, tp_mac)) as usize;
+                let vlan = status & libc::TP_STATUS_VLAN_VALID != 0;
+                let tci = h(offset_of!(libc::tpacket3_hdr, hv1)
+                    + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tci))
+                    as u16;
+                let tpid = if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+                    rd16(
+                        p,
+                        offset_of!(libc::tpacket3_hdr, hv1)
+                            + offset_of!(libc::tpacket_hdr_variant1, tp_vlan_tpid),
+                    )
+                } else {
+                    0x8100
+                };
+                cur.taken += 1;
+                cur.next += next_off;
+                let total = snap + if vlan { 4 } else { 0 };
+                if snap < 14 || cur.next - next_off + mac + snap > BLOCK_SIZE as usize {
+                    PortStats::add(&self.stats.drop_runt, 1);
+                    continue;
+                }
+                let Some(mut m) = cache.alloc() else {
+                    PortStats::add(&self.stats.drop_no_mbuf, 1);
+                    continue;
+                };
+                if total > m.capacity() {
+                    PortStats::add(&self.stats.drop_oversize, 1);
+                    cache.free(m);
+                    continue;
+                }
+                // SAFETY: mac + snap bytes from the header lie inside the block (checked).
+                let src = unsafe { std::slice::from_raw_parts(p.add(mac), snap) };
+                let dst = m.set_len(total);
+                if vlan {
+                    dst[..12].copy_from_slice(&src[..12]);
+                    dst[12..14].copy_from_slice(&tpid.to_be_bytes());
+                    dst[14..16].copy_from_slice(&tci.to_be_bytes());
+                    dst[16..].copy_from_slice(&src[12..]);
+                } else {
+                    dst.copy_from_slice(src);
+                }
+                bytes += total as u64;
+                out[n] = Some(m);
+                n += 1;
+            }
+            if cur.taken >= count {
+                st.store(libc::TP_STATUS_KERNEL, Ordering::Release);
+                cur.block = (cur.block + 1) % RX_BLOCKS;
+                cur.taken = 0;
+            }
+        }
+        PortStats::add(&self.stats.rx_packets, n as u64);
+        PortStats::add(&self.stats.rx_bytes, bytes);
+        n
+    }
+
+    fn tx_burst(
+        &self,
+        _txq_hint: usize,
+        cache: &mut MempoolCache,
+        pkts: &mut [Option<Mbuf>],
+    ) -> usize {
+        let _g = self.tx_lock.lock();
+        // SAFETY: tx_next is only touched under tx_lock, held here.
+        let next = unsafe { &mut *self.tx_next.get() };
+        let status_off = std::mem::offset_of!(libc::tpacket3_hdr, tp_status);
+        let (mut sent, mut ok, mut bytes) = (0, 0u64, 0u64);
+        for slot in pkts.iter_mut() {
+            let Some(_) = slot.as_ref() else { break };
+            let f = self.tx_frame(*next);
+            // SAFETY: the status word is an aligned u32 at the start of the frame, shared
+            // with the kernel and accessed atomically.
+            let st = unsafe { &*(f.add(status_off) as *const AtomicU32) };
+            let s = st.load(Ordering::Acquire);
+            if s != libc::TP_STATUS_AVAILABLE && s != libc::TP_STATUS_WRONG_FORMAT {
+                break; // the kernel has not sent this frame yet: ring full
+            }
+            let m = slot.take().expect("checked above");
+            let len = m.len();
+            if len > TX_FRAME as usize - TX_DATA {
+                PortStats::add(&self.stats.drop_oversize, 1);
+            } else {
+                // SAFETY: the frame is ours (status AVAILABLE) and len fits after the header.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(m.data().as_ptr(), f.add(TX_DATA), len);
+                    let h = f as *mut libc::tpacket3_hdr;
+                    std::ptr::addr_of_mut!((*h).tp_len).write(len as u32);
+                    std::ptr::addr_of_mut!((*h).tp_snaplen).write(len as u32);
+                    std::ptr::addr_of_mut!((*h).tp_next_offset).write(0);
+                }
+                st.store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
+                *next = (*next + 1) % TX_FRAMES;
+                bytes += len as u64;
+                ok += 1;
+            }
+            cache.free(m);
+            sent += 1;
+        }
+        if bytes > 0 {
+            kick_tx(&self.fd);
+        }
+        PortStats::add(&self.stats.tx_packets, ok);
+        PortStats::add(&self.stats.tx_bytes, bytes);
+        sent
+    }
+
+    fn is_up(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> &PortStats {
+        &self.stats
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "driver=af-packet iface={} link={} queues=1",
+            self.cfg.iface,
+            super::operstate(&self.cfg.iface)
+        )
+    }
+}

@@ -1,0 +1,635 @@
+//! AF_XDP ports: the kernel-bypass driver for Linux interfaces.
+//!
+//! Each rx/tx queue pair of the interface gets an AF_XDP socket. Every socket registers
+//! the switch's whole mbuf pool as its UMEM (in unaligned-chunk mode, one chunk per
+//! mbuf slot), so the NIC (zero-copy) or the kernel (copy mode) writes each frame
+//! straight into an mbuf, and mbufs from any port are sent without a copy in userspace.
+//!
+//! Ownership of buffers: an mbuf put on the fill ring or the tx ring is *lent* to the
+//! kernel ([`Mempool::lend`]); it comes back from the rx ring or the completion ring
+//! ([`Mempool::reclaim`]). Each queue keeps a flag per pool slot saying which buffers
+//! the kernel holds, so that when the port closes they all go back to the pool.
+//!
+//! The XDP program ([`super::bpf`]) is attached through a bpf link owned by the port:
+//! dropping the port, or the process dying in any way, detaches it. Promiscuous mode is
+//! held the same way ([`super::Promisc`]).
+
+use super::{bpf, kick_tx, os_err, setsockopt, socket, NicError, Promisc, RingMap, TxLock};
+use crate::mempool::{Mbuf, Mempool, MempoolCache};
+use crate::port::{Port, PortStats};
+use std::cell::UnsafeCell;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
+
+/// Which XDP hook to attach to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native if the driver has it, generic otherwise.
+    Auto,
+    Native,
+    Generic,
+}
+
+/// Whether the sockets bind in zero-copy mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZeroCopy {
+    /// Zero-copy where the driver supports it, copy mode otherwise.
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Clone, Debug)]
+pub struct XdpConfig {
+    pub name: String,
+    pub iface: String,
+    pub queues: usize,
+    pub xdp_mode: XdpMode,
+    pub zero_copy: ZeroCopy,
+}
+
+/// Ring sizes (entries). The fill ring is kept full, so each queue lends this many
+/// mbufs to the kernel for receiving.
+const FILL_SIZE: u32 = 2048;
+const RX_SIZE: u32 = 2048;
+const TX_SIZE: u32 = 1024;
+const COMP_SIZE: u32 = 2048;
+/// The fill ring is topped up once this many slots are free.
+const REFILL_BATCH: u32 = 32;
+/// Bits of an unaligned-mode address that hold the chunk's base.
+const ADDR_MASK: u64 = (1 << 48) - 1;
+
+/// One of the four rings of an AF_XDP socket, mapped from the kernel.
+struct XRing {
+    _map: RingMap,
+    producer: *const AtomicU32,
+    consumer: *const AtomicU32,
+    flags: *const AtomicU32,
+    desc: *mut u8,
+    mask: u32,
+    size: u32,
+    /// Our copy of the index we advance (producer for fill/tx, consumer for rx/comp).
+    local: u32,
+}
+
+impl XRing {
+    fn map(
+        fd: &OwnedFd,
+        off: &libc::xdp_ring_offset,
+        size: u32,
+        elem: usize,
+        pgoff: i64,
+    ) -> Result<XRing, std::io::Error> {
+        let len = off.desc as usize + size as usize * elem;
+        let map = RingMap::map(fd, len, pgoff)?;
+        let at = |o: u64| {
+            // SAFETY: the kernel's offsets lie inside the mapping of `len` bytes.
+            unsafe { map.ptr.add(o as usize) }
+        };
+        let (producer, consumer, flags, desc) = (
+            at(off.producer) as *const AtomicU32,
+            at(off.consumer) as *const AtomicU32,
+            at(off.flags) as *const AtomicU32,
+            at(off.desc),
+        );
+        Ok(XRing {
+            _map: map,
+            producer,
+            consumer,
+            flags,
+            desc,
+            mask: size - 1,
+            size,
+            local: 0,
+        })
+    }
+    #[inline]
+    fn prod(&self) -> &AtomicU32 {
+        // SAFETY: points at the ring's aligned u32 producer index inside the mapping,
+        // which lives as long as self.
+        unsafe { &*self.producer }
+    }
+    #[inline]
+    fn cons(&self) -> &AtomicU32 {
+        // SAFETY: as in `prod`, for the consumer index.
+        unsafe { &*self.consumer }
+    }
+    #[inline]
+    fn needs_wakeup(&self) -> bool {
+        // SAFETY: as in `prod`, for the flags word.
+        unsafe { &*self.flags }.load(Ordering::Relaxed) & libc::XDP_RING_NEED_WAKEUP != 0
+    }
+    /// Producer side: slots free for us to fill.
+    #[inline]
+    fn free(&self) -> u32 {
+        self.size - self.local.wrapping_sub(self.cons().load(Ordering::Acquire))
+    }
+    /// Consumer side: entries ready for us.
+    #[inline]
+    fn ready(&self) -> u32 {
+        self.prod().load(Ordering::Acquire).wrapping_sub(self.local)
+    }
+    #[inline]
+    fn addr_slot(&self, i: u32) -> *mut u64 {
+        // SAFETY: (i & mask) < size, inside the descriptor array of u64 entries.
+        unsafe { (self.desc as *mut u64).add((i & self.mask) as usize) }
+    }
+    #[inline]
+    fn desc_slot(&self, i: u32) -> *mut libc::xdp_desc {
+        // SAFETY: (i & mask) < size, inside the descriptor array of xdp_desc entries.
+        unsafe { (self.desc as *mut libc::xdp_desc).add((i & self.mask) as usize) }
+    }
+}
+
+/// The rx half of a queue: fill and rx rings, touched only by the PMD that polls it.
+struct RxSide {
+    fill: XRing,
+    rx: XRing,
+}
+
+/// The tx half: tx and completion rings, touched under the queue's tx lock.
+struct TxSide {
+    tx: XRing,
+    comp: XRing,
+}
+
+struct Queue {
+    fd: OwnedFd,
+    rx: UnsafeCell<RxSide>,
+    tx: UnsafeCell<TxSide>,
+    tx_lock: TxLock,
+    /// 1 for each pool slot the kernel holds through this socket.
+    lent: Box<[AtomicU8]>,
+}
+
+// SAFETY: `rx` is only touched by the one PMD thread that polls the queue (the Port
+// contract), `tx` only under `tx_lock`; the rings themselves are shared with the kernel
+// through atomics.
+unsafe impl Sync for Queue {}
+// SAFETY: the raw pointers point into mappings owned by the queue.
+unsafe impl Send for Queue {}
+
+pub struct AfXdpPort {
+    cfg: XdpConfig,
+    pool: Arc<Mempool>,
+    queues: Vec<Queue>,
+    stats: PortStats,
+    mode: &'static str,
+    zero_copy: bool,
+    // Dropped after the sockets: detaching the program, then the map, then promiscuity.
+    _link: OwnedFd,
+    _prog: OwnedFd,
+    _map: OwnedFd,
+    _promisc: Promisc,
+}
+
+impl AfXdpPort {
+    /// Opens AF_XDP sockets on every queue, loads and attaches the XDP program.
+    /// On any error nothing stays attached to the interface.
+    pub fn open(cfg: XdpConfig, pool: Arc<Mempool>) -> Result<AfXdpPort, NicError> {
+        let iface = cfg.iface.as_str();
+        let ifindex = super::ifindex(iface)?;
+        let have = super::rx_queue_count(iface);
+        if cfg.queues > have {
+            return Err(NicError(format!(
+                "interface {iface:?}: {} queues configured but the interface has {have} rx queues",
+                cfg.queues
+            )));
+        }
+        let need = cfg.queues as u64 * FILL_SIZE as u64;
+        if (pool.available() as u64) < need + 1024 {
+            return Err(NicError(format!(
+                "interface {iface:?}: the mbuf pool has {} free mbufs; {} queues lend {need} to the kernel \
+                 for receiving: raise mempool.mbufs",
+                pool.available(),
+                cfg.queues
+            )));
+        }
+        let promisc = Promisc::hold(iface, ifindex)?;
+        let map = bpf::create_xskmap(cfg.queues as u32)
+            .map_err(|e| os_err(iface, "creating the XSKMAP for the XDP program", e))?;
+        let mut queues = Vec::new();
+        let mut zero_copy = true;
+        for q in 0..cfg.queues {
+            let (queue, zc) = match open_queue(&cfg, ifindex, q as u32, &pool) {
+                Ok(x) => x,
+                Err(e) => {
+                    for q in queues {
+                        release(&pool, q);
+                    }
+                    return Err(e);
+                }
+            };
+            zero_copy &= zc;
+            if let Err(e) = bpf::xskmap_set(&map, q as u32, &queue.fd) {
+                release(&pool, queue);
+                for q in queues {
+                    release(&pool, q);
+                }
+                return Err(os_err(iface, "adding the socket to the XSKMAP", e));
+            }
+            queues.push(queue);
+        }
+        let attached = load_and_attach(&cfg, ifindex, &map);
+        let (link, prog, mode) = match attached {
+            Ok(x) => x,
+            Err(e) => {
+                for q in queues {
+                    release(&pool, q);
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(port = %cfg.name, iface, mode, zero_copy, queues = cfg.queues, "af-xdp port open");
+        Ok(AfXdpPort {
+            cfg,
+            pool,
+            queues,
+            stats: PortStats::default(),
+            mode,
+            zero_copy,
+            _link: link,
+            _prog: prog,
+            _map: map,
+            _promisc: promisc,
+        })
+    }
+
+    /// The kernel's counters of one socket (drops it saw, empty fill ring).
+    fn xdp_stats(&self, q: &Queue) -> Option<libc::xdp_statistics> {
+        // SAFETY: xdp_statistics is plain integers; all-zero is a valid value.
+        let mut st: libc::xdp_statistics = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
+        // SAFETY: st/len describe a writable buffer of that size.
+        let r = unsafe {
+            libc::getsockopt(
+                q.fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_STATISTICS,
+                &mut st as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        (r == 0).then_some(st)
+    }
+}
+
+fn load_and_attach(
+    cfg: &XdpConfig,
+    ifindex: u32,
+    map: &OwnedFd,
+) -> Result<(OwnedFd, OwnedFd, &'static str), NicError> {
+    let iface = cfg.iface.as_str();
+    let prog = bpf::load_redirect(map)
+        .map_err(|e| NicError(format!("interface {iface:?}: loading the XDP program: {e}")))?;
+    let tries: &[(u32, &'static str)] = match cfg.xdp_mode {
+        XdpMode::Native => &[(bpf::XDP_FLAGS_DRV_MODE, "native")],
+        XdpMode::Generic => &[(bpf::XDP_FLAGS_SKB_MODE, "generic")],
+        XdpMode::Auto => &[
+            (bpf::XDP_FLAGS_DRV_MODE, "native"),
+            (bpf::XDP_FLAGS_SKB_MODE, "generic"),
+        ],
+    };
+    let mut last = None;
+    for &(flags, mode) in tries {
+        match bpf::attach_xdp(&prog, ifindex, flags) {
+            Ok(link) => return Ok((link, prog, mode)),
+            Err(e)
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    || e.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                return Err(NicError(format!(
+                    "interface {iface:?}: attaching the XDP program ({mode}): {e}: another XDP program \
+                     is attached to it (see `ip link show {iface}`)"
+                )));
+            }
+            Err(e) => {
+                tracing::debug!(iface, mode, "XDP attach failed: {e}");
+                last = Some((mode, e));
+            }
+        }
+    }
+    let (mode, e) = last.expect("at least one mode tried");
+    Err(os_err(
+        iface,
+        &format!("attaching the XDP program in {mode} mode"),
+        e,
+    ))
+}
+
+/// Opens, maps, fills and binds the socket of queue `q`. Returns it and whether it
+/// bound in zero-copy mode.
+fn open_queue(
+    cfg: &XdpConfig,
+    ifindex: u32,
+    q: u32,
+    pool: &Arc<Mempool>,
+) -> Result<(Queue, bool), NicError> {
+    let iface = cfg.iface.as_str();
+    let e = |what: &str, err: std::io::Error| os_err(iface, &format!("queue {q}: {what}"), err);
+    let fd = socket(iface, libc::AF_XDP, libc::SOCK_RAW, 0)?;
+    let (base, len) = pool.region();
+    let reg = libc::xdp_umem_reg {
+        addr: base as u64,
+        len: len as u64,
+        chunk_size: crate::mempool::BUF_SIZE as u32,
+        headroom: 0,
+        flags: libc::XDP_UMEM_UNALIGNED_CHUNK_FLAG,
+        tx_metadata_len: 0,
+    };
+    setsockopt(&fd, libc::SOL_XDP, libc::XDP_UMEM_REG, &reg)
+        .map_err(|x| e("registering the mbuf pool as UMEM", x))?;
+    for (opt, size) in [
+        (libc::XDP_UMEM_FILL_RING, FILL_SIZE),
+        (libc::XDP_UMEM_COMPLETION_RING, COMP_SIZE),
+        (libc::XDP_RX_RING, RX_SIZE),
+        (libc::XDP_TX_RING, TX_SIZE),
+    ] {
+        setsockopt(&fd, libc::SOL_XDP, opt, &size).map_err(|x| e("sizing rings", x))?;
+    }
+    // SAFETY: plain integers; all-zero is a valid value.
+    let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
+    let mut olen = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
+    // SAFETY: off/olen describe a writable buffer of that size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_XDP,
+            libc::XDP_MMAP_OFFSETS,
+            &mut off as *mut _ as *mut libc::c_void,
+            &mut olen,
+        )
+    };
+    if r < 0 {
+        return Err(e("ring offsets", std::io::Error::last_os_error()));
+    }
+    let u64sz = std::mem::size_of::<u64>();
+    let dsz = std::mem::size_of::<libc::xdp_desc>();
+    let map = |o, size, elem, pg: u64| XRing::map(&fd, o, size, elem, pg as i64);
+    let fill = map(&off.fr, FILL_SIZE, u64sz, libc::XDP_UMEM_PGOFF_FILL_RING)
+        .map_err(|x| e("mapping the fill ring", x))?;
+    let comp = map(
+        &off.cr,
+        COMP_SIZE,
+        u64sz,
+        libc::XDP_UMEM_PGOFF_COMPLETION_RING,
+    )
+    .map_err(|x| e("mapping the completion ring", x))?;
+    let rx = map(&off.rx, RX_SIZE, dsz, libc::XDP_PGOFF_RX_RING as u64)
+        .map_err(|x| e("mapping the rx ring", x))?;
+    let tx = map(&off.tx, TX_SIZE, dsz, libc::XDP_PGOFF_TX_RING as u64)
+        .map_err(|x| e("mapping the tx ring", x))?;
+    let lent: Box<[AtomicU8]> = (0..pool.capacity()).map(|_| AtomicU8::new(0)).collect();
+    let queue = Queue {
+        fd,
+        rx: UnsafeCell::new(RxSide { fill, rx }),
+        tx: UnsafeCell::new(TxSide { tx, comp }),
+        tx_lock: TxLock::new(),
+        lent,
+    };
+    // Lend the fill ring's worth of mbufs before binding, so frames have somewhere to go.
+    {
+        // SAFETY: the queue is not shared yet; this is the only access.
+        let side = unsafe { &mut *queue.rx.get() };
+        let mut n = 0;
+        while n < FILL_SIZE {
+            let Some(m) = pool.alloc() else { break };
+            let (addr, _) = pool.lend(m);
+            queue.lent[(addr / crate::mempool::BUF_SIZE as u64) as usize]
+                .store(1, Ordering::Relaxed);
+            // SAFETY: slot inside the fill ring, which the kernel does not read past the
+            // producer index we publish below.
+            unsafe { side.fill.addr_slot(side.fill.local).write(chunk_base(addr)) };
+            side.fill.local = side.fill.local.wrapping_add(1);
+            n += 1;
+        }
+        side.fill.prod().store(side.fill.local, Ordering::Release);
+    }
+    let try_bind = |flags: u16| {
+        let sa = libc::sockaddr_xdp {
+            sxdp_family: libc::AF_XDP as u16,
+            sxdp_flags: flags | libc::XDP_USE_NEED_WAKEUP,
+            sxdp_ifindex: ifindex,
+            sxdp_queue_id: q,
+            sxdp_shared_umem_fd: 0,
+        };
+        // SAFETY: sa is a valid sockaddr_xdp of the length passed.
+        let r = unsafe {
+            libc::bind(
+                queue.fd.as_raw_fd(),
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    let zc = match cfg.zero_copy {
+        ZeroCopy::On => try_bind(libc::XDP_ZEROCOPY).map(|_| true),
+        ZeroCopy::Off => try_bind(libc::XDP_COPY).map(|_| false),
+        ZeroCopy::Auto => match try_bind(libc::XDP_ZEROCOPY) {
+            Ok(()) => Ok(true),
+            Err(_) => try_bind(libc::XDP_COPY).map(|_| false),
+        },
+    };
+    match zc {
+        Ok(zc) => Ok((queue, zc)),
+        Err(x) => {
+            let what = if cfg.zero_copy == ZeroCopy::On {
+                "binding in zero-copy mode (zero_copy = \"on\"; the driver may not support it)"
+            } else {
+                "binding the AF_XDP socket"
+            };
+            let err = e(what, x);
+            release(pool, queue);
+            Err(err)
+        }
+    }
+}
+
+/// The chunk an address falls in, as the fill ring wants it (the slot's start).
+#[inline]
+fn chunk_base(off: u64) -> u64 {
+    off - off % crate::mempool::BUF_SIZE as u64
+}
+
+/// Closes a queue's socket, then gives every buffer the kernel held back to the pool.
+fn release(pool: &Mempool, q: Queue) {
+    let Queue {
+        fd, rx, tx, lent, ..
+    } = q;
+    drop(fd);
+    drop(rx);
+    drop(tx);
+    for (i, l) in lent.iter().enumerate() {
+        if l.load(Ordering::Relaxed) != 0 {
+            if let Some(m) = pool.reclaim(i as u64 * crate::mempool::BUF_SIZE as u64, 0) {
+                pool.free(m);
+            }
+        }
+    }
+}
+
+impl Drop for AfXdpPort {
+    fn drop(&mut self) {
+        for q in self.queues.drain(..) {
+            release(&self.pool, q);
+        }
+    }
+}
+
+impl Port for AfXdpPort {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn rx_queues(&self) -> usize {
+        self.queues.len()
+    }
+
+    #[inline]
+    fn rx_burst(&self, q: usize, cache: &mut MempoolCache, out: &mut [Option<Mbuf>]) -> usize {
+        let Some(queue) = self.queues.get(q) else {
+            return 0;
+        };
+        // SAFETY: only the PMD thread that polls queue q calls rx_burst(q) (Port contract).
+        let side = unsafe { &mut *queue.rx.get() };
+        let n = side.rx.ready().min(out.len() as u32);
+        let mut bytes = 0u64;
+        for k in 0..n {
+            // SAFETY: entries between our consumer index and the kernel's producer index
+            // are written by the kernel and released to us by the Acquire load in `ready`.
+            let d = unsafe { side.rx.desc_slot(side.rx.local.wrapping_add(k)).read() };
+            let off = (d.addr & ADDR_MASK) + (d.addr >> 48);
+            let m = self.pool.reclaim(off, d.len);
+            if let Some(m) = &m {
+                queue.lent[m.index() as usize].store(0, Ordering::Relaxed);
+                bytes += m.len() as u64;
+            }
+            out[k as usize] = m;
+        }
+        side.rx.local = side.rx.local.wrapping_add(n);
+        side.rx.cons().store(side.rx.local, Ordering::Release);
+        // Keep the fill ring stocked.
+        let free = side.fill.free();
+        if free >= REFILL_BATCH {
+            let mut k = 0;
+            while k < free {
+                let Some(m) = cache.alloc() else { break };
+                let (addr, _) = self.pool.lend(m);
+                queue.lent[(addr / crate::mempool::BUF_SIZE as u64) as usize]
+                    .store(1, Ordering::Relaxed);
+                // SAFETY: one of the `free` slots the kernel has consumed.
+                unsafe { side.fill.addr_slot(side.fill.local).write(chunk_base(addr)) };
+                side.fill.local = side.fill.local.wrapping_add(1);
+                k += 1;
+            }
+            side.fill.prod().store(side.fill.local, Ordering::Release);
+        }
+        if side.fill.needs_wakeup() {
+            // SAFETY: a zero-length receive with no buffer: only wakes the driver.
+            unsafe {
+                libc::recvfrom(
+                    queue.fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                );
+            }
+        }
+        PortStats::add(&self.stats.rx_packets, n as u64);
+        PortStats::add(&self.stats.rx_bytes, bytes);
+        n as usize
+    }
+
+    #[inline]
+    fn tx_burst(
+        &self,
+        txq_hint: usize,
+        cache: &mut MempoolCache,
+        pkts: &mut [Option<Mbuf>],
+    ) -> usize {
+        let queue = &self.queues[txq_hint % self.queues.len()];
+        let _g = queue.tx_lock.lock();
+        // SAFETY: the tx side is only touched under tx_lock, held here.
+        let side = unsafe { &mut *queue.tx.get() };
+        // Buffers the kernel has sent come back to the pool.
+        let done = side.comp.ready();
+        for k in 0..done {
+            // SAFETY: completion entries up to the kernel's producer index are ours to read.
+            let addr = unsafe { side.comp.addr_slot(side.comp.local.wrapping_add(k)).read() };
+            if let Some(m) = self.pool.reclaim(addr & ADDR_MASK, 0) {
+                queue.lent[m.index() as usize].store(0, Ordering::Relaxed);
+                cache.free(m);
+            }
+        }
+        side.comp.local = side.comp.local.wrapping_add(done);
+        side.comp.cons().store(side.comp.local, Ordering::Release);
+
+        let room = side.tx.free() as usize;
+        let mut sent = 0;
+        let mut bytes = 0u64;
+        for slot in pkts.iter_mut() {
+            if sent == room {
+                break;
+            }
+            let Some(m) = slot.take() else { break };
+            let (addr, len) = self.pool.lend(m);
+            queue.lent[(addr / crate::mempool::BUF_SIZE as u64) as usize]
+                .store(1, Ordering::Relaxed);
+            let d = libc::xdp_desc {
+                addr,
+                len,
+                options: 0,
+            };
+            // SAFETY: one of the `room` slots the kernel has consumed.
+            unsafe { side.tx.desc_slot(side.tx.local).write(d) };
+            side.tx.local = side.tx.local.wrapping_add(1);
+            bytes += len as u64;
+            sent += 1;
+        }
+        if sent > 0 {
+            side.tx.prod().store(side.tx.local, Ordering::Release);
+            if side.tx.needs_wakeup() {
+                kick_tx(&queue.fd);
+            }
+        }
+        PortStats::add(&self.stats.tx_packets, sent as u64);
+        PortStats::add(&self.stats.tx_bytes, bytes);
+        sent
+    }
+
+    fn is_up(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> &PortStats {
+        &self.stats
+    }
+
+    fn describe(&self) -> String {
+        let (mut dropped, mut ring_full, mut fill_empty) = (0, 0, 0);
+        for q in &self.queues {
+            if let Some(s) = self.xdp_stats(q) {
+                dropped += s.rx_dropped;
+                ring_full += s.rx_ring_full;
+                fill_empty += s.rx_fill_ring_empty_descs;
+            }
+        }
+        format!(
+            "driver=af-xdp iface={} link={} queues={} xdp_mode={} zero_copy={} kernel_rx_dropped={dropped} \
+             rx_ring_full={ring_full} fill_ring_empty={fill_empty}",
+            self.cfg.iface,
+            super::operstate(&self.cfg.iface),
+            self.queues.len(),
+            self.mode,
+            if self.zero_copy { "on" } else { "off" },
+        )
+    }
+}

@@ -1,0 +1,195 @@
+//! TAP ports: a TAP device that gives the host's own network stack a port on the
+//! switch, like an OVS internal port.
+//!
+//! The switch creates the device (named by `iface`), sets it administratively up and
+//! leaves addresses, routes and namespaces to the host's tools; the device disappears
+//! when the switch exits. Frames cross with one `read`/`write` system call each, so
+//! this port is for management and host traffic, not for line rate.
+
+use super::{os_err, NicError};
+use crate::mempool::{Mbuf, MempoolCache};
+use crate::port::{Port, PortStats};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+#[derive(Clone, Debug)]
+pub struct TapConfig {
+    pub name: String,
+    pub iface: String,
+}
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+
+pub struct TapPort {
+    cfg: TapConfig,
+    dev: File,
+    stats: PortStats,
+    /// Polls left to skip: after an empty read the next few polls make no system call,
+    /// so an idle TAP port costs its PMD little.
+    skip: AtomicU32,
+}
+
+/// Polls skipped after an empty read.
+const IDLE_SKIP: u32 = 8;
+
+impl TapPort {
+    pub fn open(cfg: TapConfig) -> Result<TapPort, NicError> {
+        let iface = cfg.iface.as_str();
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(|e| os_err(iface, "opening /dev/net/tun", e))?;
+        // SAFETY: ifreq is plain data; all-zero is valid.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in ifr.ifr_name.iter_mut().zip(iface.bytes()) {
+            *d = s as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI;
+        // SAFETY: TUNSETIFF reads and writes an ifreq, which ifr is.
+        if unsafe { libc::ioctl(dev.as_raw_fd(), TUNSETIFF, &mut ifr) } < 0 {
+            return Err(os_err(
+                iface,
+                "creating the TAP device",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        set_up(iface).map_err(|e| os_err(iface, "setting the TAP device up", e))?;
+        tracing::info!(port = %cfg.name, iface, "tap port open");
+        Ok(TapPort {
+            cfg,
+            dev,
+            stats: PortStats::default(),
+            skip: AtomicU32::new(0),
+        })
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// Sets IFF_UP on an interface.
+fn set_up(iface: &str) -> Result<(), std::io::Error> {
+    // SAFETY: plain syscall; the fd is closed below.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, c) in ifr.ifr_name.iter_mut().zip(iface.bytes()) {
+        *d = c as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write an ifreq, which ifr is; s is ours.
+    let r = unsafe {
+        let mut r = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr);
+        if r == 0 {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            r = libc::ioctl(s, libc::SIOCSIFFLAGS, &mut ifr);
+        }
+        let e = std::io::Error::last_os_error();
+        libc::close(s);
+        if r < 0 {
+            Err(e)
+        } else {
+            Ok(())
+        }
+    };
+    r
+}
+
+impl Port for TapPort {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn rx_queues(&self) -> usize {
+        1
+    }
+
+    fn rx_burst(&self, _q: usize, cache: &mut MempoolCache, out: &mut [Option<Mbuf>]) -> usize {
+        let skip = self.skip.load(Ordering::Relaxed);
+        if skip > 0 {
+            self.skip.store(skip - 1, Ordering::Relaxed);
+            return 0;
+        }
+        let mut n = 0;
+        let mut bytes = 0u64;
+        while n < out.len() {
+            let Some(mut m) = cache.alloc() else {
+                break;
+            };
+            let cap = m.capacity();
+            let r = (&self.dev).read(m.set_len(cap));
+            match r {
+                Ok(len) if len >= 14 => {
+                    m.set_len(len);
+                    bytes += len as u64;
+                    out[n] = Some(m);
+                    n += 1;
+                }
+                Ok(_) => {
+                    PortStats::add(&self.stats.drop_runt, 1);
+                    cache.free(m);
+                }
+                Err(_) => {
+                    // EAGAIN (nothing queued) or the device going away: nothing to receive.
+                    cache.free(m);
+                    if n == 0 {
+                        self.skip.store(IDLE_SKIP, Ordering::Relaxed);
+                    }
+                    break;
+                }
+            }
+        }
+        PortStats::add(&self.stats.rx_packets, n as u64);
+        PortStats::add(&self.stats.rx_bytes, bytes);
+        n
+    }
+
+    fn tx_burst(
+        &self,
+        _txq_hint: usize,
+        cache: &mut MempoolCache,
+        pkts: &mut [Option<Mbuf>],
+    ) -> usize {
+        let (mut sent, mut ok, mut bytes) = (0, 0u64, 0u64);
+        for slot in pkts.iter_mut() {
+            let Some(m) = slot.take() else { break };
+            // One write is one frame; a full queue or a device that is down drops it,
+            // as a NIC would.
+            match (&self.dev).write(m.data()) {
+                Ok(_) => {
+                    ok += 1;
+                    bytes += m.len() as u64;
+                }
+                Err(_) => PortStats::add(&self.stats.drop_tx_down, 1),
+            }
+            cache.free(m);
+            sent += 1;
+        }
+        PortStats::add(&self.stats.tx_packets, ok);
+        PortStats::add(&self.stats.tx_bytes, bytes);
+        sent
+    }
+
+    fn is_up(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> &PortStats {
+        &self.stats
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "driver=tap iface={} link={}",
+            self.cfg.iface,
+            super::operstate(&self.cfg.iface)
+        )
+    }
+}
