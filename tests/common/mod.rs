@@ -2,6 +2,9 @@
 //! that is stopped (SIGTERM) when dropped, the control command, and DPDK testpmd.
 #![allow(dead_code)]
 
+pub mod guest;
+pub mod netns;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -115,6 +118,19 @@ pub fn write_config_cores(
     f
 }
 
+/// Writes a config whose `[[port]]` tables are `ports` (TOML text), with the usual
+/// switch and mempool sections, and returns its path.
+pub fn write_config_ports(dir: &Scratch, ports: &str) -> PathBuf {
+    let s = format!(
+        "[switch]\npmd_cores = [{}]\ncontrol_socket = \"{}\"\n\n[mempool]\nmbufs = 8192\nhugepages = \"auto\"\n\n{ports}",
+        pmd_core(),
+        dir.path("ctl.sock").display()
+    );
+    let f = dir.path("vswitch.toml");
+    std::fs::write(&f, s).unwrap();
+    f
+}
+
 /// The core the switch's PMD runs on: the last one (testpmd and guests get the others).
 pub fn pmd_core() -> usize {
     std::thread::available_parallelism()
@@ -202,6 +218,12 @@ impl Switch {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// SIGKILL: the switch dies with no chance to clean up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM and wait; returns the exit status and asserts a clean stop.

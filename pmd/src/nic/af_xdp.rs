@@ -438,6 +438,14 @@ fn open_queue(
     };
     match zc {
         Ok(zc) => Ok((queue, zc)),
+        Err(x) if x.raw_os_error() == Some(libc::EBUSY) => {
+            let err = NicError(format!(
+                "interface {iface:?}: queue {q}: in use by another AF_XDP socket (another vswitch, \
+                 or an AF_XDP program, runs on this interface): {x}"
+            ));
+            release(pool, queue);
+            Err(err)
+        }
         Err(x) => {
             let what = if cfg.zero_copy == ZeroCopy::On {
                 "binding in zero-copy mode (zero_copy = \"on\"; the driver may not support it)"

@@ -1,0 +1,200 @@
+//! Network namespaces joined to the host by veth pairs: the Linux kernel as the
+//! switch's NIC peer. The switch attaches to the host end; the far end, with an IP
+//! address, sits in a namespace of its own. Everything is removed on drop.
+
+use super::{which, Scratch};
+use std::process::{Command, Output};
+
+/// Runs a command, returning its output; panics if it cannot be started.
+pub fn sh(prog: &str, args: &[&str]) -> Output {
+    Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
+}
+
+/// Runs a command that must succeed.
+pub fn must(prog: &str, args: &[&str]) -> String {
+    let o = sh(prog, args);
+    assert!(
+        o.status.success(),
+        "{prog} {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A namespace with one veth pair into it.
+pub struct VethNs {
+    pub ns: String,
+    /// The end in the host's namespace (the switch's port).
+    pub host: String,
+    /// The end inside the namespace.
+    pub inner: String,
+    pub ip: String,
+    pub mac: String,
+}
+
+impl VethNs {
+    /// `tag` is one short word making the names unique within a test; `cidr` the inner
+    /// end's address (e.g. "10.9.0.1/24").
+    pub fn new(tag: &str, cidr: &str) -> VethNs {
+        which("ip");
+        let id = std::process::id() % 100_000;
+        let ns = format!("vswtest-{id}-{tag}");
+        let host = format!("vs{id}{tag}0");
+        let inner = format!("vs{id}{tag}1");
+        assert!(host.len() < 16, "interface name {host} too long");
+        let _ = sh("ip", &["netns", "del", &ns]);
+        let _ = sh("ip", &["link", "del", &host]);
+        must("ip", &["netns", "add", &ns]);
+        must(
+            "ip",
+            &["link", "add", &host, "type", "veth", "peer", "name", &inner],
+        );
+        must("ip", &["link", "set", &inner, "netns", &ns]);
+        must("ip", &["link", "set", &host, "up"]);
+        // Only IPv4 in the namespace: no router solicitations or DAD in the counts.
+        must(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+            ],
+        );
+        must("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        must("ip", &["-n", &ns, "addr", "add", cidr, "dev", &inner]);
+        must("ip", &["-n", &ns, "link", "set", &inner, "up"]);
+        let mac = must(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns,
+                "cat",
+                &format!("/sys/class/net/{inner}/address"),
+            ],
+        )
+        .trim()
+        .to_string();
+        VethNs {
+            ns,
+            host,
+            inner,
+            ip: cidr.split('/').next().unwrap().to_string(),
+            mac,
+        }
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut a = vec!["netns", "exec", &self.ns];
+        a.extend_from_slice(args);
+        sh("ip", &a)
+    }
+
+    /// Frames the inner end has received.
+    pub fn rx_packets(&self) -> u64 {
+        let o = self.exec(&[
+            "cat",
+            &format!("/sys/class/net/{}/statistics/rx_packets", self.inner),
+        ]);
+        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+    }
+
+    /// Pings `ip` from inside the namespace; returns how many of `count` were answered.
+    pub fn ping(&self, ip: &str, count: u32) -> u32 {
+        let o = self.exec(&["ping", "-c", &count.to_string(), "-W", "2", "-i", "0.3", ip]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        eprintln!(
+            "[{} ping {ip}] {}",
+            self.ns,
+            out.lines().last().unwrap_or("")
+        );
+        out.lines()
+            .find_map(|l| {
+                l.split(", ")
+                    .find(|p| p.ends_with("received"))
+                    .and_then(|p| p.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Sends `count` Ethernet frames (EtherType 0x88b5, 64 bytes) to `dst_mac` with
+    /// trafgen, one every `gap_us` microseconds, pinned to core 0; returns how many
+    /// trafgen says it sent.
+    pub fn trafgen(&self, dir: &Scratch, dst_mac: &str, count: u64, gap_us: u32) -> u64 {
+        which("trafgen");
+        let bytes = |mac: &str| {
+            mac.split(':')
+                .map(|b| format!("0x{b}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let conf = dir.path(&format!("trafgen-{}.cfg", self.ns));
+        std::fs::write(
+            &conf,
+            format!(
+                "{{ {}, {}, 0x88, 0xb5, fill(0x55, 46) }}\n",
+                bytes(dst_mac),
+                bytes(&self.mac)
+            ),
+        )
+        .unwrap();
+        let o = self.exec(&[
+            "taskset",
+            "-c",
+            "0",
+            "trafgen",
+            "--dev",
+            &self.inner,
+            "--conf",
+            conf.to_str().unwrap(),
+            "-n",
+            &count.to_string(),
+            "-t",
+            &format!("{gap_us}us"),
+            "-q",
+        ]);
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "trafgen failed:\n{out}");
+        out.lines()
+            .find(|l| l.contains("packets outgoing"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no packet count from trafgen:\n{out}"))
+    }
+}
+
+impl Drop for VethNs {
+    fn drop(&mut self) {
+        let _ = sh("ip", &["netns", "del", &self.ns]);
+        let _ = sh("ip", &["link", "del", &self.host]);
+    }
+}
+
+/// Whether an XDP program is attached to a host interface.
+pub fn xdp_attached(iface: &str) -> bool {
+    must("ip", &["link", "show", "dev", iface]).contains("xdp")
+}
+
+/// The interface's promiscuity count (0 when nobody holds promiscuous mode).
+pub fn promiscuity(iface: &str) -> u32 {
+    let s = must("ip", &["-d", "link", "show", "dev", iface]);
+    let i = s.find("promiscuity ").expect("promiscuity in ip -d link");
+    s[i + 12..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
