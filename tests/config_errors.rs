@@ -168,6 +168,82 @@ fn bad_configs_exit_2_with_file_key_and_value() {
         &["key 'path' = \"a.sock\"", "absolute"],
     );
 
+    // NIC ports: each driver takes its own keys, and needs an interface.
+    let nic = |driver: &str, keys: &str| {
+        format!("[[port]]\nname = \"n\"\ndriver = \"{driver}\"\n{keys}\n")
+    };
+    expect_error(
+        &d,
+        "xdp-no-iface",
+        &format!("{b}{}", nic("af-xdp", "")),
+        &["[[port]] #1 (\"n\")", "key 'iface' is missing"],
+    );
+    expect_error(
+        &d,
+        "xdp-bad-mode",
+        &format!(
+            "{b}{}",
+            nic("af-xdp", "iface = \"eth0\"\nxdp_mode = \"fast\"")
+        ),
+        &["key 'xdp_mode' = \"fast\"", "\"native\""],
+    );
+    expect_error(
+        &d,
+        "xdp-bad-zc",
+        &format!(
+            "{b}{}",
+            nic("af-xdp", "iface = \"eth0\"\nzero_copy = \"yes\"")
+        ),
+        &["key 'zero_copy' = \"yes\""],
+    );
+    expect_error(
+        &d,
+        "xdp-path",
+        &format!(
+            "{b}{}",
+            nic("af-xdp", "iface = \"eth0\"\npath = \"/tmp/x.sock\"")
+        ),
+        &["key 'path' does not apply to driver \"af-xdp\""],
+    );
+    expect_error(
+        &d,
+        "vhost-iface",
+        &format!("{b}{p1}iface = \"eth0\"\n"),
+        &["key 'iface' does not apply to driver \"vhost-user\""],
+    );
+    expect_error(
+        &d,
+        "packet-queues",
+        &format!("{b}{}", nic("af-packet", "iface = \"eth0\"\nqueues = 2")),
+        &["key 'queues' = 2", "one queue"],
+    );
+    expect_error(
+        &d,
+        "bad-iface",
+        &format!("{b}{}", nic("af-packet", "iface = \"eth0/../x\"")),
+        &["key 'iface' = \"eth0/../x\"", "not an interface name"],
+    );
+    expect_error(
+        &d,
+        "iface-twice",
+        &format!(
+            "{b}{}{}",
+            nic("af-packet", "iface = \"eth0\""),
+            nic("af-xdp", "iface = \"eth0\"").replace("\"n\"", "\"m\"")
+        ),
+        &[
+            "[[port]] #2 (\"m\")",
+            "key 'iface' = \"eth0\"",
+            "used by two ports",
+        ],
+    );
+    expect_error(
+        &d,
+        "vhost-no-path",
+        &format!("{b}[[port]]\nname = \"v\"\ndriver = \"vhost-user\"\n"),
+        &["key 'path' is missing"],
+    );
+
     // A missing file is an error too.
     let out = Command::new(bin())
         .args(["check", "--config", "/nonexistent.toml"])
