@@ -508,17 +508,19 @@ impl Port for AfXdpPort {
         let side = unsafe { &mut *queue.rx.get() };
         let n = side.rx.ready().min(out.len() as u32);
         let mut bytes = 0u64;
+        let mut got = 0;
         for k in 0..n {
             // SAFETY: entries between our consumer index and the kernel's producer index
             // are written by the kernel and released to us by the Acquire load in `ready`.
             let d = unsafe { side.rx.desc_slot(side.rx.local.wrapping_add(k)).read() };
             let off = (d.addr & ADDR_MASK) + (d.addr >> 48);
-            let m = self.pool.reclaim(off, d.len);
-            if let Some(m) = &m {
+            // An address outside the pool cannot come from the kernel; skip it if it does.
+            if let Some(m) = self.pool.reclaim(off, d.len) {
                 queue.lent[m.index() as usize].store(0, Ordering::Relaxed);
                 bytes += m.len() as u64;
+                out[got] = Some(m);
+                got += 1;
             }
-            out[k as usize] = m;
         }
         side.rx.local = side.rx.local.wrapping_add(n);
         side.rx.cons().store(side.rx.local, Ordering::Release);
@@ -551,9 +553,9 @@ impl Port for AfXdpPort {
                 );
             }
         }
-        PortStats::add(&self.stats.rx_packets, n as u64);
+        PortStats::add(&self.stats.rx_packets, got as u64);
         PortStats::add(&self.stats.rx_bytes, bytes);
-        n as usize
+        got
     }
 
     #[inline]
