@@ -57,6 +57,8 @@ const TX_SIZE: u32 = 1024;
 const COMP_SIZE: u32 = 2048;
 /// The fill ring is topped up once this many slots are free.
 const REFILL_BATCH: u32 = 32;
+/// How long a bind keeps retrying a queue that is busy (see `open_queue`).
+const BIND_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Bits of an unaligned-mode address that hold the chunk's base.
 const ADDR_MASK: u64 = (1 << 48) - 1;
 
@@ -146,6 +148,29 @@ impl XRing {
 struct RxSide {
     fill: XRing,
     rx: XRing,
+}
+
+impl RxSide {
+    /// Lends up to `n` mbufs taken from `alloc` to the kernel on the fill ring, where
+    /// `n` is at most the ring's free slots; marks each in `lent`.
+    fn lend_to_fill(
+        &mut self,
+        pool: &Mempool,
+        lent: &[AtomicU8],
+        n: u32,
+        mut alloc: impl FnMut() -> Option<Mbuf>,
+    ) {
+        for _ in 0..n {
+            let Some(m) = alloc() else { break };
+            let (addr, _) = pool.lend(m);
+            lent[(addr / crate::mempool::BUF_SIZE as u64) as usize].store(1, Ordering::Relaxed);
+            // SAFETY: one of the n free slots of the fill ring; the kernel reads none past
+            // the producer index published below.
+            unsafe { self.fill.addr_slot(self.fill.local).write(chunk_base(addr)) };
+            self.fill.local = self.fill.local.wrapping_add(1);
+        }
+        self.fill.prod().store(self.fill.local, Ordering::Release);
+    }
 }
 
 /// The tx half: tx and completion rings, touched under the queue's tx lock.
@@ -392,19 +417,7 @@ fn open_queue(
     {
         // SAFETY: the queue is not shared yet; this is the only access.
         let side = unsafe { &mut *queue.rx.get() };
-        let mut n = 0;
-        while n < FILL_SIZE {
-            let Some(m) = pool.alloc() else { break };
-            let (addr, _) = pool.lend(m);
-            queue.lent[(addr / crate::mempool::BUF_SIZE as u64) as usize]
-                .store(1, Ordering::Relaxed);
-            // SAFETY: slot inside the fill ring, which the kernel does not read past the
-            // producer index we publish below.
-            unsafe { side.fill.addr_slot(side.fill.local).write(chunk_base(addr)) };
-            side.fill.local = side.fill.local.wrapping_add(1);
-            n += 1;
-        }
-        side.fill.prod().store(side.fill.local, Ordering::Release);
+        side.lend_to_fill(pool, &queue.lent, FILL_SIZE, || pool.alloc());
     }
     let try_bind = |flags: u16| {
         let sa = libc::sockaddr_xdp {
@@ -428,13 +441,27 @@ fn open_queue(
             Ok(())
         }
     };
-    let zc = match cfg.zero_copy {
-        ZeroCopy::On => try_bind(libc::XDP_ZEROCOPY).map(|_| true),
-        ZeroCopy::Off => try_bind(libc::XDP_COPY).map(|_| false),
-        ZeroCopy::Auto => match try_bind(libc::XDP_ZEROCOPY) {
-            Ok(()) => Ok(true),
-            Err(_) => try_bind(libc::XDP_COPY).map(|_| false),
-        },
+    // The kernel releases a dead process's AF_XDP sockets from a workqueue, so right
+    // after a crash the queue can still be busy for a moment: retry for a while.
+    let deadline = std::time::Instant::now() + BIND_BUSY_WAIT;
+    let zc = loop {
+        let r = match cfg.zero_copy {
+            ZeroCopy::On => try_bind(libc::XDP_ZEROCOPY).map(|_| true),
+            ZeroCopy::Off => try_bind(libc::XDP_COPY).map(|_| false),
+            ZeroCopy::Auto => match try_bind(libc::XDP_ZEROCOPY) {
+                Ok(()) => Ok(true),
+                Err(_) => try_bind(libc::XDP_COPY).map(|_| false),
+            },
+        };
+        match r {
+            Err(x)
+                if x.raw_os_error() == Some(libc::EBUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            r => break r,
+        }
     };
     match zc {
         Ok(zc) => Ok((queue, zc)),
@@ -527,18 +554,7 @@ impl Port for AfXdpPort {
         // Keep the fill ring stocked.
         let free = side.fill.free();
         if free >= REFILL_BATCH {
-            let mut k = 0;
-            while k < free {
-                let Some(m) = cache.alloc() else { break };
-                let (addr, _) = self.pool.lend(m);
-                queue.lent[(addr / crate::mempool::BUF_SIZE as u64) as usize]
-                    .store(1, Ordering::Relaxed);
-                // SAFETY: one of the `free` slots the kernel has consumed.
-                unsafe { side.fill.addr_slot(side.fill.local).write(chunk_base(addr)) };
-                side.fill.local = side.fill.local.wrapping_add(1);
-                k += 1;
-            }
-            side.fill.prod().store(side.fill.local, Ordering::Release);
+            side.lend_to_fill(&self.pool, &queue.lent, free, || cache.alloc());
         }
         if side.fill.needs_wakeup() {
             // SAFETY: a zero-length receive with no buffer: only wakes the driver.
