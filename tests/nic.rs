@@ -75,11 +75,12 @@ fn assert_clean(iface: &str) {
 #[test]
 fn af_xdp_namespaces_ping_and_burst() {
     let dir = Scratch::new("afxdp");
-    let a = VethNs::new("a", "10.71.0.1/24");
+    // Port a has two queues (two AF_XDP sockets, both in the XSKMAP), port b one.
+    let a = VethNs::with_queues("a", "10.71.0.1/24", 2);
     let b = VethNs::new("b", "10.71.0.2/24");
     let cfg = write_config_ports(
         &dir,
-        &(port("a", "af-xdp", &a.host, "") + &port("b", "af-xdp", &b.host, "")),
+        &(port("a", "af-xdp", &a.host, "queues = 2") + &port("b", "af-xdp", &b.host, "")),
     );
     let sw = Switch::start(&cfg, dir.path("ctl.sock"));
     assert!(xdp_attached(&a.host) && xdp_attached(&b.host));
@@ -91,6 +92,11 @@ fn af_xdp_namespaces_ping_and_burst() {
     let show = sw.ctl("show");
     eprintln!("{show}");
     assert!(show.contains("driver=af-xdp") && show.contains("kernel_rx_dropped=0"));
+    assert!(
+        show.contains(&format!("iface={} link=up queues=2", a.host))
+            && show.contains("rxqs [a:0 a:1 b:0]"),
+        "both queues of port a should be open and polled:\n{show}"
+    );
     let fdb = sw.ctl("fdb");
     assert!(
         fdb_has(&fdb, "a", &a.mac) && fdb_has(&fdb, "b", &b.mac),

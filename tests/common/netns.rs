@@ -39,6 +39,11 @@ impl VethNs {
     /// `tag` is one short word making the names unique within a test; `cidr` the inner
     /// end's address (e.g. "10.9.0.1/24").
     pub fn new(tag: &str, cidr: &str) -> VethNs {
+        VethNs::with_queues(tag, cidr, 1)
+    }
+
+    /// As `new`, with `queues` rx and tx queues on each end of the pair.
+    pub fn with_queues(tag: &str, cidr: &str, queues: u32) -> VethNs {
         which("ip");
         let id = std::process::id() % 100_000;
         let ns = format!("vswtest-{id}-{tag}");
@@ -48,9 +53,14 @@ impl VethNs {
         let _ = sh("ip", &["netns", "del", &ns]);
         let _ = sh("ip", &["link", "del", &host]);
         must("ip", &["netns", "add", &ns]);
+        let q = queues.to_string();
+        let (rxq, txq) = ("numrxqueues", "numtxqueues");
         must(
             "ip",
-            &["link", "add", &host, "type", "veth", "peer", "name", &inner],
+            &[
+                "link", "add", &host, rxq, &q, txq, &q, "type", "veth", "peer", "name", &inner,
+                rxq, &q, txq, &q,
+            ],
         );
         must("ip", &["link", "set", &inner, "netns", &ns]);
         must("ip", &["link", "set", &host, "up"]);
