@@ -137,6 +137,30 @@ fn af_packet_tap_and_generic_af_xdp() {
     assert_eq!(b.ping("10.72.0.3", 3), 3, "af-xdp -> the host over tap");
     burst(&dir, &sw, &a, "a", &b, "b");
     burst(&dir, &sw, &b, "b", &a, "a");
+    // 802.1Q-tagged frames cross both drivers with their tag, and are learned on their
+    // VLAN: b announces itself on VLAN 100, then a sends it 1000 tagged frames.
+    assert_eq!(b.trafgen_vlan(&dir, &a.mac, Some(100), 1, GAP_US), 1);
+    let rx0 = b.rx_packets();
+    assert_eq!(a.trafgen_vlan(&dir, &b.mac, Some(100), 1000, GAP_US), 1000);
+    std::thread::sleep(Duration::from_millis(300));
+    let got = b.rx_packets() - rx0;
+    let fdb = sw.ctl("fdb");
+    eprintln!(
+        "VLAN 100: {} received {got} of 1000 tagged frames\n{fdb}",
+        b.ns
+    );
+    assert!((1000..=1010).contains(&got), "{got} of 1000 tagged frames");
+    assert!(
+        fdb.lines().any(|l| l
+            .split_whitespace()
+            .take(3)
+            .eq(["a", "100", a.mac.as_str()]))
+            && fdb.lines().any(|l| l
+                .split_whitespace()
+                .take(3)
+                .eq(["b", "100", b.mac.as_str()])),
+        "stations not learned on VLAN 100:\n{fdb}"
+    );
     let log = sw.stop();
     assert!(log.contains("free_mbufs=8192"), "mbufs lost:\n{log}");
     assert_clean(&a.host);

@@ -139,6 +139,19 @@ impl VethNs {
     /// trafgen, one every `gap_us` microseconds, pinned to core 0; returns how many
     /// trafgen says it sent.
     pub fn trafgen(&self, dir: &Scratch, dst_mac: &str, count: u64, gap_us: u32) -> u64 {
+        self.trafgen_vlan(dir, dst_mac, None, count, gap_us)
+    }
+
+    /// As `trafgen`, with an 802.1Q tag carrying `vlan` when given (the frames stay 64
+    /// bytes).
+    pub fn trafgen_vlan(
+        &self,
+        dir: &Scratch,
+        dst_mac: &str,
+        vlan: Option<u16>,
+        count: u64,
+        gap_us: u32,
+    ) -> u64 {
         which("trafgen");
         let bytes = |mac: &str| {
             mac.split(':')
@@ -146,13 +159,19 @@ impl VethNs {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let conf = dir.path(&format!("trafgen-{}.cfg", self.ns));
+        let conf = dir.path(&format!("trafgen-{}-{}.cfg", self.ns, vlan.unwrap_or(0)));
         std::fs::write(
             &conf,
             format!(
-                "{{ {}, {}, 0x88, 0xb5, fill(0x55, 46) }}\n",
+                "{{ {}, {}, {}0x88, 0xb5, fill(0x55, {}) }}\n",
                 bytes(dst_mac),
-                bytes(&self.mac)
+                bytes(&self.mac),
+                vlan.map_or(String::new(), |v| format!(
+                    "0x81, 0x00, {:#04x}, {:#04x}, ",
+                    v >> 8,
+                    v & 0xff
+                )),
+                if vlan.is_some() { 42 } else { 46 }
             ),
         )
         .unwrap();
