@@ -154,7 +154,7 @@ impl Mempool {
     /// The pool's memory as one page-aligned region, `(base, len)`: what an AF_XDP
     /// socket registers as its UMEM so that the kernel writes frames straight into mbufs.
     /// Buffer `i` starts at offset `i * BUF_SIZE`.
-    pub fn region(&self) -> (*mut u8, usize) {
+    pub(crate) fn region(&self) -> (*mut u8, usize) {
         (self.mem.as_ptr(), self.mem.len())
     }
 
@@ -162,7 +162,7 @@ impl Mempool {
     /// region's base and its length. The caller must give the offset back to
     /// [`Mempool::reclaim`] exactly once, when the device is done with it.
     #[inline]
-    pub fn lend(&self, m: Mbuf) -> (u64, u32) {
+    pub(crate) fn lend(&self, m: Mbuf) -> (u64, u32) {
         self.check_owner(&m);
         (
             m.idx as u64 * BUF_SIZE as u64 + m.data_off as u64,
@@ -174,10 +174,11 @@ impl Mempool {
     /// byte of the buffer's slot; the packet data starts there) and `len` the data length
     /// (clamped to the slot). `None` if `off` is outside the pool.
     ///
-    /// The caller must own the buffer at `off`: it was lent with [`Mempool::lend`] or
-    /// taken from the pool, and is not reclaimed twice.
+    /// # Safety
+    /// The caller must own the buffer at `off`: it was lent with [`Mempool::lend`] and
+    /// is reclaimed once. Otherwise two handles to one buffer would exist.
     #[inline]
-    pub fn reclaim(&self, off: u64, len: u32) -> Option<Mbuf> {
+    pub(crate) unsafe fn reclaim(&self, off: u64, len: u32) -> Option<Mbuf> {
         let idx = off / BUF_SIZE as u64;
         if idx >= self.count as u64 {
             return None;

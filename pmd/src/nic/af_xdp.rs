@@ -500,13 +500,27 @@ fn release(pool: &Mempool, q: Queue) {
     drop(fd);
     drop(rx);
     drop(tx);
-    for (i, l) in lent.iter().enumerate() {
-        if l.load(Ordering::Relaxed) != 0 {
-            if let Some(m) = pool.reclaim(i as u64 * crate::mempool::BUF_SIZE as u64, 0) {
-                pool.free(m);
-            }
+    for i in 0..lent.len() {
+        if let Some(m) = take_back(pool, &lent, i as u64 * crate::mempool::BUF_SIZE as u64, 0) {
+            pool.free(m);
         }
     }
+}
+
+/// Takes back the buffer at region offset `off` that this queue lent to the kernel,
+/// clearing its flag in `lent`. `None` for an offset outside the pool or a buffer the
+/// queue does not have out (so a stray or repeated address never makes a second handle).
+#[inline]
+fn take_back(pool: &Mempool, lent: &[AtomicU8], off: u64, len: u32) -> Option<Mbuf> {
+    let flag = lent.get((off / crate::mempool::BUF_SIZE as u64) as usize)?;
+    if flag.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    flag.store(0, Ordering::Relaxed);
+    // SAFETY: the flag said this queue lent the buffer and has not taken it back; it is
+    // now cleared, so the buffer is reclaimed once. (Only one side of the queue, rx or
+    // tx, ever has a given buffer out.)
+    unsafe { pool.reclaim(off, len) }
 }
 
 impl Drop for AfXdpPort {
@@ -541,9 +555,8 @@ impl Port for AfXdpPort {
             // are written by the kernel and released to us by the Acquire load in `ready`.
             let d = unsafe { side.rx.desc_slot(side.rx.local.wrapping_add(k)).read() };
             let off = (d.addr & ADDR_MASK) + (d.addr >> 48);
-            // An address outside the pool cannot come from the kernel; skip it if it does.
-            if let Some(m) = self.pool.reclaim(off, d.len) {
-                queue.lent[m.index() as usize].store(0, Ordering::Relaxed);
+            // An address we did not lend cannot come from the kernel; skip it if it does.
+            if let Some(m) = take_back(&self.pool, &queue.lent, off, d.len) {
                 bytes += m.len() as u64;
                 out[got] = Some(m);
                 got += 1;
@@ -590,8 +603,7 @@ impl Port for AfXdpPort {
         for k in 0..done {
             // SAFETY: completion entries up to the kernel's producer index are ours to read.
             let addr = unsafe { side.comp.addr_slot(side.comp.local.wrapping_add(k)).read() };
-            if let Some(m) = self.pool.reclaim(addr & ADDR_MASK, 0) {
-                queue.lent[m.index() as usize].store(0, Ordering::Relaxed);
+            if let Some(m) = take_back(&self.pool, &queue.lent, addr & ADDR_MASK, 0) {
                 cache.free(m);
             }
         }
