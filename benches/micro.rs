@@ -107,8 +107,8 @@ fn vhost(c: &mut Criterion) {
                     ring.push(head % 256);
                     head = head.wrapping_add(1);
                 }
-                let mut over = 0;
-                let n = lr.dequeue(&mut cache, &mut out, &mut over);
+                let (mut over, mut bytes) = (0, 0);
+                let n = lr.dequeue(&mut cache, &mut out, &mut over, &mut bytes);
                 assert_eq!(n, 32);
                 for m in out[..n].iter_mut() {
                     cache.free(m.take().unwrap());

@@ -14,4 +14,4 @@ pub mod tsc;
 pub mod vhost;
 
 pub use mempool::{Mbuf, Mempool, MempoolCache};
-pub use port::{Port, PortStats};
+pub use port::{Port, PortStats, Traffic, TxFrom};

@@ -92,10 +92,11 @@ impl Switch {
             .zip(plan)
             .enumerate()
             .map(|(index, (&core, rxqs))| {
-                let stats = Arc::new(PmdStats::default());
+                let stats = Arc::new(PmdStats::new(ports.len()));
                 stats.core.store(core as u64, Ordering::Relaxed);
                 let cx = pmd_loop::PmdContext {
                     index,
+                    only_pmd: cfg.pmd_cores.len() == 1,
                     core: Some(core),
                     ports: ports.clone(),
                     rxqs: rxqs.clone(),
@@ -107,6 +108,7 @@ impl Switch {
                     epoch,
                     tx_stall: cfg.tx_stall,
                     tsc_hz,
+                    traffic: vec![pmd::Traffic::default(); ports.len()],
                 };
                 let thread = std::thread::Builder::new()
                     .name(format!("pmd-{core}"))
@@ -199,10 +201,14 @@ impl Switch {
     /// `ctl stats`: port counters and PMD cycles.
     pub fn stats(&self) -> String {
         let mut s = String::new();
-        for p in self.ports.iter() {
+        for (i, p) in self.ports.iter().enumerate() {
+            let mut t = pmd::Traffic::default();
+            for pmd in &self.pmds {
+                t.add(&pmd.stats.traffic[i].read());
+            }
             let kv: Vec<String> = p
                 .stats()
-                .snapshot()
+                .snapshot(&t)
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();

@@ -15,7 +15,7 @@
 use crate::fdb::{Fdb, Learned, Mac, PortNo};
 use crate::sched::RxqId;
 use crate::stats::{cycles, PmdStats};
-use pmd::port::{PortStats, BURST};
+use pmd::port::{PortStats, Traffic, TxFrom, BURST};
 use pmd::rcu::RcuThread;
 use pmd::{Mbuf, MempoolCache, Port};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -70,6 +70,8 @@ impl TxQueue {
 
 pub struct PmdContext {
     pub index: usize,
+    /// The switch has no other PMD thread: transmit takes no lock.
+    pub only_pmd: bool,
     pub core: Option<usize>,
     pub ports: Arc<[Arc<dyn Port>]>,
     pub rxqs: Vec<RxqId>,
@@ -82,6 +84,8 @@ pub struct PmdContext {
     pub epoch: Instant,
     pub tx_stall: Duration,
     pub tsc_hz: u64,
+    /// This thread's traffic per port, published to `stats` every few iterations.
+    pub traffic: Vec<Traffic>,
 }
 
 /// Runs the loop until `stop` is set.
@@ -102,6 +106,7 @@ pub fn run(mut cx: PmdContext) {
     while !cx.stop.load(Relaxed) {
         if iters & (QUIESCE_EVERY - 1) == 0 {
             cx.rcu.quiescent();
+            publish(&cx);
         }
         if iters & 1023 == 0 {
             now_secs = cx.epoch.elapsed().as_secs() as u32;
@@ -117,14 +122,17 @@ pub fn run(mut cx: PmdContext) {
         // room for one (a burst adds at most one frame per input frame to a queue).
         if backed_up(&txq) {
             bp += 1;
+            settle(&mut cx, 0);
         } else {
             for i in 0..cx.rxqs.len() {
                 if backed_up(&txq) {
                     bp += 1;
+                    settle(&mut cx, i);
                     break;
                 }
                 let (port, q) = cx.rxqs[i];
-                let n = cx.ports[port].rx_burst(q, &mut cx.cache, &mut burst);
+                let n =
+                    cx.ports[port].rx_burst(q, &mut cx.cache, &mut burst, &mut cx.traffic[port]);
                 if n == 0 {
                     continue;
                 }
@@ -160,8 +168,25 @@ pub fn run(mut cx: PmdContext) {
     for (p, t) in txq.iter_mut().enumerate() {
         drop_queue(&mut cx, t, p, |s| &s.drop_tx_down);
     }
+    publish(&cx);
     cx.rcu.offline();
     tracing::info!(pmd = cx.index, "PMD thread stopped");
+}
+
+/// Publishes this thread's per-port traffic for the control plane.
+fn publish(cx: &PmdContext) {
+    for (t, out) in cx.traffic.iter().zip(cx.stats.traffic.iter()) {
+        out.publish(t);
+    }
+}
+
+/// While backpressure keeps rx queues `from..` from being polled, lets their ports
+/// finish what earlier bursts left owed (interrupts to the guest).
+fn settle(cx: &mut PmdContext, from: usize) {
+    for i in from..cx.rxqs.len() {
+        let (port, q) = cx.rxqs[i];
+        cx.ports[port].rx_burst(q, &mut cx.cache, &mut [], &mut cx.traffic[port]);
+    }
 }
 
 #[inline]
@@ -251,7 +276,7 @@ fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf) {
             match cx.cache.alloc() {
                 Some(mut c) => {
                     c.set_len(m.len()).copy_from_slice(m.data());
-                    PortStats::add(&cx.ports[prev].stats().tx_flood, 1);
+                    cx.traffic[prev].tx_flood += 1;
                     enqueue_out(cx, txq, prev, c);
                 }
                 None => PortStats::add(&cx.ports[prev].stats().drop_no_mbuf, 1),
@@ -260,7 +285,7 @@ fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf) {
     }
     match last_target {
         Some(p) => {
-            PortStats::add(&cx.ports[p].stats().tx_flood, 1);
+            cx.traffic[p].tx_flood += 1;
             enqueue_out(cx, txq, p, m);
         }
         None => cx.cache.free(m), // nowhere to go (every other port is down): not a drop of a port
@@ -275,7 +300,16 @@ fn flush(cx: &mut PmdContext, t: &mut TxQueue, p: usize, now: u64, stall_cycles:
         drop_queue(cx, t, p, |s| &s.drop_tx_down);
         return 0;
     }
-    let sent = port.tx_burst(cx.index, &mut cx.cache, &mut t.pkts[t.head..t.end]);
+    let from = TxFrom {
+        pmd: cx.index,
+        only_pmd: cx.only_pmd,
+    };
+    let sent = port.tx_burst(
+        from,
+        &mut cx.cache,
+        &mut t.pkts[t.head..t.end],
+        &mut cx.traffic[p],
+    );
     if sent > 0 {
         t.head += sent;
         t.stalled_since = 0;

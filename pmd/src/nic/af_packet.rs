@@ -8,9 +8,9 @@
 //! (PACKET_IGNORE_OUTGOING), and the interface is put in promiscuous mode for as long as
 //! the socket is open.
 
-use super::{add_promisc, kick_tx, os_err, setsockopt, socket, NicError, RingMap, TxLock};
+use super::{add_promisc, kick_tx, os_err, setsockopt, socket, NicError, RingMap};
 use crate::mempool::{Mbuf, MempoolCache};
-use crate::port::{Port, PortStats};
+use crate::port::{Port, PortStats, Traffic, TxFrom, TxLock};
 use std::cell::UnsafeCell;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -183,7 +183,13 @@ impl Port for AfPacketPort {
         1
     }
 
-    fn rx_burst(&self, _q: usize, cache: &mut MempoolCache, out: &mut [Option<Mbuf>]) -> usize {
+    fn rx_burst(
+        &self,
+        _q: usize,
+        cache: &mut MempoolCache,
+        out: &mut [Option<Mbuf>],
+        tr: &mut Traffic,
+    ) -> usize {
         use std::mem::offset_of;
         // SAFETY: only the PMD thread polling this port's one queue calls rx_burst.
         let cur = unsafe { &mut *self.rx.get() };
@@ -263,19 +269,20 @@ impl Port for AfPacketPort {
                 cur.taken = 0;
             }
         }
-        PortStats::add(&self.stats.rx_packets, n as u64);
-        PortStats::add(&self.stats.rx_bytes, bytes);
+        tr.rx_packets += n as u64;
+        tr.rx_bytes += bytes;
         n
     }
 
     fn tx_burst(
         &self,
-        _txq_hint: usize,
+        from: TxFrom,
         cache: &mut MempoolCache,
         pkts: &mut [Option<Mbuf>],
+        tr: &mut Traffic,
     ) -> usize {
-        let _g = self.tx_lock.lock();
-        // SAFETY: tx_next is only touched under tx_lock, held here.
+        let _g = self.tx_lock.lock(from);
+        // SAFETY: tx_next is only touched under tx_lock, held here (or by the only PMD thread).
         let next = unsafe { &mut *self.tx_next.get() };
         let status_off = std::mem::offset_of!(libc::tpacket3_hdr, tp_status);
         let (mut sent, mut ok, mut bytes) = (0, 0u64, 0u64);
@@ -313,8 +320,8 @@ impl Port for AfPacketPort {
         if bytes > 0 {
             kick_tx(&self.fd);
         }
-        PortStats::add(&self.stats.tx_packets, ok);
-        PortStats::add(&self.stats.tx_bytes, bytes);
+        tr.tx_packets += ok;
+        tr.tx_bytes += bytes;
         sent
     }
 

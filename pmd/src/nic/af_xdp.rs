@@ -14,9 +14,9 @@
 //! dropping the port, or the process dying in any way, detaches it. Promiscuous mode is
 //! held the same way ([`super::Promisc`]).
 
-use super::{bpf, kick_tx, os_err, setsockopt, socket, NicError, Promisc, RingMap, TxLock};
+use super::{bpf, kick_tx, os_err, setsockopt, socket, NicError, Promisc, RingMap};
 use crate::mempool::{Mbuf, Mempool, MempoolCache};
-use crate::port::{Port, PortStats};
+use crate::port::{Port, PortStats, Traffic, TxFrom, TxLock};
 use std::cell::UnsafeCell;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
@@ -189,7 +189,7 @@ struct Queue {
 }
 
 // SAFETY: `rx` is only touched by the one PMD thread that polls the queue (the Port
-// contract), `tx` only under `tx_lock`; the rings themselves are shared with the kernel
+// contract), `tx` only under `tx_lock` (which the only PMD thread need not take); the rings themselves are shared with the kernel
 // through atomics.
 unsafe impl Sync for Queue {}
 // SAFETY: the raw pointers point into mappings owned by the queue.
@@ -541,7 +541,13 @@ impl Port for AfXdpPort {
     }
 
     #[inline]
-    fn rx_burst(&self, q: usize, cache: &mut MempoolCache, out: &mut [Option<Mbuf>]) -> usize {
+    fn rx_burst(
+        &self,
+        q: usize,
+        cache: &mut MempoolCache,
+        out: &mut [Option<Mbuf>],
+        tr: &mut Traffic,
+    ) -> usize {
         let Some(queue) = self.queues.get(q) else {
             return 0;
         };
@@ -582,21 +588,22 @@ impl Port for AfXdpPort {
                 );
             }
         }
-        PortStats::add(&self.stats.rx_packets, got as u64);
-        PortStats::add(&self.stats.rx_bytes, bytes);
+        tr.rx_packets += got as u64;
+        tr.rx_bytes += bytes;
         got
     }
 
     #[inline]
     fn tx_burst(
         &self,
-        txq_hint: usize,
+        from: TxFrom,
         cache: &mut MempoolCache,
         pkts: &mut [Option<Mbuf>],
+        tr: &mut Traffic,
     ) -> usize {
-        let queue = &self.queues[txq_hint % self.queues.len()];
-        let _g = queue.tx_lock.lock();
-        // SAFETY: the tx side is only touched under tx_lock, held here.
+        let queue = &self.queues[from.pmd % self.queues.len()];
+        let _g = queue.tx_lock.lock(from);
+        // SAFETY: the tx side is only touched under tx_lock, held here (or by the only PMD thread).
         let side = unsafe { &mut *queue.tx.get() };
         // Buffers the kernel has sent come back to the pool.
         let done = side.comp.ready();
@@ -638,8 +645,8 @@ impl Port for AfXdpPort {
                 kick_tx(&queue.fd);
             }
         }
-        PortStats::add(&self.stats.tx_packets, sent as u64);
-        PortStats::add(&self.stats.tx_bytes, bytes);
+        tr.tx_packets += sent as u64;
+        tr.tx_bytes += bytes;
         sent
     }
 

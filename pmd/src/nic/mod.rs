@@ -195,35 +195,6 @@ unsafe impl Send for RingMap {}
 // SAFETY: as above.
 unsafe impl Sync for RingMap {}
 
-/// A test-and-set spin lock guarding one tx queue among PMD threads.
-pub(crate) struct TxLock(std::sync::atomic::AtomicBool);
-
-impl TxLock {
-    pub fn new() -> TxLock {
-        TxLock(std::sync::atomic::AtomicBool::new(false))
-    }
-    #[inline]
-    pub fn lock(&self) -> TxGuard<'_> {
-        use std::sync::atomic::Ordering;
-        while self
-            .0
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            std::hint::spin_loop();
-        }
-        TxGuard(self)
-    }
-}
-
-pub(crate) struct TxGuard<'a>(&'a TxLock);
-
-impl Drop for TxGuard<'_> {
-    fn drop(&mut self) {
-        self.0 .0.store(false, std::sync::atomic::Ordering::Release);
-    }
-}
-
 /// Tells the kernel to look at a socket's tx ring (`sendto` with no data).
 #[inline]
 pub(crate) fn kick_tx(fd: &OwnedFd) {

@@ -8,7 +8,7 @@
 
 use super::{os_err, NicError};
 use crate::mempool::{Mbuf, MempoolCache};
-use crate::port::{Port, PortStats};
+use crate::port::{Port, PortStats, Traffic, TxFrom};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -111,7 +111,13 @@ impl Port for TapPort {
         1
     }
 
-    fn rx_burst(&self, _q: usize, cache: &mut MempoolCache, out: &mut [Option<Mbuf>]) -> usize {
+    fn rx_burst(
+        &self,
+        _q: usize,
+        cache: &mut MempoolCache,
+        out: &mut [Option<Mbuf>],
+        tr: &mut Traffic,
+    ) -> usize {
         let skip = self.skip.load(Ordering::Relaxed);
         if skip > 0 {
             self.skip.store(skip - 1, Ordering::Relaxed);
@@ -146,16 +152,17 @@ impl Port for TapPort {
                 }
             }
         }
-        PortStats::add(&self.stats.rx_packets, n as u64);
-        PortStats::add(&self.stats.rx_bytes, bytes);
+        tr.rx_packets += n as u64;
+        tr.rx_bytes += bytes;
         n
     }
 
     fn tx_burst(
         &self,
-        _txq_hint: usize,
+        _from: TxFrom,
         cache: &mut MempoolCache,
         pkts: &mut [Option<Mbuf>],
+        tr: &mut Traffic,
     ) -> usize {
         let (mut sent, mut ok, mut bytes) = (0, 0u64, 0u64);
         for slot in pkts.iter_mut() {
@@ -172,8 +179,8 @@ impl Port for TapPort {
             cache.free(m);
             sent += 1;
         }
-        PortStats::add(&self.stats.tx_packets, ok);
-        PortStats::add(&self.stats.tx_bytes, bytes);
+        tr.tx_packets += ok;
+        tr.tx_bytes += bytes;
         sent
     }
 

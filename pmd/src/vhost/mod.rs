@@ -18,7 +18,7 @@ pub mod virtq;
 mod tests;
 
 use crate::mempool::{Mbuf, MempoolCache};
-use crate::port::{Port, PortStats};
+use crate::port::{Port, PortStats, Traffic, TxFrom, TxLock};
 use crate::rcu::Rcu;
 use std::cell::UnsafeCell;
 use std::path::PathBuf;
@@ -51,7 +51,7 @@ pub struct VringSlot {
     /// grace period, after which the control thread owns `ring` exclusively.
     live: AtomicBool,
     /// Serialises tx among PMD threads (never taken by the control thread).
-    tx_lock: AtomicBool,
+    tx_lock: TxLock,
     /// Set when the guest broke the rules on this ring.
     broken: AtomicBool,
     ring: UnsafeCell<Option<LiveRing>>,
@@ -59,14 +59,14 @@ pub struct VringSlot {
 
 // SAFETY: access to `ring` follows the protocol above: the control thread only while
 // `live` is clear and a grace period has passed; a PMD thread only while `live` is set,
-// for rx queues only the one PMD the queue is assigned to, for tx queues only under `tx_lock`.
+// for rx queues only the one PMD the queue is assigned to, for tx queues only under `tx_lock` (or by the only PMD thread).
 unsafe impl Sync for VringSlot {}
 
 impl VringSlot {
     fn new() -> VringSlot {
         VringSlot {
             live: AtomicBool::new(false),
-            tx_lock: AtomicBool::new(false),
+            tx_lock: TxLock::new(),
             broken: AtomicBool::new(false),
             ring: UnsafeCell::new(None),
         }
@@ -180,7 +180,13 @@ impl Port for VhostUserPort {
     }
 
     #[inline]
-    fn rx_burst(&self, q: usize, cache: &mut MempoolCache, out: &mut [Option<Mbuf>]) -> usize {
+    fn rx_burst(
+        &self,
+        q: usize,
+        cache: &mut MempoolCache,
+        out: &mut [Option<Mbuf>],
+        tr: &mut Traffic,
+    ) -> usize {
         let idx = 2 * q + 1;
         let Some(slot) = self.shared.vrings.get(idx) else {
             return 0;
@@ -194,15 +200,11 @@ impl Port for VhostUserPort {
             return 0;
         };
         let mut oversize = 0u64;
-        let n = ring.dequeue(cache, out, &mut oversize);
-        let st = &self.shared.stats;
-        let bytes: usize = out[..n]
-            .iter()
-            .map(|m| m.as_ref().map_or(0, |m| m.len()))
-            .sum();
-        PortStats::add(&st.rx_packets, n as u64);
-        PortStats::add(&st.rx_bytes, bytes as u64);
-        PortStats::add(&st.drop_oversize, oversize);
+        let n = ring.dequeue(cache, out, &mut oversize, &mut tr.rx_bytes);
+        tr.rx_packets += n as u64;
+        if oversize != 0 {
+            PortStats::add(&self.shared.stats.drop_oversize, oversize);
+        }
         if let Some(e) = ring.error() {
             self.report(slot, idx, e);
         }
@@ -212,14 +214,15 @@ impl Port for VhostUserPort {
     #[inline]
     fn tx_burst(
         &self,
-        txq_hint: usize,
+        from: TxFrom,
         cache: &mut MempoolCache,
         pkts: &mut [Option<Mbuf>],
+        tr: &mut Traffic,
     ) -> usize {
         let nq = self.shared.cfg.queues;
-        // The hinted queue pair, or the next usable one: the guest may use fewer queue
+        // The PMD's queue pair, or the next usable one: the guest may use fewer queue
         // pairs than offered, or have broken one.
-        let first = txq_hint % nq;
+        let first = from.pmd % nq;
         let Some(q) = (0..nq)
             .map(|k| (first + k) % nq)
             .find(|&q| self.shared.vrings[2 * q].usable())
@@ -228,31 +231,22 @@ impl Port for VhostUserPort {
         };
         let idx = 2 * q;
         let slot = &self.shared.vrings[idx];
-        while slot
-            .tx_lock
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            std::hint::spin_loop();
-        }
-        // SAFETY: live is set and tx_lock is held: no other thread touches this ring.
-        let sent = match unsafe { &mut *slot.ring.get() } {
-            Some(ring) => {
-                let (mut bytes, mut too_big) = (0u64, 0u64);
-                let n = ring.enqueue(pkts, cache, &mut bytes, &mut too_big);
-                let st = &self.shared.stats;
-                PortStats::add(&st.tx_packets, n as u64 - too_big);
-                PortStats::add(&st.tx_bytes, bytes);
-                PortStats::add(&st.drop_oversize, too_big);
-                if let Some(e) = ring.error() {
-                    self.report(slot, idx, e);
-                }
-                n
-            }
-            None => 0,
+        let _g = slot.tx_lock.lock(from);
+        // SAFETY: live is set and tx_lock is held (or this is the only PMD thread): no
+        // other thread touches this ring.
+        let Some(ring) = (unsafe { &mut *slot.ring.get() }) else {
+            return 0;
         };
-        slot.tx_lock.store(false, Ordering::Release);
-        sent
+        let mut too_big = 0u64;
+        let n = ring.enqueue(pkts, cache, &mut tr.tx_bytes, &mut too_big);
+        tr.tx_packets += n as u64 - too_big;
+        if too_big != 0 {
+            PortStats::add(&self.shared.stats.drop_oversize, too_big);
+        }
+        if let Some(e) = ring.error() {
+            self.report(slot, idx, e);
+        }
+        n
     }
 
     fn is_up(&self) -> bool {

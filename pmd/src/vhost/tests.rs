@@ -62,9 +62,11 @@ fn frame(n: usize, tag: u8) -> Vec<u8> {
 
 fn dequeue(cache: &mut MempoolCache, lr: &mut LiveRing) -> Vec<Mbuf> {
     let mut out: [Option<Mbuf>; 32] = Default::default();
-    let mut over = 0;
-    let n = lr.dequeue(cache, &mut out, &mut over);
-    out[..n].iter_mut().map(|m| m.take().unwrap()).collect()
+    let (mut over, mut bytes) = (0, 0);
+    let n = lr.dequeue(cache, &mut out, &mut over, &mut bytes);
+    let v: Vec<Mbuf> = out[..n].iter_mut().map(|m| m.take().unwrap()).collect();
+    assert_eq!(bytes, v.iter().map(|m| m.len() as u64).sum::<u64>());
+    v
 }
 
 fn assert_clean(r: &Rig) {
@@ -305,9 +307,9 @@ fn oversize_frame_is_dropped_not_fatal() {
     ring.push(1);
     let mut lr = live(&r, &ring, feat(true, false), None);
     let mut out: [Option<Mbuf>; 32] = Default::default();
-    let mut over = 0;
-    let n = lr.dequeue(&mut r.cache, &mut out, &mut over);
-    assert_eq!((n, over), (1, 1));
+    let (mut over, mut bytes) = (0, 0);
+    let n = lr.dequeue(&mut r.cache, &mut out, &mut over, &mut bytes);
+    assert_eq!((n, over, bytes), (1, 1, 64));
     assert_eq!(ring.used_idx(), 2);
     assert!(lr.error().is_none());
     r.cache.free(out[0].take().unwrap());
@@ -497,6 +499,46 @@ fn no_interrupt_flag_is_respected_without_event_idx() {
     let mut p = rx_frames(1, 64, &mut r.cache);
     enqueue(&mut r.cache, &mut lr, &mut p);
     assert_eq!(calls(&call), 1);
+}
+
+#[test]
+fn transmit_completion_interrupt_comes_at_the_next_poll() {
+    // Dequeue publishes used entries at once but checks whether the guest wants an
+    // interrupt at its next call (or when the ring goes away), so the check's fence
+    // does not wait on the burst's own stores.
+    let mut r = rig();
+    let mut ring = DriverRing::new(&r.mem, 0, 256);
+    for i in 0..3u16 {
+        let len = put_frame(&r, BUF + 4096 * i as u64, &frame(64, i as u8));
+        ring.set_desc(i, ring.gpa(BUF + 4096 * i as u64), len, 0, 0);
+    }
+    let call = eventfd();
+    ring.set_used_event(0); // interrupt when used idx passes 0
+    let mut lr = live(&r, &ring, feat(true, true), Some(call.clone()));
+    ring.push(0);
+    let got = dequeue(&mut r.cache, &mut lr);
+    assert_eq!((got.len(), ring.used_idx()), (1, 1));
+    assert_eq!(calls(&call), 0, "owed, not yet sent");
+    let mut none: [Option<Mbuf>; 0] = [];
+    let (mut over, mut bytes) = (0, 0);
+    assert_eq!(
+        lr.dequeue(&mut r.cache, &mut none, &mut over, &mut bytes),
+        0
+    );
+    assert_eq!(calls(&call), 1, "an empty poll settles it");
+    assert_eq!(
+        lr.dequeue(&mut r.cache, &mut none, &mut over, &mut bytes),
+        0
+    );
+    assert_eq!(calls(&call), 0, "and only once");
+    ring.set_used_event(1);
+    ring.push(1);
+    let mut got2 = dequeue(&mut r.cache, &mut lr);
+    drop(lr);
+    assert_eq!(calls(&call), 1, "a ring taken down settles what it owes");
+    for m in got.into_iter().chain(got2.drain(..)) {
+        r.cache.free(m);
+    }
 }
 
 #[test]

@@ -61,6 +61,11 @@ pub struct LiveRing {
     table: FastTable,
     hint: usize,
     call: Option<i32>,
+    /// Used entries were published since the guest was last considered for an
+    /// interrupt (the used index then). Dequeue settles this at its next call rather
+    /// than at once: the fence the check needs would otherwise wait for this burst's
+    /// stores to guest memory to reach the guest's core.
+    owed: Option<u16>,
     error: Option<GuestError>,
     /// Keeps the mappings the pointers above point into alive.
     _mem: Arc<GuestMemory>,
@@ -145,6 +150,7 @@ impl LiveRing {
             table,
             hint: 0,
             call: call.as_ref().map(|f| f.as_raw_fd()),
+            owed: None,
             error: None,
             _mem: mem,
             _call: call,
@@ -351,18 +357,22 @@ impl LiveRing {
 
     /// Moves up to `out.len()` frames the guest transmitted into fresh mbufs.
     /// Frames too large for an mbuf are dropped and counted in `oversize`; when the
-    /// pool runs dry, the rest stay on the ring.
-    /// Returns the number of mbufs stored at the front of `out`.
+    /// pool runs dry, the rest stay on the ring. First it interrupts the guest if the
+    /// previous call published used entries the guest asked to hear about.
+    /// Returns the number of mbufs stored at the front of `out` (their bytes are added
+    /// to `bytes`).
     #[inline]
     pub fn dequeue(
         &mut self,
         cache: &mut MempoolCache,
         out: &mut [Option<Mbuf>],
         oversize: &mut u64,
+        bytes: &mut u64,
     ) -> usize {
         if self.error.is_some() {
             return 0;
         }
+        self.settle();
         let n = match self.pending() {
             Ok(n) => n.min(out.len() as u16),
             Err(e) => {
@@ -420,18 +430,27 @@ impl LiveRing {
                 off += len as usize;
             }
             self.write_used_elem(self.last_used.wrapping_add(done), head, 0);
+            *bytes += payload;
             out[got] = Some(m);
             got += 1;
             done += 1;
         }
-        self.publish_used(done, done);
+        self.publish_used(done, done, true);
         got
     }
 
-    /// Consumes `n` avail entries whose used elements are written, publishes them and
-    /// signals the guest if it asked for it.
+    /// Interrupts the guest for used entries published earlier, if it asked for it.
     #[inline]
-    fn publish_used(&mut self, n_avail: u16, n_used: u16) {
+    pub fn settle(&mut self) {
+        if let Some(old) = self.owed.take() {
+            self.maybe_signal(old, self.last_used);
+        }
+    }
+
+    /// Consumes `n` avail entries whose used elements are written, publishes them and
+    /// signals the guest if it asked for it, at once or (`defer`) at the next `settle`.
+    #[inline]
+    fn publish_used(&mut self, n_avail: u16, n_used: u16, defer: bool) {
         self.last_avail = self.last_avail.wrapping_add(n_avail);
         if n_used == 0 {
             return;
@@ -442,7 +461,11 @@ impl LiveRing {
         // Used elements must be visible before the index that publishes them.
         fence(Ordering::Release);
         self.write_used_idx(new);
-        self.maybe_signal(old, new);
+        if defer {
+            self.owed.get_or_insert(old);
+        } else {
+            self.maybe_signal(old, new);
+        }
     }
 
     #[inline]
@@ -588,7 +611,16 @@ impl LiveRing {
             consumed += 1;
             cache.free(slot.take().expect("checked"));
         }
-        self.publish_used(used_chains, used_chains);
+        self.publish_used(used_chains, used_chains, false);
         consumed
+    }
+}
+
+impl Drop for LiveRing {
+    /// A ring taken down owes the guest no interrupt it asked for.
+    fn drop(&mut self) {
+        if self.error.is_none() {
+            self.settle();
+        }
     }
 }
