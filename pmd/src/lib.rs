@@ -9,6 +9,7 @@ pub mod hugepage;
 pub mod mempool;
 pub mod nic;
 pub mod port;
+pub mod prefetch;
 pub mod rcu;
 pub mod tsc;
 pub mod vhost;

@@ -193,6 +193,14 @@ impl FastTable {
         if h < self.n && gpa >= self.start[h] && end <= self.end[h] {
             return Some((self.host[h] + (gpa - self.start[h]) as usize) as *mut u8);
         }
+        self.search(gpa, end, hint)
+    }
+
+    /// The other regions, out of line: the data path's loops then keep only the hinted
+    /// region's bounds live, not the whole table.
+    #[cold]
+    #[inline(never)]
+    fn search(&self, gpa: u64, end: u64, hint: &mut usize) -> Option<*mut u8> {
         for i in 0..self.n {
             if gpa >= self.start[i] && end <= self.end[i] {
                 *hint = i;
