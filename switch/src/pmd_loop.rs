@@ -138,9 +138,10 @@ pub fn run(mut cx: PmdContext) {
                 }
                 packets += n as u64;
                 did += n;
+                let mut memo = Memo::default();
                 for slot in burst[..n].iter_mut() {
                     let m = slot.take().expect("rx_burst filled it");
-                    switch_one(&mut cx, &mut txq, port, m, now_secs);
+                    switch_one(&mut cx, &mut txq, port, m, now_secs, &mut memo);
                 }
                 for (p, t) in txq.iter_mut().enumerate() {
                     if t.len() > 0 {
@@ -189,8 +190,35 @@ fn settle(cx: &mut PmdContext, from: usize) {
     }
 }
 
+/// What the previous frame of the same burst found: a burst usually carries few
+/// flows, so a frame from the same station to the same destination skips the table.
+/// It lives for one burst, so it is never older than the table by more than that.
+#[derive(Default)]
+struct Memo {
+    /// Source (MAC, VLAN, valid bit) learned without refusal by this burst.
+    src: u64,
+    /// Destination (MAC, VLAN, valid bit) and the table's answer for it.
+    dst: u64,
+    out: Option<PortNo>,
+}
+
+/// A MAC and VLAN as one word, with bit 63 set so that 0 means "none".
+#[inline(always)]
+fn word(mac: &[u8], vlan: u16) -> u64 {
+    1 << 63
+        | (vlan as u64) << 48
+        | u64::from_be_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])
+}
+
 #[inline]
-fn switch_one(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf, now: u32) {
+fn switch_one(
+    cx: &mut PmdContext,
+    txq: &mut [TxQueue],
+    in_port: usize,
+    m: Mbuf,
+    now: u32,
+    memo: &mut Memo,
+) {
     let ports = &cx.ports;
     let d = m.data();
     if d.len() < 14 {
@@ -198,20 +226,35 @@ fn switch_one(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf,
         cx.cache.free(m);
         return;
     }
-    let dst = Mac::from_slice(&d[0..6]);
-    let src = Mac::from_slice(&d[6..12]);
     let vlan = if d[12] == 0x81 && d[13] == 0x00 && d.len() >= 18 {
         u16::from_be_bytes([d[14], d[15]]) & 0x0fff
     } else {
         0
     };
-    if !src.is_multicast() && cx.fdb.learn(src, vlan, in_port as PortNo, now) == Learned::Refused {
-        PortStats::add(&ports[in_port].stats().learn_refused, 1);
+    let src_w = word(&d[6..12], vlan);
+    if src_w != memo.src {
+        let src = Mac::from_slice(&d[6..12]);
+        if src.is_multicast() {
+            // Not learned.
+        } else if cx.fdb.learn(src, vlan, in_port as PortNo, now) == Learned::Refused {
+            PortStats::add(&ports[in_port].stats().learn_refused, 1);
+        } else {
+            memo.src = src_w;
+        }
     }
-    let out = if dst.is_multicast() {
-        None
+    let dst_w = word(&d[0..6], vlan);
+    let out = if dst_w == memo.dst {
+        memo.out
     } else {
-        cx.fdb.lookup(dst, vlan)
+        let dst = Mac::from_slice(&d[0..6]);
+        let out = if dst.is_multicast() {
+            None
+        } else {
+            cx.fdb.lookup(dst, vlan)
+        };
+        memo.dst = dst_w;
+        memo.out = out;
+        out
     };
     match out {
         Some(p) if p as usize == in_port => {
