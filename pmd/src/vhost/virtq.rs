@@ -117,6 +117,35 @@ fn copy_segments(segs: &[Seg], hdr: u64, dst: &mut [u8]) {
     }
 }
 
+/// Writes a virtio-net header for a frame in one chain: zeros, and num_buffers = 1
+/// when the header has that field (12 bytes).
+///
+/// # Safety
+/// `p` must have `hdr_len` (10 or 12) writable bytes.
+#[inline(always)]
+unsafe fn write_net_header(p: *mut u8, hdr_len: usize) {
+    // SAFETY: the caller gives hdr_len >= 10 writable bytes at p.
+    unsafe {
+        std::ptr::write_unaligned(p as *mut u64, 0);
+        if hdr_len == 12 {
+            std::ptr::write_unaligned(p.add(8) as *mut u32, u32::from_le_bytes([0, 0, 1, 0]));
+        } else {
+            std::ptr::write_unaligned(p.add(8) as *mut u16, 0);
+        }
+    }
+}
+
+/// Avail entries a burst reads ahead.
+const AHEAD: usize = 32;
+
+/// The next avail entries of a burst, read once: their heads, and for each that is
+/// the common single-descriptor chain its checked segment (a null `ptr` otherwise).
+struct Ahead {
+    n: usize,
+    heads: [u16; AHEAD],
+    segs: [Seg; AHEAD],
+}
+
 /// One copied-out descriptor.
 #[derive(Clone, Copy)]
 struct Desc {
@@ -323,43 +352,42 @@ impl LiveRing {
         }
     }
 
-    /// Prefetch hints for the next `n` (at most 32) avail entries: first their
-    /// descriptors, all at once, then the first lines of the buffers those name, so a
-    /// burst waits about twice for the guest's core rather than twice per frame.
-    /// Nothing read here is trusted or kept: `collect` reads and checks it all again.
+    /// Reads the next `n` (at most [`AHEAD`]) avail entries and prefetches their
+    /// descriptors, all at once; then checks each with `single` and prefetches the
+    /// first and last line of its buffer. A burst so waits about twice for the guest's
+    /// core rather than twice per frame. Each entry and descriptor is read once here
+    /// and used from the result: the guest cannot change them between check and use.
     #[inline]
-    fn prefetch_burst(&mut self, n: u16, write: bool) {
-        let n = n.min(32);
+    fn look_ahead(&mut self, n: u16, writable: bool) -> Ahead {
+        let n = (n as usize).min(AHEAD);
         let size = self.ring_size();
         prefetch::write(self.used_elem_ptr(self.last_used));
-        let mut heads = [0u16; 32];
-        for (i, h) in heads[..n as usize].iter_mut().enumerate() {
+        let mut a = Ahead {
+            n,
+            heads: [0; AHEAD],
+            segs: [NO_SEG; AHEAD],
+        };
+        for (i, h) in a.heads[..n].iter_mut().enumerate() {
             *h = self.read_avail_entry(self.last_avail.wrapping_add(i as u16));
             if (*h as u32) < size {
                 // SAFETY: h < ring size: the descriptor lies in the validated table.
                 prefetch::read(unsafe { self.desc.add(16 * *h as usize) });
             }
         }
-        for &h in &heads[..n as usize] {
-            if h as u32 >= size {
-                continue;
-            }
-            let d = self.read_desc(self.desc, h);
-            if d.flags & VRING_DESC_F_INDIRECT != 0 {
-                continue;
-            }
-            let len = d.len.min(128);
-            if let Some(p) = self.table.translate(d.addr, len, &mut self.hint) {
-                let last = p.wrapping_add(len.max(1) as usize - 1);
-                if write {
-                    prefetch::write(p);
+        for i in 0..n {
+            if let Some(seg) = self.single(a.heads[i], writable) {
+                let last = seg.ptr.wrapping_add(seg.len.min(128) as usize - 1);
+                if writable {
+                    prefetch::write(seg.ptr);
                     prefetch::write(last);
                 } else {
-                    prefetch::read(p);
+                    prefetch::read(seg.ptr);
                     prefetch::read(last);
                 }
+                a.segs[i] = seg;
             }
         }
+        a
     }
 
     #[inline(always)]
@@ -496,25 +524,26 @@ impl LiveRing {
         if n == 0 {
             return 0;
         }
-        self.prefetch_burst(n, false);
+        let n = n.min(AHEAD as u16);
+        let ahead = self.look_ahead(n, false);
         let mut segs = [NO_SEG; MAX_SEGS];
         let mut got = 0usize;
         let mut done = 0u16;
         let hdr = self.feat.hdr_len as u64;
         while done < n {
-            let head = self.read_avail_entry(self.last_avail.wrapping_add(done));
-            let (nseg, stored, total) = match self.single(head, false) {
-                Some(seg) => {
-                    segs[0] = seg;
-                    (1, seg.len as u64, seg.len as u64)
-                }
-                None => match self.collect(head, false, &mut segs) {
+            let head = ahead.heads[done as usize];
+            let fast = ahead.segs[done as usize];
+            let (nseg, stored, total) = if !fast.ptr.is_null() {
+                segs[0] = fast;
+                (1, fast.len as u64, fast.len as u64)
+            } else {
+                match self.collect(head, false, &mut segs) {
                     Ok(v) => v,
                     Err(e) => {
                         self.fail(e);
                         break;
                     }
-                },
+                }
             };
             let payload = total.saturating_sub(hdr);
             if payload > DATA_ROOM as u64 || stored != total {
@@ -624,7 +653,7 @@ impl LiveRing {
         if avail == 0 || pkts.is_empty() {
             return 0;
         }
-        self.prefetch_burst(avail.min(pkts.len() as u16), true);
+        let ahead = self.look_ahead(avail.min(pkts.len() as u16), true);
         let mut segs = [NO_SEG; MAX_SEGS];
         let hdr_len = self.feat.hdr_len;
         let mut used_chains = 0u16; // avail entries consumed and used elements written
@@ -635,16 +664,16 @@ impl LiveRing {
             let need = hdr_len + frame.len();
             // The common case: the next chain is one writable descriptor with room for
             // header and frame.
-            if used_chains < avail {
-                let head = self.read_avail_entry(self.last_avail.wrapping_add(used_chains));
-                if let Some(seg) = self.single(head, true) {
-                    if seg.len as usize >= need && hdr_len <= 12 {
+            if (used_chains as usize) < ahead.n {
+                let head = ahead.heads[used_chains as usize];
+                let seg = ahead.segs[used_chains as usize];
+                if !seg.ptr.is_null() {
+                    if seg.len as usize >= need && (hdr_len == 12 || hdr_len == 10) {
                         // num_buffers (bytes 10-11 of a 12-byte header) is 1: one chain.
-                        let hdr: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
                         // SAFETY: seg is writable guest memory (checked) with room for need =
-                        // hdr_len (<= 12) + frame bytes; the frame is in the mbuf.
+                        // hdr_len (12 or 10) + frame bytes; the frame is in the mbuf.
                         unsafe {
-                            std::ptr::copy_nonoverlapping(hdr.as_ptr(), seg.ptr, hdr_len);
+                            write_net_header(seg.ptr, hdr_len);
                             std::ptr::copy_nonoverlapping(
                                 frame.as_ptr(),
                                 seg.ptr.add(hdr_len),
