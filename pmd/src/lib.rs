@@ -15,4 +15,4 @@ pub mod tsc;
 pub mod vhost;
 
 pub use mempool::{Mbuf, Mempool, MempoolCache};
-pub use port::{Port, PortStats, Traffic, TxFrom};
+pub use port::{Port, PortStats, Traffic, TxLane};

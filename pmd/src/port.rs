@@ -10,7 +10,7 @@ pub const BURST: usize = 32;
 ///
 /// `rx_burst` on one queue is only ever called by the one PMD thread that queue is
 /// assigned to; `tx_burst` may be called by any PMD thread (drivers serialise tx on a
-/// queue among PMD threads themselves, unless [`TxFrom::only_pmd`] says there is one).
+/// queue among PMD threads themselves, unless the [`TxLane`] is the only one).
 /// Neither blocks on the control plane. Both count what they move in the caller's
 /// [`Traffic`], plain integers the PMD thread owns: no atomic read-modify-write on the
 /// data path.
@@ -19,9 +19,6 @@ pub trait Port: Send + Sync {
     /// Number of rx queues (each can be assigned to a PMD thread).
     fn rx_queues(&self) -> usize;
     /// Receives up to `out.len()` packets from queue `q` into `out`, returns how many.
-    /// A zero-length `out` only completes work left from earlier bursts (interrupts
-    /// owed to the peer), which a PMD thread does while backpressure keeps it from
-    /// receiving.
     fn rx_burst(
         &self,
         q: usize,
@@ -29,16 +26,20 @@ pub trait Port: Send + Sync {
         out: &mut [Option<Mbuf>],
         tr: &mut Traffic,
     ) -> usize;
-    /// Sends packets from the front of `pkts` on a tx queue picked from `from.pmd`;
+    /// Sends packets from the front of `pkts` on a tx queue picked from `lane.pmd()`;
     /// returns how many were sent (the driver now owns them, and frees them into
     /// `cache`); the rest stay with the caller.
     fn tx_burst(
         &self,
-        from: TxFrom,
+        lane: &TxLane,
         cache: &mut MempoolCache,
         pkts: &mut [Option<Mbuf>],
         tr: &mut Traffic,
     ) -> usize;
+    /// Completes what earlier bursts on rx queue `q` left owed (a vhost-user guest's
+    /// interrupt), without receiving: a PMD thread calls it for queues that
+    /// backpressure keeps it from polling. Same caller rule as `rx_burst`.
+    fn settle(&self, _q: usize) {}
     /// Whether the port can carry traffic now (a guest is attached and its rings are live).
     fn is_up(&self) -> bool;
     fn stats(&self) -> &PortStats;
@@ -46,13 +47,58 @@ pub trait Port: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// The PMD thread calling `tx_burst`.
-#[derive(Clone, Copy, Debug)]
-pub struct TxFrom {
-    /// Its index: picks the tx queue.
-    pub pmd: usize,
-    /// It is the switch's only PMD thread, so no other thread transmits: no tx lock.
-    pub only_pmd: bool,
+/// A PMD thread's right to transmit: its index picks the tx queue, and when it is the
+/// process's only transmitter, tx takes no lock. Made only by [`TxLane::for_pmds`], for
+/// all PMD threads at once; a lane is `Send` (it moves into its thread) but neither
+/// `Sync` nor `Clone`, so one thread at a time uses it, and while a sole lane exists no
+/// other lane can be made.
+pub struct TxLane {
+    pmd: usize,
+    sole: bool,
+    _not_sync: std::marker::PhantomData<std::cell::Cell<()>>,
+}
+
+/// Lanes alive in this process, and whether one of them is a sole lane.
+static LANES: std::sync::Mutex<(usize, bool)> = std::sync::Mutex::new((0, false));
+
+impl TxLane {
+    /// One lane per PMD thread. With one PMD thread and no other lane alive, that lane
+    /// is sole. Panics if a sole lane is alive (its holder takes no lock).
+    pub fn for_pmds(n: usize) -> Vec<TxLane> {
+        let mut g = LANES.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(
+            !g.1,
+            "a sole transmit lane is alive: no other lane may be made"
+        );
+        let sole = n == 1 && g.0 == 0;
+        g.0 += n;
+        g.1 = sole;
+        (0..n)
+            .map(|pmd| TxLane {
+                pmd,
+                sole,
+                _not_sync: std::marker::PhantomData,
+            })
+            .collect()
+    }
+    /// The PMD thread's index.
+    pub fn pmd(&self) -> usize {
+        self.pmd
+    }
+    /// Whether this is the process's only transmitter.
+    pub fn is_sole(&self) -> bool {
+        self.sole
+    }
+}
+
+impl Drop for TxLane {
+    fn drop(&mut self) {
+        let mut g = LANES.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 -= 1;
+        if self.sole {
+            g.1 = false;
+        }
+    }
 }
 
 /// Traffic counters one PMD thread keeps for one port, as plain integers; it
@@ -87,8 +133,8 @@ impl TxLock {
         TxLock(AtomicBool::new(false))
     }
     #[inline]
-    pub fn lock(&self, from: TxFrom) -> TxGuard<'_> {
-        if from.only_pmd {
+    pub fn lock(&self, lane: &TxLane) -> TxGuard<'_> {
+        if lane.sole {
             return TxGuard(None);
         }
         while self
@@ -164,5 +210,29 @@ impl PortStats {
             ("learn_refused", Self::get(&self.learn_refused)),
             ("guest_errors", Self::get(&self.guest_errors)),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TxLane;
+
+    // One test: lanes are process-wide state.
+    #[test]
+    fn a_lane_is_sole_only_when_it_is_the_only_one() {
+        let two = TxLane::for_pmds(2);
+        assert!(two.iter().all(|l| !l.is_sole()));
+        assert_eq!(two.iter().map(|l| l.pmd()).collect::<Vec<_>>(), [0, 1]);
+        let one = TxLane::for_pmds(1);
+        assert!(!one[0].is_sole(), "other lanes are alive: it must lock");
+        drop(two);
+        drop(one);
+        let sole = TxLane::for_pmds(1);
+        assert!(sole[0].is_sole());
+        let more = std::panic::catch_unwind(|| TxLane::for_pmds(1));
+        assert!(more.is_err(), "no lane may be made beside a sole one");
+        drop(sole);
+        assert!(!TxLane::for_pmds(2)[0].is_sole());
+        assert!(TxLane::for_pmds(1)[0].is_sole());
     }
 }

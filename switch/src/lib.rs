@@ -86,17 +86,19 @@ impl Switch {
         let stop = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
         let tsc_hz = measure_tsc_hz();
+        let lanes = pmd::TxLane::for_pmds(cfg.pmd_cores.len());
         let pmds = cfg
             .pmd_cores
             .iter()
             .zip(plan)
+            .zip(lanes)
             .enumerate()
-            .map(|(index, (&core, rxqs))| {
+            .map(|(index, ((&core, rxqs), lane))| {
                 let stats = Arc::new(PmdStats::new(ports.len()));
                 stats.core.store(core as u64, Ordering::Relaxed);
                 let cx = pmd_loop::PmdContext {
                     index,
-                    only_pmd: cfg.pmd_cores.len() == 1,
+                    lane,
                     core: Some(core),
                     ports: ports.clone(),
                     rxqs: rxqs.clone(),

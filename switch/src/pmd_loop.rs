@@ -1,11 +1,12 @@
 //! The PMD loop: one thread per configured core, busy-polling its rx queues,
 //! switching each burst through the forwarding table, and sending per output port.
 //!
-//! Per iteration (and a quiescent state every 64 of them): retry output queues that are backed
-//! up, poll each assigned rx queue for a burst of up to 32 frames (skipped while an
-//! output queue is nearly full: backpressure keeps the frames in the sender's ring
-//! rather than dropping them), learn, look up, and queue each frame on its output
-//! port(s); then send every touched output queue once. A frame waits on an output
+//! Per iteration (and, every 64 of them, a quiescent state and the publication of this
+//! thread's traffic counters): retry output queues that are backed up, poll each
+//! assigned rx queue for a burst of up to 32 frames (skipped while an output queue is
+//! nearly full: backpressure keeps the frames in the sender's ring rather than dropping
+//! them; a skipped queue is only settled, see `Port::settle`), learn, look up, and
+//! queue each frame on its output port(s); then send every touched output queue once. A frame waits on an output
 //! queue until the guest has room, for at most `tx_stall` without progress; after
 //! that the queue is dropped and counted (`drop_tx_full`) and the port is marked
 //! congested: until it takes a whole queue again, frames it has no room for are
@@ -15,7 +16,7 @@
 use crate::fdb::{Fdb, Learned, Mac, PortNo};
 use crate::sched::RxqId;
 use crate::stats::{cycles, PmdStats};
-use pmd::port::{PortStats, Traffic, TxFrom, BURST};
+use pmd::port::{PortStats, Traffic, TxLane, BURST};
 use pmd::rcu::RcuThread;
 use pmd::{Mbuf, MempoolCache, Port};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -70,8 +71,8 @@ impl TxQueue {
 
 pub struct PmdContext {
     pub index: usize,
-    /// The switch has no other PMD thread: transmit takes no lock.
-    pub only_pmd: bool,
+    /// This thread's right to transmit (sole when it is the only PMD thread: no tx lock).
+    pub lane: TxLane,
     pub core: Option<usize>,
     pub ports: Arc<[Arc<dyn Port>]>,
     pub rxqs: Vec<RxqId>,
@@ -186,7 +187,7 @@ fn publish(cx: &PmdContext) {
 fn settle(cx: &mut PmdContext, from: usize) {
     for i in from..cx.rxqs.len() {
         let (port, q) = cx.rxqs[i];
-        cx.ports[port].rx_burst(q, &mut cx.cache, &mut [], &mut cx.traffic[port]);
+        cx.ports[port].settle(q);
     }
 }
 
@@ -234,12 +235,17 @@ fn switch_one(
     let src_w = word(&d[6..12], vlan);
     if src_w != memo.src {
         let src = Mac::from_slice(&d[6..12]);
-        if src.is_multicast() {
-            // Not learned.
-        } else if cx.fdb.learn(src, vlan, in_port as PortNo, now) == Learned::Refused {
-            PortStats::add(&ports[in_port].stats().learn_refused, 1);
-        } else {
-            memo.src = src_w;
+        if !src.is_multicast() {
+            match cx.fdb.learn(src, vlan, in_port as PortNo, now) {
+                Learned::Refused => PortStats::add(&ports[in_port].stats().learn_refused, 1),
+                Learned::Known => memo.src = src_w,
+                Learned::New | Learned::Moved => {
+                    memo.src = src_w;
+                    if memo.dst == src_w {
+                        memo.dst = 0; // the answer for it just changed
+                    }
+                }
+            }
         }
     }
     let dst_w = word(&d[0..6], vlan);
@@ -343,12 +349,8 @@ fn flush(cx: &mut PmdContext, t: &mut TxQueue, p: usize, now: u64, stall_cycles:
         drop_queue(cx, t, p, |s| &s.drop_tx_down);
         return 0;
     }
-    let from = TxFrom {
-        pmd: cx.index,
-        only_pmd: cx.only_pmd,
-    };
     let sent = port.tx_burst(
-        from,
+        &cx.lane,
         &mut cx.cache,
         &mut t.pkts[t.head..t.end],
         &mut cx.traffic[p],

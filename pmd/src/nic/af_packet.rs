@@ -10,7 +10,7 @@
 
 use super::{add_promisc, kick_tx, os_err, setsockopt, socket, NicError, RingMap};
 use crate::mempool::{Mbuf, MempoolCache};
-use crate::port::{Port, PortStats, Traffic, TxFrom, TxLock};
+use crate::port::{Port, PortStats, Traffic, TxLane, TxLock};
 use std::cell::UnsafeCell;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -276,12 +276,12 @@ impl Port for AfPacketPort {
 
     fn tx_burst(
         &self,
-        from: TxFrom,
+        lane: &TxLane,
         cache: &mut MempoolCache,
         pkts: &mut [Option<Mbuf>],
         tr: &mut Traffic,
     ) -> usize {
-        let _g = self.tx_lock.lock(from);
+        let _g = self.tx_lock.lock(lane);
         // SAFETY: tx_next is only touched under tx_lock, held here (or by the only PMD thread).
         let next = unsafe { &mut *self.tx_next.get() };
         let status_off = std::mem::offset_of!(libc::tpacket3_hdr, tp_status);

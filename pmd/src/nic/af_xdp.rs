@@ -16,7 +16,7 @@
 
 use super::{bpf, kick_tx, os_err, setsockopt, socket, NicError, Promisc, RingMap};
 use crate::mempool::{Mbuf, Mempool, MempoolCache};
-use crate::port::{Port, PortStats, Traffic, TxFrom, TxLock};
+use crate::port::{Port, PortStats, Traffic, TxLane, TxLock};
 use std::cell::UnsafeCell;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
@@ -596,13 +596,13 @@ impl Port for AfXdpPort {
     #[inline]
     fn tx_burst(
         &self,
-        from: TxFrom,
+        lane: &TxLane,
         cache: &mut MempoolCache,
         pkts: &mut [Option<Mbuf>],
         tr: &mut Traffic,
     ) -> usize {
-        let queue = &self.queues[from.pmd % self.queues.len()];
-        let _g = queue.tx_lock.lock(from);
+        let queue = &self.queues[lane.pmd() % self.queues.len()];
+        let _g = queue.tx_lock.lock(lane);
         // SAFETY: the tx side is only touched under tx_lock, held here (or by the only PMD thread).
         let side = unsafe { &mut *queue.tx.get() };
         // Buffers the kernel has sent come back to the pool.

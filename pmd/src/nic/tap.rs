@@ -8,7 +8,7 @@
 
 use super::{os_err, NicError};
 use crate::mempool::{Mbuf, MempoolCache};
-use crate::port::{Port, PortStats, Traffic, TxFrom};
+use crate::port::{Port, PortStats, Traffic, TxLane};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -159,7 +159,7 @@ impl Port for TapPort {
 
     fn tx_burst(
         &self,
-        _from: TxFrom,
+        _lane: &TxLane,
         cache: &mut MempoolCache,
         pkts: &mut [Option<Mbuf>],
         tr: &mut Traffic,

@@ -18,7 +18,7 @@ pub mod virtq;
 mod tests;
 
 use crate::mempool::{Mbuf, MempoolCache};
-use crate::port::{Port, PortStats, Traffic, TxFrom, TxLock};
+use crate::port::{Port, PortStats, Traffic, TxLane, TxLock};
 use crate::rcu::Rcu;
 use std::cell::UnsafeCell;
 use std::path::PathBuf;
@@ -50,7 +50,8 @@ pub struct VringSlot {
     /// The PMD may use `ring` while this is set. Cleared by the control thread before a
     /// grace period, after which the control thread owns `ring` exclusively.
     live: AtomicBool,
-    /// Serialises tx among PMD threads (never taken by the control thread).
+    /// Serialises tx among PMD threads (never taken by the control thread; not taken by
+    /// a sole PMD thread, see `TxLane`).
     tx_lock: TxLock,
     /// Set when the guest broke the rules on this ring.
     broken: AtomicBool,
@@ -214,7 +215,7 @@ impl Port for VhostUserPort {
     #[inline]
     fn tx_burst(
         &self,
-        from: TxFrom,
+        lane: &TxLane,
         cache: &mut MempoolCache,
         pkts: &mut [Option<Mbuf>],
         tr: &mut Traffic,
@@ -222,7 +223,7 @@ impl Port for VhostUserPort {
         let nq = self.shared.cfg.queues;
         // The PMD's queue pair, or the next usable one: the guest may use fewer queue
         // pairs than offered, or have broken one.
-        let first = from.pmd % nq;
+        let first = lane.pmd() % nq;
         let Some(q) = (0..nq)
             .map(|k| (first + k) % nq)
             .find(|&q| self.shared.vrings[2 * q].usable())
@@ -231,7 +232,7 @@ impl Port for VhostUserPort {
         };
         let idx = 2 * q;
         let slot = &self.shared.vrings[idx];
-        let _g = slot.tx_lock.lock(from);
+        let _g = slot.tx_lock.lock(lane);
         // SAFETY: live is set and tx_lock is held (or this is the only PMD thread): no
         // other thread touches this ring.
         let Some(ring) = (unsafe { &mut *slot.ring.get() }) else {
@@ -247,6 +248,21 @@ impl Port for VhostUserPort {
             self.report(slot, idx, e);
         }
         n
+    }
+
+    fn settle(&self, q: usize) {
+        let Some(slot) = self.shared.vrings.get(2 * q + 1) else {
+            return;
+        };
+        if !slot.live.load(Ordering::SeqCst) {
+            return;
+        }
+        // SAFETY: as in rx_burst: live is set and only this queue's PMD thread calls this.
+        if let Some(ring) = unsafe { &mut *slot.ring.get() } {
+            if ring.error().is_none() {
+                ring.settle();
+            }
+        }
     }
 
     fn is_up(&self) -> bool {

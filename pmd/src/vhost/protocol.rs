@@ -475,6 +475,15 @@ impl Conn {
         // SAFETY: live is clear and a grace period passed: no PMD thread is inside.
         if let Some(old) = unsafe { (*slot.ring.get()).take() } {
             self.vqs[i].base = old.last_avail();
+            let owed = old.owes();
+            drop(old); // settles on the call eventfd the ring had
+            if owed {
+                // The frontend may have just replaced that eventfd (SET_VRING_CALL):
+                // tell the current one too; an extra interrupt is harmless.
+                if let Some(call) = &self.vqs[i].call {
+                    let _ = (&**call).write_all(&1u64.to_ne_bytes());
+                }
+            }
         }
     }
 

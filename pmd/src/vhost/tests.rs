@@ -606,6 +606,25 @@ fn transmit_completion_interrupt_comes_at_the_next_poll() {
 }
 
 #[test]
+fn a_guest_error_after_good_frames_still_interrupts_for_them() {
+    let mut r = rig();
+    let mut ring = DriverRing::new(&r.mem, 0, 256);
+    let len = put_frame(&r, BUF, &frame(64, 1));
+    ring.set_desc(0, ring.gpa(BUF), len, 0, 0);
+    ring.set_desc(1, 1 << 40, 64, 0, 0); // outside guest memory
+    let call = eventfd();
+    ring.set_used_event(0);
+    let mut lr = live(&r, &ring, feat(true, true), Some(call.clone()));
+    ring.push(0);
+    ring.push(1);
+    let got = dequeue(&mut r.cache, &mut lr);
+    assert_eq!((got.len(), ring.used_idx()), (1, 1));
+    assert!(lr.error().is_some());
+    assert_eq!(calls(&call), 1, "the broken ring is not polled again: signalled at once");
+    free_all(&mut r.cache, got);
+}
+
+#[test]
 fn continues_from_the_used_index_when_base_differs() {
     // DPDK virtio-user sends base 0 when it comes back after a reconnect with its
     // rings as they were: the used index in guest memory says where we stopped.

@@ -74,14 +74,18 @@ pub struct LiveRing {
 }
 
 // SAFETY: the pointers point into mappings kept alive by `_mem`; a LiveRing is used
-// by one thread at a time (its queue's PMD thread, or a tx lock holder).
+// by one thread at a time (its queue's PMD thread; for transmit, the tx lock holder or
+// the sole PMD thread; the control thread only after a grace period, and in Drop).
 unsafe impl Send for LiveRing {}
 
 /// A descriptor of a guest-given indirect table that is not 8-aligned, read byte-wise.
+///
+/// # Safety
+/// `p` must point at 16 readable bytes (inside guest memory).
 #[cold]
 #[inline(never)]
-fn read_desc_unaligned(p: *const u8) -> Desc {
-    // SAFETY: as in LiveRing::read_desc (16 bytes inside guest memory), read once.
+unsafe fn read_desc_unaligned(p: *const u8) -> Desc {
+    // SAFETY: the caller gives 16 readable bytes at p; read once.
     let raw: [u8; 16] = unsafe { std::ptr::read_volatile(p as *const [u8; 16]) };
     Desc {
         addr: u64::from_le_bytes(raw[0..8].try_into().unwrap()),
@@ -91,10 +95,13 @@ fn read_desc_unaligned(p: *const u8) -> Desc {
     }
 }
 
-/// Copies a chain's segments, after its first `hdr` bytes, into `dst` (which has
-/// exactly as many bytes as the segments after the header).
+/// Copies a chain's segments, after its first `hdr` bytes, into `dst`.
+///
+/// # Safety
+/// Every segment must be `len` readable bytes, and `dst` must have at least as many
+/// bytes as the segments hold after the header.
 #[inline(never)]
-fn copy_segments(segs: &[Seg], hdr: u64, dst: &mut [u8]) {
+unsafe fn copy_segments(segs: &[Seg], hdr: u64, dst: &mut [u8]) {
     let mut skip = hdr;
     let mut off = 0usize;
     for s in segs {
@@ -332,7 +339,8 @@ impl LiveRing {
     fn read_desc(&self, table: *const u8, i: u16) -> Desc {
         let p = table.wrapping_add(16 * i as usize);
         if p as usize % 8 != 0 {
-            return read_desc_unaligned(p);
+            // SAFETY: as below, the 16 bytes at p are inside guest memory.
+            return unsafe { read_desc_unaligned(p) };
         }
         // SAFETY: callers pass i < the table's entry count and a table that lies in guest
         // memory, so the 16 bytes are inside it; p is 8-aligned. Each word is read once
@@ -567,7 +575,9 @@ impl LiveRing {
                     )
                 };
             } else {
-                copy_segments(&segs[..nseg], hdr, dst);
+                // SAFETY: collect checked every segment in guest memory; dst has payload
+                // bytes, what the segments hold after the header.
+                unsafe { copy_segments(&segs[..nseg], hdr, dst) };
             }
             self.write_used_elem(self.last_used.wrapping_add(done), head, 0);
             *bytes += payload;
@@ -575,8 +585,15 @@ impl LiveRing {
             got += 1;
             done += 1;
         }
-        self.publish_used(done, done, true);
+        // A ring the guest just broke is not polled again: settle it now.
+        self.publish_used(done, done, self.error.is_none());
         got
+    }
+
+    /// Whether used entries were published that the guest was not yet considered for an
+    /// interrupt about (the control thread passes this on when it replaces the ring).
+    pub fn owes(&self) -> bool {
+        self.owed.is_some()
     }
 
     /// Interrupts the guest for used entries published earlier, if it asked for it.
@@ -704,7 +721,11 @@ impl LiveRing {
                     used_chains = start_chains;
                     break 'pkts;
                 }
-                let head = self.read_avail_entry(self.last_avail.wrapping_add(used_chains));
+                let head = if (used_chains as usize) < ahead.n {
+                    ahead.heads[used_chains as usize]
+                } else {
+                    self.read_avail_entry(self.last_avail.wrapping_add(used_chains))
+                };
                 let (nseg, stored, _) = match self.collect(head, true, &mut segs) {
                     Ok(v) => v,
                     Err(e) => {
@@ -791,8 +812,6 @@ impl LiveRing {
 impl Drop for LiveRing {
     /// A ring taken down owes the guest no interrupt it asked for.
     fn drop(&mut self) {
-        if self.error.is_none() {
-            self.settle();
-        }
+        self.settle();
     }
 }
