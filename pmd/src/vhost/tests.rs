@@ -620,7 +620,11 @@ fn a_guest_error_after_good_frames_still_interrupts_for_them() {
     let got = dequeue(&mut r.cache, &mut lr);
     assert_eq!((got.len(), ring.used_idx()), (1, 1));
     assert!(lr.error().is_some());
-    assert_eq!(calls(&call), 1, "the broken ring is not polled again: signalled at once");
+    assert_eq!(
+        calls(&call),
+        1,
+        "the broken ring is not polled again: signalled at once"
+    );
     free_all(&mut r.cache, got);
 }
 
