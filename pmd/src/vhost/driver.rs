@@ -199,3 +199,42 @@ impl<'a> DriverRing<'a> {
         (self.mem.read_u32(off), self.mem.read_u32(off + 4))
     }
 }
+
+/// A new eventfd holding `count`, as a frontend sends for kick and call. `blocking`
+/// leaves O_NONBLOCK clear, as a hostile frontend would (a write then blocks once the
+/// counter is full).
+pub fn eventfd(count: u64, blocking: bool) -> File {
+    let flags = libc::EFD_CLOEXEC | if blocking { 0 } else { libc::EFD_NONBLOCK };
+    // SAFETY: eventfd(2) with valid flags; the returned fd is owned below.
+    let fd = unsafe { libc::eventfd(0, flags) };
+    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is a fresh descriptor nothing else owns.
+    let f = unsafe { File::from_raw_fd(fd) };
+    if count != 0 {
+        use std::io::Write;
+        (&f).write_all(&count.to_ne_bytes()).expect("load eventfd");
+    }
+    f
+}
+
+/// Reads (and so clears) an eventfd's counter; 0 when it was not signalled.
+pub fn eventfd_take(f: &File) -> u64 {
+    use std::os::fd::AsRawFd;
+    let mut v = 0u64;
+    let mut p = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    if unsafe { libc::poll(&mut p, 1, 0) } != 1 {
+        return 0;
+    }
+    // SAFETY: reads 8 bytes into a local u64 from a descriptor we own.
+    let n = unsafe { libc::read(f.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
+    if n == 8 {
+        v
+    } else {
+        0
+    }
+}
