@@ -69,6 +69,7 @@ struct RawPort {
     iface: Option<String>,
     xdp_mode: Option<String>,
     zero_copy: Option<String>,
+    max_guest_memory_gib: Option<i64>,
 }
 
 /// A validated configuration.
@@ -99,6 +100,8 @@ pub enum PortKind {
     VhostUser {
         path: PathBuf,
         mode: Mode,
+        /// Most guest memory the frontend may have the switch map, in bytes.
+        max_memory: u64,
     },
     AfXdp {
         iface: String,
@@ -114,6 +117,10 @@ pub enum PortKind {
 }
 
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vswitch/vswitch.ctl";
+/// Guest memory a vhost-user port maps at most, unless configured (1 TiB).
+pub const DEFAULT_MAX_GUEST_MEMORY_GIB: i64 = 1024;
+/// The largest `max_guest_memory_gib` accepted (64 TiB: half the address space).
+pub const MAX_GUEST_MEMORY_GIB: i64 = 64 * 1024;
 
 impl Config {
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
@@ -311,10 +318,21 @@ impl Config {
                     }
                     check_dir(&path)
                         .map_err(|m| err(format!("{at}: key 'path' = {path:?}: {m}")))?;
-                    PortKind::VhostUser { path, mode }
+                    let gib = p.max_guest_memory_gib.unwrap_or(DEFAULT_MAX_GUEST_MEMORY_GIB);
+                    if !(1..=MAX_GUEST_MEMORY_GIB).contains(&gib) {
+                        return Err(err(format!(
+                            "{at}: key 'max_guest_memory_gib' = {gib}: must be 1..={MAX_GUEST_MEMORY_GIB}"
+                        )));
+                    }
+                    PortKind::VhostUser {
+                        path,
+                        mode,
+                        max_memory: (gib as u64) << 30,
+                    }
                 }
                 "af-xdp" => {
                     only("path", p.path.is_some(), "vhost-user")?;
+                    only("max_guest_memory_gib", p.max_guest_memory_gib.is_some(), "vhost-user")?;
                     only("mode", p.mode.is_some(), "vhost-user")?;
                     let xdp_mode = match p.xdp_mode.as_deref().unwrap_or("auto") {
                         "auto" => XdpMode::Auto,
@@ -344,6 +362,7 @@ impl Config {
                 }
                 "af-packet" | "tap" => {
                     only("path", p.path.is_some(), "vhost-user")?;
+                    only("max_guest_memory_gib", p.max_guest_memory_gib.is_some(), "vhost-user")?;
                     only("mode", p.mode.is_some(), "vhost-user")?;
                     only("xdp_mode", p.xdp_mode.is_some(), "af-xdp")?;
                     only("zero_copy", p.zero_copy.is_some(), "af-xdp")?;

@@ -54,12 +54,17 @@ pub fn run(cfg: Config) -> ExitCode {
     let mut ports: Vec<Arc<dyn Port>> = Vec::new();
     for p in &cfg.ports {
         let opened: Result<Arc<dyn Port>, String> = match &p.kind {
-            PortKind::VhostUser { path, mode } => {
+            PortKind::VhostUser {
+                path,
+                mode,
+                max_memory,
+            } => {
                 let vc = VhostConfig {
                     name: p.name.clone(),
                     path: path.clone(),
                     mode: *mode,
                     queues: p.queues,
+                    max_memory: *max_memory,
                 };
                 VhostUserPort::open(vc, rcu.clone()).map(|port| {
                     let port = Arc::new(port);

@@ -10,7 +10,9 @@ pub mod mempool;
 pub mod nic;
 pub mod port;
 pub mod prefetch;
+pub mod ratelimit;
 pub mod rcu;
+pub mod sigbus;
 pub mod tsc;
 pub mod vhost;
 

@@ -85,7 +85,8 @@ fn set_up(iface: &str) -> Result<(), std::io::Error> {
         *d = c as libc::c_char;
     }
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write an ifreq, which ifr is; s is ours.
-    let r = unsafe {
+
+    unsafe {
         let mut r = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr);
         if r == 0 {
             ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
@@ -98,8 +99,7 @@ fn set_up(iface: &str) -> Result<(), std::io::Error> {
         } else {
             Ok(())
         }
-    };
-    r
+    }
 }
 
 impl Port for TapPort {

@@ -11,6 +11,7 @@
 
 pub mod driver;
 pub mod mem;
+pub mod notify;
 pub mod protocol;
 pub mod virtq;
 
@@ -19,10 +20,12 @@ mod tests;
 
 use crate::mempool::{Mbuf, MempoolCache};
 use crate::port::{Port, PortStats, Traffic, TxLane, TxLock};
+use crate::ratelimit::RateLimit;
 use crate::rcu::Rcu;
+use notify::{Notifier, NotifierThread};
 use std::cell::UnsafeCell;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use virtq::LiveRing;
@@ -43,45 +46,88 @@ pub struct VhostConfig {
     pub mode: Mode,
     /// Queue pairs offered to the guest.
     pub queues: usize,
+    /// Most bytes of guest memory the frontend may have this port map.
+    pub max_memory: u64,
+}
+
+/// Where a virtqueue is, in one place.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingState {
+    /// No ring, or one being changed by the control thread.
+    Down = 0,
+    /// PMD threads may use the ring.
+    Live = 1,
+    /// The guest broke a rule (the ring, if any, is kept until the control thread takes
+    /// it down; PMD threads no longer touch it).
+    Broken = 2,
+}
+
+impl RingState {
+    fn from_u8(v: u8) -> RingState {
+        match v {
+            1 => RingState::Live,
+            2 => RingState::Broken,
+            _ => RingState::Down,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            RingState::Down => "down",
+            RingState::Live => "live",
+            RingState::Broken => "broken",
+        }
+    }
 }
 
 /// One virtqueue as PMD threads see it.
 pub struct VringSlot {
-    /// The PMD may use `ring` while this is set. Cleared by the control thread before a
-    /// grace period, after which the control thread owns `ring` exclusively.
-    live: AtomicBool,
+    /// A [`RingState`]. PMD threads use `ring` only while it is `Live`; the control
+    /// thread sets it `Down` and waits a grace period before it changes or drops the
+    /// ring; a PMD thread that finds the guest broke a rule moves it `Live` → `Broken`.
+    state: AtomicU8,
     /// Serialises tx among PMD threads (never taken by the control thread; not taken by
     /// a sole PMD thread, see `TxLane`).
     tx_lock: TxLock,
-    /// Set when the guest broke the rules on this ring.
-    broken: AtomicBool,
     ring: UnsafeCell<Option<LiveRing>>,
 }
 
-// SAFETY: access to `ring` follows the protocol above: the control thread only while
-// `live` is clear and a grace period has passed; a PMD thread only while `live` is set,
-// for rx queues only the one PMD the queue is assigned to, for tx queues only under `tx_lock` (or by the only PMD thread).
+// SAFETY: access to `ring` follows the protocol above: the control thread only after
+// setting the state to Down and a grace period; a PMD thread only while it is Live, for
+// rx queues only the one PMD the queue is assigned to, for tx queues only under
+// `tx_lock` (or by the only PMD thread).
 unsafe impl Sync for VringSlot {}
 
 impl VringSlot {
     fn new() -> VringSlot {
         VringSlot {
-            live: AtomicBool::new(false),
+            state: AtomicU8::new(RingState::Down as u8),
             tx_lock: TxLock::new(),
-            broken: AtomicBool::new(false),
             ring: UnsafeCell::new(None),
         }
     }
-    pub fn is_live(&self) -> bool {
-        self.live.load(Ordering::SeqCst)
+    pub fn state(&self) -> RingState {
+        RingState::from_u8(self.state.load(Ordering::SeqCst))
     }
-    pub fn is_broken(&self) -> bool {
-        self.broken.load(Ordering::Relaxed)
-    }
-    /// Live and not broken.
+    /// Live (not down, not broken).
     #[inline]
     pub fn usable(&self) -> bool {
-        self.is_live() && !self.is_broken()
+        self.state.load(Ordering::SeqCst) == RingState::Live as u8
+    }
+    /// Sets the state, returning the one before (control thread).
+    fn set(&self, s: RingState) -> RingState {
+        RingState::from_u8(self.state.swap(s as u8, Ordering::SeqCst))
+    }
+    /// Live → Broken; false if it was not live (the control thread took it down).
+    fn mark_broken(&self) -> bool {
+        self.state
+            .compare_exchange(
+                RingState::Live as u8,
+                RingState::Broken as u8,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
     }
 }
 
@@ -98,6 +144,10 @@ pub struct Shared {
     up: AtomicBool,
     pub connections: AtomicU64,
     pub stop: AtomicBool,
+    /// Delivers the guest's interrupts (PMD threads never write to guest fds).
+    pub notifier: Arc<Notifier>,
+    /// Guest errors and refused requests logged per window.
+    pub log_limit: RateLimit,
 }
 
 impl Shared {
@@ -117,6 +167,8 @@ pub struct VhostUserPort {
     shared: Arc<Shared>,
     /// The control thread (only the control plane touches this lock).
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The interrupt thread, stopped after the control thread.
+    irq_thread: std::sync::Mutex<Option<NotifierThread>>,
 }
 
 impl VhostUserPort {
@@ -124,6 +176,9 @@ impl VhostUserPort {
     /// starts its control thread. Errors if a server socket cannot be bound.
     pub fn open(cfg: VhostConfig, rcu: Arc<Rcu>) -> Result<VhostUserPort, String> {
         let queues = cfg.queues.max(1);
+        let notifier = Notifier::new(&cfg.name, 2 * queues);
+        let irq_thread = NotifierThread::spawn(notifier.clone())
+            .map_err(|e| format!("port {}: interrupt thread: {e}", cfg.name))?;
         let shared = Arc::new(Shared {
             vrings: (0..2 * queues).map(|_| VringSlot::new()).collect(),
             cfg: VhostConfig { queues, ..cfg },
@@ -133,11 +188,14 @@ impl VhostUserPort {
             up: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            notifier,
+            log_limit: RateLimit::new(),
         });
         let thread = protocol::spawn(shared.clone())?;
         Ok(VhostUserPort {
             shared,
             thread: std::sync::Mutex::new(Some(thread)),
+            irq_thread: std::sync::Mutex::new(Some(irq_thread)),
         })
     }
 
@@ -153,13 +211,21 @@ impl VhostUserPort {
         if let Some(t) = t {
             let _ = t.join();
         }
+        drop(
+            self.irq_thread
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
     }
 
     #[cold]
     fn report(&self, slot: &VringSlot, idx: usize, e: virtq::GuestError) {
-        if !slot.broken.swap(true, Ordering::Relaxed) {
+        if slot.mark_broken() {
             PortStats::add(&self.shared.stats.guest_errors, 1);
-            tracing::error!(port = %self.shared.cfg.name, vring = idx, "guest error, queue stopped: {}", e.0);
+            if let Some(suppressed) = self.shared.log_limit.allow() {
+                tracing::error!(port = %self.shared.cfg.name, vring = idx, suppressed, "guest error, queue stopped: {e}");
+            }
             self.shared.update_up();
         }
     }
@@ -192,7 +258,7 @@ impl Port for VhostUserPort {
         let Some(slot) = self.shared.vrings.get(idx) else {
             return 0;
         };
-        if !slot.live.load(Ordering::SeqCst) {
+        if !slot.usable() {
             return 0;
         }
         // SAFETY: live is set and this queue is polled by exactly one PMD thread (the
@@ -254,7 +320,7 @@ impl Port for VhostUserPort {
         let Some(slot) = self.shared.vrings.get(2 * q + 1) else {
             return;
         };
-        if !slot.live.load(Ordering::SeqCst) {
+        if !slot.usable() {
             return;
         }
         // SAFETY: as in rx_burst: live is set and only this queue's PMD thread calls this.
@@ -279,18 +345,10 @@ impl Port for VhostUserPort {
         let rings: Vec<String> = s
             .vrings
             .iter()
-            .map(|v| {
-                if v.is_broken() {
-                    "broken".to_string()
-                } else if v.is_live() {
-                    "live".to_string()
-                } else {
-                    "down".to_string()
-                }
-            })
+            .map(|v| v.state().name().to_string())
             .collect();
         format!(
-            "driver=vhost-user mode={} path={} queues={} connected={} connections={} vrings=[{}]",
+            "driver=vhost-user mode={} path={} queues={} connected={} connections={} vrings=[{}] irq_sent={} irq_dropped={}",
             match s.cfg.mode {
                 Mode::Server => "server",
                 Mode::Client => "client",
@@ -299,7 +357,9 @@ impl Port for VhostUserPort {
             s.cfg.queues,
             s.connected.load(Ordering::Relaxed),
             s.connections.load(Ordering::Relaxed),
-            rings.join(",")
+            rings.join(","),
+            s.notifier.sent.load(Ordering::Relaxed),
+            s.notifier.dropped.load(Ordering::Relaxed),
         )
     }
 }

@@ -11,14 +11,18 @@
 //! The wire types (request codes, message bodies, flags) are rust-vmm `vhost`'s;
 //! file descriptors arrive via `vmm-sys-util`'s `ScmSocket`.
 
-use super::mem::{GuestMemory, RegionDesc, MAX_REGIONS};
+use super::mem::{GuestMemory, MemError, RegionDesc, MAX_REGIONS};
+use super::notify::{check_eventfd, Irq, NotEventfd, Notifier};
 use super::virtq::{LiveRing, RingAddrs, RingFeatures};
-use super::{Mode, Shared};
+use super::{Mode, RingState, Shared, VhostConfig};
+use crate::port::PortStats;
+use crate::ratelimit::RateLimit;
+use crate::rcu::Rcu;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -54,14 +58,134 @@ pub fn offered_protocol_features() -> u64 {
 const HDR_LEN: usize = 12;
 const VRING_NOFD: u64 = 1 << 8;
 
-/// A request that ends the connection (the frontend broke the protocol).
+/// A request that ends the connection (the frontend broke the protocol), with what
+/// it sent.
 #[derive(Debug)]
-pub struct ProtocolError(pub String);
+pub enum ProtocolError {
+    /// The socket failed (`op` says where).
+    Io {
+        op: &'static str,
+        errno: i32,
+    },
+    BodyTooLarge {
+        req: u32,
+        size: usize,
+    },
+    BadFlags {
+        req: u32,
+        flags: u32,
+    },
+    UnknownRequest(u32),
+    BodySize {
+        req: FrontendReq,
+        got: usize,
+        want: usize,
+    },
+    InvalidBody(FrontendReq),
+    FdCount {
+        req: FrontendReq,
+        got: usize,
+        want: usize,
+    },
+    VringIndex {
+        req: FrontendReq,
+        index: u64,
+        count: usize,
+    },
+    NotOffered {
+        req: FrontendReq,
+        bits: u64,
+    },
+    RingSize {
+        index: usize,
+        num: u32,
+    },
+    LogNotNegotiated,
+    BaseTooLarge(u32),
+    PayloadBits {
+        req: FrontendReq,
+        value: u64,
+    },
+    NoFd(FrontendReq),
+    NotEventfd {
+        req: FrontendReq,
+        err: NotEventfd,
+    },
+    EnableValue(u32),
+    Unsupported(FrontendReq),
+    MemTableBody {
+        regions: usize,
+        len: usize,
+    },
+    MemTable(MemError),
+}
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use ProtocolError as E;
+        match self {
+            E::Io { op, errno } => {
+                write!(f, "{op}: {}", std::io::Error::from_raw_os_error(*errno))
+            }
+            E::BodyTooLarge { req, size } => {
+                write!(
+                    f,
+                    "request {req} has a {size}-byte body (max {MAX_MSG_SIZE})"
+                )
+            }
+            E::BadFlags { req, flags } => write!(f, "request {req} has bad flags {flags:#x}"),
+            E::UnknownRequest(c) => write!(f, "unknown request code {c}"),
+            E::BodySize { req, got, want } => {
+                write!(f, "{req:?}: body is {got} bytes, expected {want}")
+            }
+            E::InvalidBody(req) => write!(f, "{req:?}: invalid body"),
+            E::FdCount { req, got, want } => {
+                write!(
+                    f,
+                    "{req:?} came with {got} file descriptors, expected {want}"
+                )
+            }
+            E::VringIndex { req, index, count } => write!(
+                f,
+                "{req:?}: vring index {index} out of range (this port has {count})"
+            ),
+            E::NotOffered { req, bits } => {
+                write!(f, "{req:?} {bits:#x} has bits this backend did not offer")
+            }
+            E::RingSize { index, num } => write!(
+                f,
+                "SET_VRING_NUM: ring {index} size {num} is not a power of two up to 32768"
+            ),
+            E::LogNotNegotiated => {
+                write!(
+                    f,
+                    "SET_VRING_ADDR: logging flag set but LOG_ALL was not negotiated"
+                )
+            }
+            E::BaseTooLarge(b) => write!(f, "SET_VRING_BASE: base {b} does not fit a split ring"),
+            E::PayloadBits { req, value } => write!(
+                f,
+                "{req:?}: payload {value:#x} has bits above the index and NOFD flag"
+            ),
+            E::NoFd(req) => write!(f, "{req:?}: no file descriptor attached"),
+            E::NotEventfd { req, err } => write!(f, "{req:?}: {err}"),
+            E::EnableValue(v) => write!(f, "SET_VRING_ENABLE: value {v} is neither 0 nor 1"),
+            E::Unsupported(req) => write!(f, "request {req:?} is not supported by this backend"),
+            E::MemTableBody { regions, len } => {
+                write!(f, "SET_MEM_TABLE: {regions} regions in a {len}-byte body")
+            }
+            E::MemTable(e) => write!(f, "SET_MEM_TABLE: {e}"),
+        }
+    }
+}
 
 type Res<T> = Result<T, ProtocolError>;
 
-fn perr<T>(s: impl Into<String>) -> Res<T> {
-    Err(ProtocolError(s.into()))
+fn io_err(op: &'static str, e: &std::io::Error) -> ProtocolError {
+    ProtocolError::Io {
+        op,
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
+    }
 }
 
 /// What the frontend told us about one virtqueue.
@@ -72,7 +196,6 @@ struct VqCfg {
     base: u16,
     kicked: bool,
     enabled: bool,
-    call: Option<Arc<File>>,
     _kick: Option<File>,
 }
 
@@ -85,6 +208,10 @@ struct Conn {
     mem: Option<Arc<GuestMemory>>,
     vqs: Vec<VqCfg>,
 }
+
+/// Client mode: the first retry comes after this, doubling up to `RECONNECT_MAX`.
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 pub(super) fn spawn(sh: Arc<Shared>) -> Result<JoinHandle<()>, String> {
     let listener = match sh.cfg.mode {
@@ -108,28 +235,55 @@ pub(super) fn spawn(sh: Arc<Shared>) -> Result<JoinHandle<()>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Sleeps `d` in short steps, keeping the interrupt watchdog and `stop` in view.
+fn nap(sh: &Shared, d: Duration) {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < d && !sh.stop.load(Ordering::SeqCst) {
+        sh.notifier.watchdog();
+        std::thread::sleep(d.min(Duration::from_millis(50)));
+    }
+}
+
+/// Waits for the next frontend: accepts (server) or connects with backoff (client).
+fn next_stream(
+    sh: &Shared,
+    listener: &Option<Listener>,
+    backoff: &mut Duration,
+) -> Option<UnixStream> {
+    match listener {
+        Some(l) => match l.accept() {
+            Ok(Some(s)) => Some(s),
+            Ok(None) => {
+                nap(sh, Duration::from_millis(50));
+                None
+            }
+            Err(e) => {
+                if let Some(suppressed) = sh.log_limit.allow() {
+                    tracing::warn!(port = %sh.cfg.name, suppressed, "accept: {e}");
+                }
+                nap(sh, Duration::from_millis(200));
+                None
+            }
+        },
+        None => match UnixStream::connect(&sh.cfg.path) {
+            Ok(s) => {
+                *backoff = RECONNECT_MIN;
+                Some(s)
+            }
+            Err(_) => {
+                nap(sh, *backoff);
+                *backoff = (*backoff * 2).min(RECONNECT_MAX);
+                None
+            }
+        },
+    }
+}
+
 fn run(sh: Arc<Shared>, listener: Option<Listener>) {
+    let mut backoff = RECONNECT_MIN;
     while !sh.stop.load(Ordering::SeqCst) {
-        let stream = match &listener {
-            Some(l) => match l.accept() {
-                Ok(Some(s)) => s,
-                Ok(None) => {
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(port = %sh.cfg.name, "accept: {e}");
-                    std::thread::sleep(Duration::from_millis(200));
-                    continue;
-                }
-            },
-            None => match UnixStream::connect(&sh.cfg.path) {
-                Ok(s) => s,
-                Err(_) => {
-                    std::thread::sleep(Duration::from_millis(200));
-                    continue;
-                }
-            },
+        let Some(stream) = next_stream(&sh, &listener, &mut backoff) else {
+            continue;
         };
         sh.connections.fetch_add(1, Ordering::Relaxed);
         tracing::info!(port = %sh.cfg.name, path = %sh.cfg.path.display(), "vhost-user frontend connected");
@@ -140,7 +294,12 @@ fn run(sh: Arc<Shared>, listener: Option<Listener>) {
         sh.update_up();
         match why {
             Ok(()) => tracing::info!(port = %sh.cfg.name, "vhost-user frontend disconnected"),
-            Err(e) => tracing::error!(port = %sh.cfg.name, "vhost-user connection closed: {}", e.0),
+            Err(e) => {
+                PortStats::add(&sh.stats.guest_errors, 1);
+                if let Some(suppressed) = sh.log_limit.allow() {
+                    tracing::error!(port = %sh.cfg.name, suppressed, "vhost-user connection closed: {e}");
+                }
+            }
         }
     }
     if sh.cfg.mode == Mode::Server {
@@ -148,8 +307,16 @@ fn run(sh: Arc<Shared>, listener: Option<Listener>) {
     }
 }
 
+/// One message off the wire: header fields, body and file descriptors.
+struct Msg {
+    code: u32,
+    flags: u32,
+    body: Vec<u8>,
+    files: Vec<File>,
+}
+
 /// Reads one message: header, file descriptors and body.
-fn recv_msg(s: &mut UnixStream, sh: &Shared) -> Res<Option<(u32, u32, Vec<u8>, Vec<File>)>> {
+fn recv_msg(s: &mut UnixStream, sh: &Shared) -> Res<Option<Msg>> {
     let mut hdr = [0u8; HDR_LEN];
     let mut fds = [-1 as RawFd; MAX_ATTACHED_FD_ENTRIES];
     let (n, nfds) = loop {
@@ -164,8 +331,16 @@ fn recv_msg(s: &mut UnixStream, sh: &Shared) -> Res<Option<(u32, u32, Vec<u8>, V
         // for MAX_ATTACHED_FD_ENTRIES descriptors, each of which we take ownership of below.
         match unsafe { s.recv_with_fds(&mut iov, &mut fds) } {
             Ok(v) => break v,
-            Err(e) if e.errno() == libc::EAGAIN || e.errno() == libc::EINTR => continue,
-            Err(e) => return perr(format!("recvmsg: {e}")),
+            Err(e) if e.errno() == libc::EAGAIN || e.errno() == libc::EINTR => {
+                sh.notifier.watchdog();
+                continue;
+            }
+            Err(e) => {
+                return Err(ProtocolError::Io {
+                    op: "recvmsg",
+                    errno: e.errno(),
+                })
+            }
         }
     };
     // SAFETY: recvmsg returned nfds new descriptors that nothing else owns.
@@ -178,23 +353,23 @@ fn recv_msg(s: &mut UnixStream, sh: &Shared) -> Res<Option<(u32, u32, Vec<u8>, V
     }
     if n < HDR_LEN {
         s.read_exact(&mut hdr[n..])
-            .map_err(|e| ProtocolError(format!("short header: {e}")))?;
+            .map_err(|e| io_err("short header", &e))?;
     }
-    let req = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
+    let code = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
     let flags = u32::from_le_bytes(hdr[4..8].try_into().unwrap());
     let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
     if size > MAX_MSG_SIZE {
-        return perr(format!(
-            "request {req} has a {size}-byte body (max {MAX_MSG_SIZE})"
-        ));
-    }
-    if flags & 0x3 != 1 || flags & VhostUserHeaderFlag::REPLY.bits() != 0 {
-        return perr(format!("request {req} has bad flags {flags:#x}"));
+        return Err(ProtocolError::BodyTooLarge { req: code, size });
     }
     let mut body = vec![0u8; size];
     s.read_exact(&mut body)
-        .map_err(|e| ProtocolError(format!("short body of request {req}: {e}")))?;
-    Ok(Some((req, flags, body, files)))
+        .map_err(|e| io_err("short body", &e))?;
+    Ok(Some(Msg {
+        code,
+        flags,
+        body,
+        files,
+    }))
 }
 
 fn body_as<T: ByteValued + VhostUserMsgValidator + Default>(
@@ -202,35 +377,39 @@ fn body_as<T: ByteValued + VhostUserMsgValidator + Default>(
     body: &[u8],
 ) -> Res<T> {
     if body.len() != std::mem::size_of::<T>() {
-        return perr(format!(
-            "{req:?}: body is {} bytes, expected {}",
-            body.len(),
-            std::mem::size_of::<T>()
-        ));
+        return Err(ProtocolError::BodySize {
+            req,
+            got: body.len(),
+            want: std::mem::size_of::<T>(),
+        });
     }
     let mut v = T::default();
     v.as_mut_slice().copy_from_slice(body);
     if !v.is_valid() {
-        return perr(format!("{req:?}: invalid body"));
+        return Err(ProtocolError::InvalidBody(req));
     }
     Ok(v)
 }
 
 fn body_u64(req: FrontendReq, body: &[u8]) -> Res<u64> {
     if body.len() != 8 {
-        return perr(format!("{req:?}: body is {} bytes, expected 8", body.len()));
+        return Err(ProtocolError::BodySize {
+            req,
+            got: body.len(),
+            want: 8,
+        });
     }
     Ok(u64::from_le_bytes(body.try_into().unwrap()))
 }
 
-fn send_reply(s: &mut UnixStream, req: u32, payload: &[u8]) -> Res<()> {
+/// A reply message for request `req`.
+fn reply_msg(req: u32, payload: &[u8]) -> Vec<u8> {
     let mut msg = Vec::with_capacity(HDR_LEN + payload.len());
     msg.extend_from_slice(&req.to_le_bytes());
     msg.extend_from_slice(&(1u32 | VhostUserHeaderFlag::REPLY.bits()).to_le_bytes());
     msg.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     msg.extend_from_slice(payload);
-    s.write_all(&msg)
-        .map_err(|e| ProtocolError(format!("send reply: {e}")))
+    msg
 }
 
 impl Conn {
@@ -248,40 +427,66 @@ impl Conn {
 
     fn serve(&mut self, mut s: UnixStream) -> Res<()> {
         s.set_read_timeout(Some(Duration::from_millis(200)))
-            .map_err(|e| ProtocolError(e.to_string()))?;
+            .map_err(|e| io_err("set_read_timeout", &e))?;
         s.set_write_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| ProtocolError(e.to_string()))?;
+            .map_err(|e| io_err("set_write_timeout", &e))?;
         self.sh.connected.store(true, Ordering::SeqCst);
         self.sh.update_up();
-        while let Some((code, flags, body, files)) = recv_msg(&mut s, &self.sh)? {
-            let req = FrontendReq::try_from(code)
-                .map_err(|_| ProtocolError(format!("unknown request code {code}")))?;
-            check_fds(req, &body, files.len())?;
-            tracing::debug!(port = %self.sh.cfg.name, ?req, len = body.len(), fds = files.len(), "request");
-            let need_reply = flags & VhostUserHeaderFlag::NEED_REPLY.bits() != 0
-                && self.protocol_features & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0;
-            match self.handle(req, &body, files)? {
-                Reply::Value(v) => send_reply(&mut s, code, &v.to_le_bytes())?,
-                Reply::Bytes(b) => send_reply(&mut s, code, &b)?,
-                Reply::Ack(ok) => {
-                    if need_reply {
-                        send_reply(&mut s, code, &(if ok { 0u64 } else { 1u64 }).to_le_bytes())?
-                    }
-                }
+        while let Some(m) = recv_msg(&mut s, &self.sh)? {
+            if let Some(reply) = self.dispatch(m)? {
+                s.write_all(&reply).map_err(|e| io_err("send reply", &e))?;
             }
         }
         Ok(())
     }
 
-    fn vq_index(&self, req: FrontendReq, i: u64) -> Res<usize> {
-        let i = i as usize;
-        if i >= self.vqs.len() {
-            return perr(format!(
-                "{req:?}: vring index {i} out of range (this port has {})",
-                self.vqs.len()
-            ));
+    /// Checks and handles one message, exactly as it came off the socket; returns the
+    /// reply to send, if any.
+    fn dispatch(&mut self, m: Msg) -> Res<Option<Vec<u8>>> {
+        let Msg {
+            code,
+            flags,
+            body,
+            files,
+        } = m;
+        if flags & 0x3 != 1 || flags & VhostUserHeaderFlag::REPLY.bits() != 0 {
+            return Err(ProtocolError::BadFlags { req: code, flags });
         }
-        Ok(i)
+        if body.len() > MAX_MSG_SIZE {
+            return Err(ProtocolError::BodyTooLarge {
+                req: code,
+                size: body.len(),
+            });
+        }
+        let req = FrontendReq::try_from(code).map_err(|_| ProtocolError::UnknownRequest(code))?;
+        check_fds(req, &body, files.len())?;
+        tracing::debug!(port = %self.sh.cfg.name, ?req, len = body.len(), fds = files.len(), "request");
+        let need_reply = flags & VhostUserHeaderFlag::NEED_REPLY.bits() != 0
+            && self.protocol_features & VhostUserProtocolFeatures::REPLY_ACK.bits() != 0;
+        Ok(match self.handle(req, &body, files)? {
+            Reply::Value(v) => Some(reply_msg(code, &v.to_le_bytes())),
+            Reply::Bytes(b) => Some(reply_msg(code, &b)),
+            Reply::Ack(ok) if need_reply => Some(reply_msg(code, &u64::from(!ok).to_le_bytes())),
+            Reply::Ack(_) => None,
+        })
+    }
+
+    fn vq_index(&self, req: FrontendReq, i: u64) -> Res<usize> {
+        if i >= self.vqs.len() as u64 {
+            return Err(ProtocolError::VringIndex {
+                req,
+                index: i,
+                count: self.vqs.len(),
+            });
+        }
+        Ok(i as usize)
+    }
+
+    /// Logs a request this backend refuses without closing the connection (rate-limited).
+    fn refused(&self, req: FrontendReq) {
+        if let Some(suppressed) = self.sh.log_limit.allow() {
+            tracing::warn!(port = %self.sh.cfg.name, ?req, suppressed, "request for a feature not offered; refused");
+        }
     }
 
     fn handle(&mut self, req: FrontendReq, body: &[u8], files: Vec<File>) -> Res<Reply> {
@@ -291,9 +496,7 @@ impl Conn {
             R::SET_FEATURES => {
                 let f = body_u64(req, body)?;
                 if f & !OFFERED_FEATURES != 0 {
-                    return perr(format!(
-                        "SET_FEATURES {f:#x} has bits this backend did not offer"
-                    ));
+                    return Err(ProtocolError::NotOffered { req, bits: f });
                 }
                 let changed = f != self.features;
                 self.features = f;
@@ -307,9 +510,7 @@ impl Conn {
             R::SET_PROTOCOL_FEATURES => {
                 let f = body_u64(req, body)?;
                 if f & !offered_protocol_features() != 0 {
-                    return perr(format!(
-                        "SET_PROTOCOL_FEATURES {f:#x} has bits this backend did not offer"
-                    ));
+                    return Err(ProtocolError::NotOffered { req, bits: f });
                 }
                 self.protocol_features = f;
                 Reply::Ack(true)
@@ -323,55 +524,15 @@ impl Conn {
                 Reply::Ack(true)
             }
             R::SET_MEM_TABLE => {
-                let mem = parse_mem_table(body, files)?;
+                let mem = parse_mem_table(body, files, self.sh.cfg.max_memory)?;
                 // Take every ring down (grace period) before the old mapping can go.
                 self.teardown_all();
                 self.mem = Some(Arc::new(mem));
                 self.refresh_all();
                 Reply::Ack(true)
             }
-            R::SET_VRING_NUM => {
-                let v: VhostUserVringState = body_as(req, body)?;
-                let i = self.vq_index(req, v.index as u64)?;
-                let num = v.num;
-                if num == 0 || num > super::virtq::MAX_RING || !num.is_power_of_two() {
-                    return perr(format!(
-                        "SET_VRING_NUM: ring {i} size {num} is not a power of two up to 32768"
-                    ));
-                }
-                self.vqs[i].size = num;
-                self.refresh(i);
-                Reply::Ack(true)
-            }
-            R::SET_VRING_ADDR => {
-                let v: VhostUserVringAddr = body_as(req, body)?;
-                let i = self.vq_index(req, v.index as u64)?;
-                if v.flags != 0 {
-                    return perr("SET_VRING_ADDR: logging flag set but LOG_ALL was not negotiated");
-                }
-                self.vqs[i].addrs = Some(RingAddrs {
-                    desc: v.descriptor,
-                    avail: v.available,
-                    used: v.used,
-                });
-                self.refresh(i);
-                Reply::Ack(true)
-            }
-            R::SET_VRING_BASE => {
-                let v: VhostUserVringState = body_as(req, body)?;
-                let i = self.vq_index(req, v.index as u64)?;
-                if v.num > u16::MAX as u32 {
-                    return perr(format!(
-                        "SET_VRING_BASE: base {} does not fit a split ring",
-                        { v.num }
-                    ));
-                }
-                // Take a running ring down first, so the base it stopped at does not
-                // overwrite the one given here.
-                self.teardown(i);
-                self.vqs[i].base = v.num as u16;
-                self.refresh(i);
-                Reply::Ack(true)
+            R::SET_VRING_NUM | R::SET_VRING_ADDR | R::SET_VRING_BASE | R::SET_VRING_ENABLE => {
+                self.set_vring(req, body)?
             }
             R::GET_VRING_BASE => {
                 let v: VhostUserVringState = body_as(req, body)?;
@@ -379,53 +540,15 @@ impl Conn {
                 // The ring stops here: it goes live again only after a new kick.
                 self.teardown(i);
                 self.vqs[i].kicked = false;
-                self.vqs[i].call = None;
+                // What the ring owed goes to the call fd it had, before that goes.
+                self.sh.notifier.drain(i);
+                self.sh.notifier.set_call(i, None);
                 let base = self.vqs[i].base;
                 let reply = VhostUserVringState::new(i as u32, base as u32);
                 Reply::Bytes(reply.as_slice().to_vec())
             }
             R::SET_VRING_KICK | R::SET_VRING_CALL | R::SET_VRING_ERR => {
-                let v = body_u64(req, body)?;
-                if v >> 9 != 0 {
-                    return perr(format!(
-                        "{req:?}: payload {v:#x} has bits above the index and NOFD flag"
-                    ));
-                }
-                let i = self.vq_index(req, v & 0xff)?;
-                let mut files = files.into_iter();
-                let f = if v & VRING_NOFD != 0 {
-                    None
-                } else {
-                    Some(files.next().ok_or_else(|| {
-                        ProtocolError(format!("{req:?}: no file descriptor attached"))
-                    })?)
-                };
-                match req {
-                    R::SET_VRING_KICK => {
-                        self.vqs[i]._kick = f;
-                        self.vqs[i].kicked = true;
-                        self.refresh(i);
-                    }
-                    R::SET_VRING_CALL => {
-                        self.vqs[i].call = f.map(Arc::new);
-                        self.refresh(i);
-                    }
-                    _ => {} // error eventfd: we report errors in our own log and counters
-                }
-                Reply::Ack(true)
-            }
-            R::SET_VRING_ENABLE => {
-                let v: VhostUserVringState = body_as(req, body)?;
-                let i = self.vq_index(req, v.index as u64)?;
-                if v.num > 1 {
-                    return perr(format!("SET_VRING_ENABLE: value {} is neither 0 nor 1", {
-                        v.num
-                    }));
-                }
-                // QEMU 10 sends this before SET_FEATURES: accept it in any order.
-                self.vqs[i].enabled = v.num == 1;
-                self.refresh(i);
-                Reply::Ack(true)
+                self.set_vring_fd(req, body, files)?
             }
             R::GET_MAX_MEM_SLOTS => Reply::Value(MAX_REGIONS as u64),
             R::SET_BACKEND_REQ_FD
@@ -435,15 +558,89 @@ impl Conn {
             | R::SEND_RARP => {
                 // Not offered: a frontend that sends them anyway gets a failure when it
                 // asks for an acknowledgement, and any descriptor is closed.
-                tracing::warn!(port = %self.sh.cfg.name, ?req, "request for a feature not offered; refused");
+                self.refused(req);
                 Reply::Ack(false)
             }
-            other => {
-                return perr(format!(
-                    "request {other:?} is not supported by this backend"
-                ))
-            }
+            other => return Err(ProtocolError::Unsupported(other)),
         })
+    }
+
+    /// SET_VRING_NUM, _ADDR, _BASE and _ENABLE: one field of one ring.
+    fn set_vring(&mut self, req: FrontendReq, body: &[u8]) -> Res<Reply> {
+        use FrontendReq as R;
+        if req == R::SET_VRING_ADDR {
+            let v: VhostUserVringAddr = body_as(req, body)?;
+            let i = self.vq_index(req, v.index as u64)?;
+            if v.flags != 0 {
+                return Err(ProtocolError::LogNotNegotiated);
+            }
+            self.vqs[i].addrs = Some(RingAddrs {
+                desc: v.descriptor,
+                avail: v.available,
+                used: v.used,
+            });
+            self.refresh(i);
+            return Ok(Reply::Ack(true));
+        }
+        let v: VhostUserVringState = body_as(req, body)?;
+        let i = self.vq_index(req, v.index as u64)?;
+        let num = v.num;
+        match req {
+            R::SET_VRING_NUM => {
+                if num == 0 || num > super::virtq::MAX_RING || !num.is_power_of_two() {
+                    return Err(ProtocolError::RingSize { index: i, num });
+                }
+                self.vqs[i].size = num;
+            }
+            R::SET_VRING_BASE => {
+                if num > u16::MAX as u32 {
+                    return Err(ProtocolError::BaseTooLarge(num));
+                }
+                // Take a running ring down first, so the base it stopped at does not
+                // overwrite the one given here.
+                self.teardown(i);
+                self.vqs[i].base = num as u16;
+            }
+            _ => {
+                if num > 1 {
+                    return Err(ProtocolError::EnableValue(num));
+                }
+                // QEMU 10 sends this before SET_FEATURES: accept it in any order.
+                self.vqs[i].enabled = num == 1;
+            }
+        }
+        self.refresh(i);
+        Ok(Reply::Ack(true))
+    }
+
+    /// SET_VRING_KICK, _CALL and _ERR: an eventfd (or none) for one ring.
+    fn set_vring_fd(&mut self, req: FrontendReq, body: &[u8], files: Vec<File>) -> Res<Reply> {
+        use FrontendReq as R;
+        let v = body_u64(req, body)?;
+        if v >> 9 != 0 {
+            return Err(ProtocolError::PayloadBits { req, value: v });
+        }
+        let i = self.vq_index(req, v & 0xff)?;
+        let f = if v & VRING_NOFD != 0 {
+            None
+        } else {
+            let f = files.into_iter().next().ok_or(ProtocolError::NoFd(req))?;
+            check_eventfd(&f).map_err(|err| ProtocolError::NotEventfd { req, err })?;
+            Some(f)
+        };
+        match req {
+            R::SET_VRING_KICK => {
+                self.vqs[i]._kick = f;
+                self.vqs[i].kicked = true;
+                self.refresh(i);
+            }
+            R::SET_VRING_CALL => {
+                self.sh.notifier.set_call(i, f.map(Arc::new));
+                self.refresh(i);
+            }
+            _ => {} // error eventfd: we report errors in our own log and counters
+        }
+        Ok(Reply::Ack(true))
     }
 
     fn ring_features(&self) -> RingFeatures {
@@ -461,36 +658,28 @@ impl Conn {
     }
 
     /// Takes ring `i` down: hide it, wait for PMD threads to leave it, then drop it,
-    /// keeping where it stopped as the base for a later restart.
+    /// keeping where it stopped as the base for a later restart. What it owed the guest
+    /// is raised on drop and goes to the ring's current call fd.
     fn teardown(&mut self, i: usize) {
         let slot = &self.sh.vrings[i];
-        if !slot.live.swap(false, Ordering::SeqCst) {
-            // SAFETY: not live, and it was not live since the last grace period, so no PMD
-            // thread holds it; only this thread writes it.
+        if slot.set(RingState::Down) == RingState::Down {
+            // SAFETY: it was down since the last grace period, so no PMD thread holds
+            // it; only this thread writes it.
             debug_assert!(unsafe { (*slot.ring.get()).is_none() });
             return;
         }
         self.sh.update_up();
         self.sh.rcu.synchronize();
-        // SAFETY: live is clear and a grace period passed: no PMD thread is inside.
+        // SAFETY: the state is Down and a grace period passed: no PMD thread is inside.
         if let Some(old) = unsafe { (*slot.ring.get()).take() } {
             self.vqs[i].base = old.last_avail();
-            let owed = old.owes();
-            drop(old); // settles on the call eventfd the ring had
-            if owed {
-                // The frontend may have just replaced that eventfd (SET_VRING_CALL):
-                // tell the current one too; an extra interrupt is harmless.
-                if let Some(call) = &self.vqs[i].call {
-                    let _ = (&**call).write_all(&1u64.to_ne_bytes());
-                }
-            }
         }
     }
 
     fn teardown_all(&mut self) {
         let mut any = false;
         for s in self.sh.vrings.iter() {
-            any |= s.live.swap(false, Ordering::SeqCst);
+            any |= s.set(RingState::Down) != RingState::Down;
         }
         self.sh.update_up();
         if any {
@@ -498,7 +687,7 @@ impl Conn {
         }
         for i in 0..self.vqs.len() {
             let slot = &self.sh.vrings[i];
-            // SAFETY: every ring is hidden and a grace period passed (or none was live).
+            // SAFETY: every ring is down and a grace period passed (or none was up).
             if let Some(old) = unsafe { (*slot.ring.get()).take() } {
                 self.vqs[i].base = old.last_avail();
             }
@@ -530,27 +719,32 @@ impl Conn {
         if !self.features_set || vq.size == 0 || !vq.kicked || !enabled {
             return;
         }
+        let irq = sh
+            .notifier
+            .has_call(i)
+            .then(|| Irq::new(sh.notifier.clone(), i));
         match LiveRing::new(
             mem.clone(),
             vq.size,
             addrs,
             vq.base,
             self.ring_features(),
-            vq.call.clone(),
+            irq,
         ) {
             Ok(ring) => {
-                // SAFETY: the ring is not live (teardown above), so no PMD thread holds it.
+                // SAFETY: the ring is down (teardown above), so no PMD thread holds it.
                 unsafe { *slot.ring.get() = Some(ring) };
-                slot.broken.store(false, Ordering::Relaxed);
-                slot.live.store(true, Ordering::SeqCst);
+                slot.set(RingState::Live);
                 sh.update_up();
                 tracing::debug!(port = %sh.cfg.name, vring = i, "ring live");
             }
             Err(e) => {
-                slot.broken.store(true, Ordering::Relaxed);
+                slot.set(RingState::Broken);
                 sh.update_up();
                 sh.stats.guest_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(port = %sh.cfg.name, vring = i, "ring rejected: {e}");
+                if let Some(suppressed) = sh.log_limit.allow() {
+                    tracing::error!(port = %sh.cfg.name, vring = i, suppressed, "ring rejected: {e}");
+                }
             }
         }
     }
@@ -573,9 +767,11 @@ fn check_fds(req: FrontendReq, body: &[u8], nfds: usize) -> Res<()> {
         _ => 0,
     };
     if nfds != want {
-        return perr(format!(
-            "{req:?} came with {nfds} file descriptors, expected {want}"
-        ));
+        return Err(ProtocolError::FdCount {
+            req,
+            got: nfds,
+            want,
+        });
     }
     Ok(())
 }
@@ -586,20 +782,24 @@ enum Reply {
     Ack(bool),
 }
 
-fn parse_mem_table(body: &[u8], files: Vec<File>) -> Res<GuestMemory> {
+fn parse_mem_table(body: &[u8], files: Vec<File>, limit: u64) -> Res<GuestMemory> {
     let hl = std::mem::size_of::<VhostUserMemory>();
     let rl = std::mem::size_of::<VhostUserMemoryRegion>();
     if body.len() < hl {
-        return perr("SET_MEM_TABLE: body too short");
+        return Err(ProtocolError::BodySize {
+            req: FrontendReq::SET_MEM_TABLE,
+            got: body.len(),
+            want: hl,
+        });
     }
     let mut m = VhostUserMemory::default();
     m.as_mut_slice().copy_from_slice(&body[..hl]);
     let n = m.num_regions as usize;
     if !m.is_valid() || n > MAX_REGIONS || body.len() != hl + n * rl {
-        return perr(format!(
-            "SET_MEM_TABLE: {n} regions in a {}-byte body",
-            body.len()
-        ));
+        return Err(ProtocolError::MemTableBody {
+            regions: n,
+            len: body.len(),
+        });
     }
     let descs: Vec<RegionDesc> = (0..n)
         .map(|k| {
@@ -614,5 +814,74 @@ fn parse_mem_table(body: &[u8], files: Vec<File>) -> Res<GuestMemory> {
             }
         })
         .collect();
-    GuestMemory::map(&descs, files).map_err(|e| ProtocolError(format!("SET_MEM_TABLE: {e}")))
+    GuestMemory::map_limited(&descs, files, limit).map_err(ProtocolError::MemTable)
+}
+
+/// A connection's request handling without a socket, for fuzzing and tests: each
+/// request goes through the same checks and handlers as one read from the socket
+/// (flags, size, request code, file descriptor count, body, state changes), on a
+/// port of its own with no PMD threads.
+pub struct Session {
+    conn: Conn,
+}
+
+impl Session {
+    /// A server-mode port `name` with `queues` queue pairs (its socket is not bound).
+    pub fn new(name: &str, queues: usize) -> Session {
+        let queues = queues.max(1);
+        let sh = Arc::new(Shared {
+            vrings: (0..2 * queues).map(|_| super::VringSlot::new()).collect(),
+            cfg: VhostConfig {
+                name: name.to_string(),
+                path: std::path::PathBuf::new(),
+                mode: Mode::Server,
+                queues,
+                max_memory: super::mem::DEFAULT_MAX_GUEST_MEMORY,
+            },
+            rcu: Rcu::new(),
+            stats: PortStats::default(),
+            connected: AtomicBool::new(true),
+            up: AtomicBool::new(false),
+            connections: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+            notifier: Notifier::new(name, 2 * queues),
+            log_limit: RateLimit::new(),
+        });
+        Session {
+            conn: Conn::new(sh),
+        }
+    }
+
+    /// Handles one request; `Ok(Some(bytes))` is the reply message the socket would
+    /// send. An error is what would close the connection.
+    pub fn request(
+        &mut self,
+        code: u32,
+        flags: u32,
+        body: &[u8],
+        files: Vec<File>,
+    ) -> Result<Option<Vec<u8>>, ProtocolError> {
+        self.conn.dispatch(Msg {
+            code,
+            flags,
+            body: body.to_vec(),
+            files,
+        })
+    }
+
+    /// The port's rings as `ctl show` names them (`live`, `down`, `broken`).
+    pub fn ring_states(&self) -> Vec<RingState> {
+        self.conn.sh.vrings.iter().map(|v| v.state()).collect()
+    }
+
+    /// Delivers interrupts raised so far (there is no notifier thread here).
+    pub fn deliver_interrupts(&self) {
+        self.conn.sh.notifier.deliver();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.conn.teardown_all();
+    }
 }

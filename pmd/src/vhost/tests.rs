@@ -4,8 +4,9 @@
 //! mark writable.
 
 use super::driver::{DriverMem, DriverRing, F_INDIRECT, F_NEXT, F_WRITE};
-use super::mem::GuestMemory;
-use super::virtq::{LiveRing, RingFeatures};
+use super::mem::{GuestMemory, MemError};
+use super::notify::{Irq, Notifier};
+use super::virtq::{GuestError, LiveRing, RingError, RingFeatures};
 use crate::hugepage::HugepagePolicy;
 use crate::mempool::{Mbuf, Mempool, MempoolCache};
 use std::io::Read;
@@ -41,9 +42,9 @@ fn feat(mrg: bool, event_idx: bool) -> RingFeatures {
     }
 }
 
-fn live(r: &Rig, ring: &DriverRing, f: RingFeatures, call: Option<Arc<std::fs::File>>) -> LiveRing {
+fn live(r: &Rig, ring: &DriverRing, f: RingFeatures, irq: Option<Irq>) -> LiveRing {
     let gm = Arc::new(GuestMemory::map(&[r.mem.region()], vec![r.mem.file()]).unwrap());
-    LiveRing::new(gm, ring.size as u32, ring.addrs(), 0, f, call).unwrap()
+    LiveRing::new(gm, ring.size as u32, ring.addrs(), 0, f, irq).unwrap()
 }
 
 /// A frame with a 12-byte zero header in front, at region offset `off`.
@@ -82,13 +83,13 @@ fn free_all(cache: &mut MempoolCache, v: Vec<Mbuf>) {
     }
 }
 
-fn tx_error(setup: impl FnOnce(&Rig, &mut DriverRing)) -> &'static str {
+fn tx_error(setup: impl FnOnce(&Rig, &mut DriverRing)) -> GuestError {
     let mut r = rig();
     let mut ring = DriverRing::new(&r.mem, 0, 256);
     setup(&r, &mut ring);
     let mut lr = live(&r, &ring, feat(true, false), None);
     let got = dequeue(&mut r.cache, &mut lr);
-    let err = lr.error().expect("the ring should be stopped").0;
+    let err = lr.error().expect("the ring should be stopped");
     free_all(&mut r.cache, got);
     // Stopped: nothing more is read, even if the guest now behaves.
     assert!(dequeue(&mut r.cache, &mut lr).is_empty());
@@ -166,7 +167,7 @@ fn buffer_outside_guest_memory() {
         ring.set_desc(0, GPA - 64, 64, 0, 0);
         ring.push(0);
     });
-    assert!(e.contains("outside guest memory"), "{e}");
+    assert!(matches!(e, GuestError::BufferOutside { .. }), "{e}");
 }
 
 #[test]
@@ -175,7 +176,7 @@ fn length_past_region_end() {
         ring.set_desc(0, GPA + SIZE - 100, 200, 0, 0);
         ring.push(0);
     });
-    assert!(e.contains("outside guest memory"), "{e}");
+    assert!(matches!(e, GuestError::BufferOutside { .. }), "{e}");
 }
 
 #[test]
@@ -184,7 +185,7 @@ fn address_overflow() {
         ring.set_desc(0, u64::MAX - 10, 100, 0, 0);
         ring.push(0);
     });
-    assert!(e.contains("outside guest memory"), "{e}");
+    assert!(matches!(e, GuestError::BufferOutside { .. }), "{e}");
 }
 
 #[test]
@@ -195,7 +196,7 @@ fn loop_in_descriptor_chain() {
         ring.set_desc(1, ring.gpa(BUF + 36), 36, F_NEXT, 0);
         ring.push(0);
     });
-    assert!(e.contains("loops"), "{e}");
+    assert!(matches!(e, GuestError::ChainTooLong { .. }), "{e}");
 }
 
 #[test]
@@ -208,7 +209,7 @@ fn loop_in_indirect_table() {
         ring.set_desc(0, ring.gpa(t), 32, F_INDIRECT, 0);
         ring.push(0);
     });
-    assert!(e.contains("loops"), "{e}");
+    assert!(matches!(e, GuestError::ChainTooLong { .. }), "{e}");
 }
 
 #[test]
@@ -219,12 +220,15 @@ fn nested_indirect_and_bad_indirect_length() {
         ring.set_desc(0, ring.gpa(t), 16, F_INDIRECT, 0);
         ring.push(0);
     });
-    assert!(e.contains("indirect"), "{e}");
+    assert_eq!(e, GuestError::IndirectMisplaced);
     let e = tx_error(|_, ring| {
         ring.set_desc(0, ring.gpa(BUF), 24, F_INDIRECT, 0);
         ring.push(0);
     });
-    assert!(e.contains("multiple of 16"), "{e}");
+    assert!(
+        matches!(e, GuestError::IndirectLength { len: 24, .. }),
+        "{e}"
+    );
 }
 
 #[test]
@@ -232,7 +236,7 @@ fn avail_index_far_ahead_of_ring() {
     let e = tx_error(|_, ring| {
         ring.set_avail_idx(1000); // ring of 256
     });
-    assert!(e.contains("further ahead"), "{e}");
+    assert!(matches!(e, GuestError::AvailAhead { idx: 1000, .. }), "{e}");
 }
 
 #[test]
@@ -240,7 +244,13 @@ fn head_index_out_of_table() {
     let e = tx_error(|_, ring| {
         ring.push(300);
     });
-    assert!(e.contains("out of the table"), "{e}");
+    assert_eq!(
+        e,
+        GuestError::HeadOutOfTable {
+            index: 300,
+            size: 256
+        }
+    );
 }
 
 #[test]
@@ -250,7 +260,13 @@ fn next_index_out_of_table() {
         ring.set_desc(0, ring.gpa(BUF), 30, F_NEXT, 999);
         ring.push(0);
     });
-    assert!(e.contains("out of the table"), "{e}");
+    assert_eq!(
+        e,
+        GuestError::NextOutOfTable {
+            index: 999,
+            size: 256
+        }
+    );
 }
 
 #[test]
@@ -259,7 +275,7 @@ fn zero_length_chain() {
         ring.set_desc(0, ring.gpa(BUF), 0, 0, 0);
         ring.push(0);
     });
-    assert!(e.contains("zero-length"), "{e}");
+    assert_eq!(e, GuestError::EmptyChain { head: 0 });
 }
 
 #[test]
@@ -269,7 +285,7 @@ fn writable_descriptor_in_transmit_chain() {
         ring.set_desc(0, ring.gpa(BUF), len, F_WRITE, 0);
         ring.push(0);
     });
-    assert!(e.contains("device-writable"), "{e}");
+    assert!(matches!(e, GuestError::WritableInTransmit { .. }), "{e}");
 }
 
 #[test]
@@ -354,10 +370,7 @@ fn indirect_table_at_an_unaligned_address() {
     let got = dequeue(&mut r.cache, &mut lr);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].data(), &f[..]);
-    assert_eq!(
-        lr.error().map(|e| e.0),
-        Some("descriptor chain loops or is longer than its table")
-    );
+    assert_eq!(lr.error(), Some(GuestError::ChainTooLong { limit: 2 }));
     free_all(&mut r.cache, got);
 }
 
@@ -449,7 +462,10 @@ fn read_only_buffer_in_receive_chain_is_not_written() {
     let mut lr = live(&r, &ring, feat(true, false), None);
     let mut pkts = rx_frames(1, 100, &mut r.cache);
     assert_eq!(enqueue(&mut r.cache, &mut lr, &mut pkts), 0);
-    assert!(lr.error().unwrap().0.contains("read-only"));
+    assert!(matches!(
+        lr.error(),
+        Some(GuestError::ReadOnlyInReceive { .. })
+    ));
     assert!(
         r.mem.read(BUF, 2048).iter().all(|&b| b == 0xee),
         "a read-only buffer was written"
@@ -477,11 +493,20 @@ fn receive_buffer_outside_memory_is_not_written() {
 fn ring_outside_memory_is_rejected_at_setup() {
     let r = rig();
     let gm = Arc::new(GuestMemory::map(&[r.mem.region()], vec![r.mem.file()]).unwrap());
-    let ring = DriverRing::new(&r.mem, SIZE - 4096, 256); // table runs past the end
+    let ring = DriverRing::new(&r.mem, SIZE - 4096, 256); // avail ring runs past the end
     let e = LiveRing::new(gm.clone(), 256, ring.addrs(), 0, feat(true, false), None)
         .err()
         .unwrap();
-    assert!(e.contains("outside guest memory"), "{e}");
+    assert!(
+        matches!(
+            e,
+            RingError::Outside {
+                what: "avail ring",
+                ..
+            }
+        ),
+        "{e}"
+    );
     let ring = DriverRing::new(&r.mem, 0, 256);
     assert!(
         LiveRing::new(gm, 100, ring.addrs(), 0, feat(true, false), None).is_err(),
@@ -493,33 +518,43 @@ fn ring_outside_memory_is_rejected_at_setup() {
 fn memory_table_rejects_overlaps_and_fd_mismatch() {
     let r = rig();
     let a = r.mem.region();
-    assert!(GuestMemory::map(&[a, a], vec![r.mem.file(), r.mem.file()])
-        .err()
-        .unwrap()
-        .contains("overlap"));
-    assert!(GuestMemory::map(&[a], vec![])
-        .err()
-        .unwrap()
-        .contains("file descriptors"));
+    assert_eq!(
+        GuestMemory::map(&[a, a], vec![r.mem.file(), r.mem.file()]).err(),
+        Some(MemError::Overlap { a: 0, b: 1 })
+    );
+    assert_eq!(
+        GuestMemory::map(&[a], vec![]).err(),
+        Some(MemError::FdCount { regions: 1, fds: 0 })
+    );
     let mut z = a;
     z.size = 0;
     assert!(GuestMemory::map(&[z], vec![r.mem.file()]).is_err());
 }
 
-fn eventfd() -> Arc<std::fs::File> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: eventfd takes no pointers.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
-    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
-    // SAFETY: fd is a fresh descriptor nothing else owns.
-    Arc::new(unsafe { std::fs::File::from_raw_fd(fd) })
+/// A guest's call eventfd behind a notifier without a thread: `Call::count` delivers
+/// what the ring raised, then reads the eventfd as the guest would.
+struct Call {
+    n: Arc<Notifier>,
+    fd: Arc<std::fs::File>,
 }
 
-fn calls(f: &std::fs::File) -> u64 {
-    let mut b = [0u8; 8];
-    match (&*f).read(&mut b) {
-        Ok(8) => u64::from_le_bytes(b),
-        _ => 0,
+impl Call {
+    fn new() -> Call {
+        let n = Notifier::new("test", 2);
+        let fd = Arc::new(super::driver::eventfd(0, false));
+        n.set_call(0, Some(fd.clone()));
+        Call { n, fd }
+    }
+    fn irq(&self) -> Option<Irq> {
+        Some(Irq::new(self.n.clone(), 0))
+    }
+    fn count(&self) -> u64 {
+        self.n.deliver();
+        let mut b = [0u8; 8];
+        match (&*self.fd).read(&mut b) {
+            Ok(8) => u64::from_le_bytes(b),
+            _ => 0,
+        }
     }
 }
 
@@ -531,18 +566,18 @@ fn event_idx_signals_only_when_asked() {
         ring.set_desc(i, ring.gpa(BUF + 4096 * i as u64), 2048, F_WRITE, 0);
         ring.push(i);
     }
-    let call = eventfd();
+    let call = Call::new();
     ring.set_used_event(2); // interrupt when used idx passes 2
-    let mut lr = live(&r, &ring, feat(true, true), Some(call.clone()));
+    let mut lr = live(&r, &ring, feat(true, true), call.irq());
     let mut p = rx_frames(2, 64, &mut r.cache);
     enqueue(&mut r.cache, &mut lr, &mut p); // used 0 -> 2: not past 2
-    assert_eq!(calls(&call), 0);
+    assert_eq!(call.count(), 0);
     let mut p = rx_frames(1, 64, &mut r.cache);
     enqueue(&mut r.cache, &mut lr, &mut p); // 2 -> 3: passes
-    assert_eq!(calls(&call), 1);
+    assert_eq!(call.count(), 1);
     let mut p = rx_frames(1, 64, &mut r.cache);
     enqueue(&mut r.cache, &mut lr, &mut p); // 3 -> 4, event still 2: no
-    assert_eq!(calls(&call), 0);
+    assert_eq!(call.count(), 0);
 }
 
 #[test]
@@ -553,16 +588,16 @@ fn no_interrupt_flag_is_respected_without_event_idx() {
         ring.set_desc(i, ring.gpa(BUF + 4096 * i as u64), 2048, F_WRITE, 0);
         ring.push(i);
     }
-    let call = eventfd();
-    let mut lr = live(&r, &ring, feat(false, false), Some(call.clone()));
+    let call = Call::new();
+    let mut lr = live(&r, &ring, feat(false, false), call.irq());
     ring.set_avail_flags(1);
     let mut p = rx_frames(1, 64, &mut r.cache);
     enqueue(&mut r.cache, &mut lr, &mut p);
-    assert_eq!(calls(&call), 0);
+    assert_eq!(call.count(), 0);
     ring.set_avail_flags(0);
     let mut p = rx_frames(1, 64, &mut r.cache);
     enqueue(&mut r.cache, &mut lr, &mut p);
-    assert_eq!(calls(&call), 1);
+    assert_eq!(call.count(), 1);
 }
 
 #[test]
@@ -576,30 +611,30 @@ fn transmit_completion_interrupt_comes_at_the_next_poll() {
         let len = put_frame(&r, BUF + 4096 * i as u64, &frame(64, i as u8));
         ring.set_desc(i, ring.gpa(BUF + 4096 * i as u64), len, 0, 0);
     }
-    let call = eventfd();
+    let call = Call::new();
     ring.set_used_event(0); // interrupt when used idx passes 0
-    let mut lr = live(&r, &ring, feat(true, true), Some(call.clone()));
+    let mut lr = live(&r, &ring, feat(true, true), call.irq());
     ring.push(0);
     let got = dequeue(&mut r.cache, &mut lr);
     assert_eq!((got.len(), ring.used_idx()), (1, 1));
-    assert_eq!(calls(&call), 0, "owed, not yet sent");
+    assert_eq!(call.count(), 0, "owed, not yet sent");
     let mut none: [Option<Mbuf>; 0] = [];
     let (mut over, mut bytes) = (0, 0);
     assert_eq!(
         lr.dequeue(&mut r.cache, &mut none, &mut over, &mut bytes),
         0
     );
-    assert_eq!(calls(&call), 1, "an empty poll settles it");
+    assert_eq!(call.count(), 1, "an empty poll settles it");
     assert_eq!(
         lr.dequeue(&mut r.cache, &mut none, &mut over, &mut bytes),
         0
     );
-    assert_eq!(calls(&call), 0, "and only once");
+    assert_eq!(call.count(), 0, "and only once");
     ring.set_used_event(1);
     ring.push(1);
     let mut got2 = dequeue(&mut r.cache, &mut lr);
     drop(lr);
-    assert_eq!(calls(&call), 1, "a ring taken down settles what it owes");
+    assert_eq!(call.count(), 1, "a ring taken down settles what it owes");
     for m in got.into_iter().chain(got2.drain(..)) {
         r.cache.free(m);
     }
@@ -612,16 +647,16 @@ fn a_guest_error_after_good_frames_still_interrupts_for_them() {
     let len = put_frame(&r, BUF, &frame(64, 1));
     ring.set_desc(0, ring.gpa(BUF), len, 0, 0);
     ring.set_desc(1, 1 << 40, 64, 0, 0); // outside guest memory
-    let call = eventfd();
+    let call = Call::new();
     ring.set_used_event(0);
-    let mut lr = live(&r, &ring, feat(true, true), Some(call.clone()));
+    let mut lr = live(&r, &ring, feat(true, true), call.irq());
     ring.push(0);
     ring.push(1);
     let got = dequeue(&mut r.cache, &mut lr);
     assert_eq!((got.len(), ring.used_idx()), (1, 1));
     assert!(lr.error().is_some());
     assert_eq!(
-        calls(&call),
+        call.count(),
         1,
         "the broken ring is not polled again: signalled at once"
     );
@@ -654,7 +689,7 @@ fn region_past_the_end_of_its_file_is_rejected() {
     let mut d = r.mem.region();
     d.size += 4096; // the file is OUTSIDE + SIZE bytes long
     let e = GuestMemory::map(&[d], vec![r.mem.file()]).err().unwrap();
-    assert!(e.contains("past its file"), "{e}");
+    assert!(matches!(e, MemError::PastEnd { index: 0, .. }), "{e}");
 }
 
 #[test]
@@ -674,5 +709,308 @@ fn rings_misaligned_in_host_memory_are_rejected() {
     let e = LiveRing::new(gm, 256, a, 0, feat(true, false), None)
         .err()
         .unwrap();
-    assert!(e.contains("misaligned"), "{e}");
+    assert!(matches!(e, RingError::Misaligned(_)), "{e}");
+}
+
+// ---- Hardening: bounded work per chain and per burst ----
+
+/// Where `long_tx_chain` puts its bytes: past the largest ring these tests build.
+const LONG_BUF: u64 = 0x8_0000;
+
+/// Descriptors `first..first+n` as one transmit chain: a 12-byte header descriptor,
+/// then 1-byte ones.
+fn long_tx_chain(r: &Rig, ring: &DriverRing, first: u16, n: u16) {
+    r.mem.write(LONG_BUF, &[0u8; 64]);
+    for k in 0..n {
+        let i = first + k;
+        let last = k + 1 == n;
+        let len = if k == 0 { 12 } else { 1 };
+        ring.set_desc(
+            i,
+            ring.gpa(LONG_BUF),
+            len,
+            if last { 0 } else { F_NEXT },
+            i + 1,
+        );
+    }
+}
+
+#[test]
+fn a_chain_longer_than_the_cap_is_a_guest_error() {
+    let mut r = rig();
+    let mut ring = DriverRing::new(&r.mem, 0, 1024);
+    long_tx_chain(&r, &ring, 0, 300);
+    ring.push(0);
+    let mut lr = live(&r, &ring, feat(true, false), None);
+    assert!(dequeue(&mut r.cache, &mut lr).is_empty());
+    assert_eq!(
+        lr.error(),
+        Some(GuestError::ChainTooLong {
+            limit: super::virtq::MAX_CHAIN
+        })
+    );
+    assert_clean(&r);
+}
+
+#[test]
+fn an_indirect_table_longer_than_the_ring_is_refused() {
+    let e = tx_error(|_, ring| {
+        // 512 entries in a ring of 256.
+        ring.set_desc(0, ring.gpa(BUF), 512 * 16, F_INDIRECT, 0);
+        ring.push(0);
+    });
+    assert_eq!(
+        e,
+        GuestError::IndirectLength {
+            len: 8192,
+            ring: 256
+        }
+    );
+}
+
+#[test]
+fn a_burst_of_long_chains_reads_a_bounded_number_of_descriptors() {
+    // 32 chains of 200 descriptors each: 6400 reads if the burst took them all. The
+    // burst stops at its budget; the rest wait for the next poll, and nothing is lost.
+    let mut r = rig();
+    let mut ring = DriverRing::new(&r.mem, 0, 8192);
+    for c in 0..32u16 {
+        long_tx_chain(&r, &ring, c * 200, 200);
+        ring.push(c * 200);
+    }
+    // (Chains of more than 64 segments are dropped as oversize: what counts here is
+    // how many avail entries one burst consumes.)
+    let mut lr = live(&r, &ring, feat(true, false), None);
+    let got = dequeue(&mut r.cache, &mut lr);
+    free_all(&mut r.cache, got);
+    assert!(lr.error().is_none(), "{:?}", lr.error());
+    let per_burst = super::virtq::BURST_DESC_BUDGET / 200 + 1;
+    let first = ring.used_idx() as u32;
+    assert!(
+        first > 0 && first <= per_burst,
+        "one burst walked {first} chains of 200 descriptors (budget allows {per_burst})"
+    );
+    for _ in 0..32 {
+        let got = dequeue(&mut r.cache, &mut lr);
+        free_all(&mut r.cache, got);
+    }
+    assert_eq!(ring.used_idx(), 32);
+}
+
+#[test]
+fn mergeable_receive_into_tiny_buffers_is_bounded() {
+    // 1-byte receive buffers: a 1000-byte frame would need 1012 chains.
+    let mut r = rig();
+    let mut ring = DriverRing::new(&r.mem, 0, 2048);
+    for i in 0..2048u16 {
+        ring.set_desc(i, ring.gpa(BUF + i as u64), 1, F_WRITE, 0);
+        ring.push(i);
+    }
+    let mut lr = live(&r, &ring, feat(true, false), None);
+    let mut pkts = rx_frames(1, 1000, &mut r.cache);
+    assert_eq!(enqueue(&mut r.cache, &mut lr, &mut pkts), 0);
+    assert_eq!(
+        lr.error(),
+        Some(GuestError::ReceiveTooFragmented { len: 1000 })
+    );
+    assert_eq!(ring.used_idx(), 0, "nothing of the frame was published");
+    r.cache.free(pkts[0].take().unwrap());
+    assert_clean(&r);
+}
+
+#[test]
+fn mergeable_receive_across_chains_with_split_header() {
+    // Chains of 5 bytes (the header itself spans three of them): the header's
+    // num_buffers counts every chain and the frame arrives whole.
+    let mut r = rig();
+    let mut ring = DriverRing::new(&r.mem, 0, 256);
+    for i in 0..40u16 {
+        ring.set_desc(i, ring.gpa(BUF + 8 * i as u64), 5, F_WRITE, 0);
+        ring.push(i);
+    }
+    let mut lr = live(&r, &ring, feat(true, false), None);
+    let mut pkts = rx_frames(1, 100, &mut r.cache);
+    let want = pkts[0].as_ref().unwrap().data().to_vec();
+    assert_eq!(enqueue(&mut r.cache, &mut lr, &mut pkts), 1);
+    assert!(lr.error().is_none());
+    let chains = (12 + 100usize).div_ceil(5) as u16;
+    assert_eq!(ring.used_idx(), chains);
+    let mut got = Vec::new();
+    for i in 0..chains {
+        let (id, len) = ring.used_elem(i);
+        assert_eq!(id, i as u32);
+        got.extend(r.mem.read(BUF + 8 * i as u64, len as usize));
+    }
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), chains);
+    assert_eq!(&got[12..], &want[..]);
+    assert_clean(&r);
+}
+
+// ---- Hardening: interrupts ----
+
+#[test]
+fn a_full_blocking_call_eventfd_drops_the_interrupt_instead_of_blocking() {
+    let n = Notifier::new("test", 2);
+    // What a hostile frontend sends: blocking, and one write away from full.
+    let fd = Arc::new(super::driver::eventfd(0xffff_ffff_ffff_fffe, true));
+    n.set_call(0, Some(fd));
+    let irq = Irq::new(n.clone(), 0);
+    let t0 = std::time::Instant::now();
+    irq.raise();
+    n.deliver();
+    assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+    assert_eq!(n.dropped.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(n.sent.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[test]
+fn only_eventfds_are_accepted_for_kick_and_call() {
+    use super::notify::check_eventfd;
+    assert!(check_eventfd(&super::driver::eventfd(0, true)).is_ok());
+    let (rd, _w) = std::io::pipe().unwrap();
+    let pipe = std::fs::File::from(std::os::fd::OwnedFd::from(rd));
+    let e = check_eventfd(&pipe).unwrap_err();
+    assert!(e.0.starts_with("pipe:"), "{e}");
+    assert!(check_eventfd(&std::fs::File::open("/dev/null").unwrap()).is_err());
+}
+
+// ---- Hardening: guest memory ----
+
+#[test]
+fn memory_that_shrinks_under_a_live_ring_breaks_only_that_ring() {
+    // ftruncate(memfd, 0) while the ring is live: the next access faults (SIGBUS).
+    // Without recovery the test process dies; with it the ring stops with MemoryGone.
+    let mut r = rig();
+    let mut ring = DriverRing::new(&r.mem, 0, 256);
+    let len = put_frame(&r, BUF, &frame(64, 1));
+    ring.set_desc(0, ring.gpa(BUF), len, 0, 0);
+    let mut lr = live(&r, &ring, feat(true, false), None);
+    ring.push(0);
+    let got = dequeue(&mut r.cache, &mut lr);
+    assert_eq!(got.len(), 1);
+    free_all(&mut r.cache, got);
+    // From here on the test must not touch r.mem's own mapping either.
+    r.mem.file().set_len(0).unwrap();
+    let got = dequeue(&mut r.cache, &mut lr);
+    assert!(got.is_empty());
+    assert_eq!(lr.error(), Some(GuestError::MemoryGone));
+    let mut pkts = rx_frames(1, 64, &mut r.cache);
+    assert_eq!(enqueue(&mut r.cache, &mut lr, &mut pkts), 0);
+    r.cache.free(pkts[0].take().unwrap());
+    drop(lr);
+    drop(r.cache);
+    assert_eq!(r.pool.available(), 1024, "no mbuf lost");
+    std::mem::forget(r.mem); // its own mapping is past the file's end now
+}
+
+/// Mappings of this process whose file is named `name` (a memfd shows as
+/// `/memfd:NAME (deleted)`).
+fn maps_of(name: &str) -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(name))
+        .count()
+}
+
+/// A hugetlbfs memfd of `size` bytes (2 MiB pages; scripts/install-deps.sh reserves them).
+fn hugetlb_memfd(size: u64) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a valid C string; the fd is owned below.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"vswitch-test-huge".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_HUGETLB,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "memfd_create(MFD_HUGETLB): {} (reserve hugepages: scripts/install-deps.sh)",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fresh descriptor.
+    let f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.set_len(size).unwrap();
+    f
+}
+
+#[test]
+fn small_regions_on_hugetlbfs_are_mapped_and_unmapped_in_whole_pages() {
+    // 4 KiB regions on a hugetlbfs file: a mapping of 4 KiB is rounded up to 2 MiB by
+    // the kernel, and munmap of 4 KiB then fails, leaving the mapping. 32 tables of 8
+    // such regions must leave nothing behind.
+    let f = hugetlb_memfd(16 << 20);
+    for _ in 0..32 {
+        let descs: Vec<super::mem::RegionDesc> = (0..8u64)
+            .map(|k| super::mem::RegionDesc {
+                guest_phys: k << 32,
+                size: 4096,
+                user_addr: 0x7f00_0000_0000 + (k << 32),
+                mmap_offset: (k << 21) + 8192,
+            })
+            .collect();
+        let files = (0..8).map(|_| f.try_clone().unwrap()).collect();
+        let gm = GuestMemory::map(&descs, files).unwrap();
+        assert_eq!(gm.mapped_bytes(), 8 << 21);
+        assert!(gm.gpa_to_host(3 << 32, 4096).is_some());
+        assert!(gm.gpa_to_host(3 << 32, 4097).is_none(), "only the region");
+        drop(gm);
+    }
+    assert_eq!(
+        maps_of("vswitch-test-huge"),
+        0,
+        "guest mappings were left behind"
+    );
+}
+
+#[test]
+fn guest_memory_must_be_tmpfs_or_hugetlbfs_and_within_the_limit() {
+    let r = rig();
+    // A file on the root filesystem (a disk, or an overlay): refused.
+    let path = std::env::temp_dir().join(format!("vswitch-mem-{}", std::process::id()));
+    let disk = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    disk.set_len(SIZE + OUTSIDE).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let on_tmpfs = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some("/tmp") && l.contains("tmpfs"));
+    if !on_tmpfs {
+        let e = GuestMemory::map(&[r.mem.region()], vec![disk])
+            .err()
+            .unwrap();
+        assert!(matches!(e, MemError::FileKind { index: 0, .. }), "{e}");
+    }
+    // A pipe: refused.
+    let (rd, _w) = std::io::pipe().unwrap();
+    let pipe = std::fs::File::from(std::os::fd::OwnedFd::from(rd));
+    let e = GuestMemory::map(&[r.mem.region()], vec![pipe])
+        .err()
+        .unwrap();
+    assert!(matches!(e, MemError::FileKind { .. }), "{e}");
+    // More than the port's limit: refused before anything is mapped.
+    let e = GuestMemory::map_limited(&[r.mem.region()], vec![r.mem.file()], SIZE - 1)
+        .err()
+        .unwrap();
+    assert_eq!(
+        e,
+        MemError::TooLarge {
+            total: SIZE,
+            limit: SIZE - 1
+        }
+    );
+    // A sparse 64 TiB memfd under the default limit (1 TiB): refused.
+    let mut d = r.mem.region();
+    d.size = 64 << 40;
+    let big = r.mem.file();
+    big.set_len(OUTSIDE + (64 << 40)).unwrap();
+    let e = GuestMemory::map(&[d], vec![big]).err().unwrap();
+    assert!(matches!(e, MemError::TooLarge { .. }), "{e}");
+    r.mem.file().set_len(OUTSIDE + SIZE).unwrap();
 }

@@ -10,10 +10,9 @@
 //! nothing is read or written outside the guest's regions.
 
 use super::mem::{FastTable, GuestMemory};
+use super::notify::Irq;
 use crate::mempool::{Mbuf, MempoolCache, DATA_ROOM};
 use crate::prefetch;
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
@@ -28,9 +27,152 @@ pub const MAX_RING: u32 = 32768;
 /// still validated to their end.
 const MAX_SEGS: usize = 64;
 
-/// Why a queue was stopped: the guest broke the virtio rules.
+/// Most descriptors one chain may have, indirect table included (DPDK keeps 256
+/// segments per chain, Linux vhost 1024): a longer chain is a guest error, so a chain
+/// costs a bounded number of descriptor reads.
+pub const MAX_CHAIN: u32 = 256;
+/// Most receive chains one frame may take with mergeable buffers: a frame of at most
+/// an mbuf needs far fewer unless the guest posts tiny buffers on purpose.
+pub const MAX_MRG_CHAINS: u16 = 64;
+/// Descriptor reads one burst may spend on chains that are not a single descriptor;
+/// the burst stops there and the rest waits for the next poll (room for at least one
+/// chain of `MAX_CHAIN`).
+pub const BURST_DESC_BUDGET: u32 = 4096;
+
+/// Why a queue was stopped: the guest broke the virtio rules. Each variant carries
+/// what the guest gave, for the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GuestError(pub &'static str);
+pub enum GuestError {
+    /// The avail index ran further ahead of the last one processed than the ring holds.
+    AvailAhead {
+        idx: u16,
+        last: u16,
+        size: u32,
+    },
+    /// A head descriptor index not in the descriptor table.
+    HeadOutOfTable {
+        index: u16,
+        size: u32,
+    },
+    /// A `next` index not in the table (descriptor table or indirect table).
+    NextOutOfTable {
+        index: u16,
+        size: u32,
+    },
+    IndirectNotNegotiated,
+    /// An indirect descriptor inside an indirect table, chained, or not the first.
+    IndirectMisplaced,
+    /// An indirect table whose length is not a multiple of 16, or longer than the ring.
+    IndirectLength {
+        len: u32,
+        ring: u32,
+    },
+    IndirectOutside {
+        addr: u64,
+        len: u32,
+    },
+    /// A chain that loops, or is longer than its table or than [`MAX_CHAIN`].
+    ChainTooLong {
+        limit: u32,
+    },
+    ReadOnlyInReceive {
+        addr: u64,
+    },
+    WritableInTransmit {
+        addr: u64,
+    },
+    BufferOutside {
+        addr: u64,
+        len: u32,
+    },
+    EmptyChain {
+        head: u16,
+    },
+    /// With mergeable buffers, a frame of `len` bytes would need more than
+    /// [`MAX_MRG_CHAINS`] receive chains.
+    ReceiveTooFragmented {
+        len: usize,
+    },
+    /// The guest's memory file shrank or could not be faulted in (SIGBUS).
+    MemoryGone,
+}
+
+impl std::fmt::Display for GuestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use GuestError::*;
+        match *self {
+            AvailAhead { idx, last, size } => write!(
+                f,
+                "avail index is further ahead than the ring size (avail idx {idx}, last processed {last}, ring {size})"
+            ),
+            HeadOutOfTable { index, size } => {
+                write!(f, "descriptor index out of the table ({index} of {size})")
+            }
+            NextOutOfTable { index, size } => {
+                write!(f, "next descriptor index out of the table ({index} of {size})")
+            }
+            IndirectNotNegotiated => {
+                write!(f, "indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC")
+            }
+            IndirectMisplaced => write!(f, "indirect descriptor nested, chained or not first"),
+            IndirectLength { len, ring } => write!(
+                f,
+                "indirect table length is not a multiple of 16 in range ({len} bytes, ring of {ring})"
+            ),
+            IndirectOutside { addr, len } => {
+                write!(f, "indirect table outside guest memory ({addr:#x}+{len})")
+            }
+            ChainTooLong { limit } => write!(
+                f,
+                "descriptor chain loops or is longer than its table (limit {limit})"
+            ),
+            ReadOnlyInReceive { addr } => {
+                write!(f, "read-only descriptor in a receive chain ({addr:#x})")
+            }
+            WritableInTransmit { addr } => {
+                write!(f, "device-writable descriptor in a transmit chain ({addr:#x})")
+            }
+            BufferOutside { addr, len } => {
+                write!(f, "descriptor buffer outside guest memory ({addr:#x}+{len})")
+            }
+            EmptyChain { head } => write!(f, "zero-length descriptor chain (head {head})"),
+            ReceiveTooFragmented { len } => write!(
+                f,
+                "receive buffers too small: a {len}-byte frame needs more than {MAX_MRG_CHAINS} chains"
+            ),
+            MemoryGone => write!(
+                f,
+                "guest memory vanished under the ring (the memory file shrank or could not be faulted in)"
+            ),
+        }
+    }
+}
+
+/// Why a ring cannot go live: its size or placement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingError {
+    Size(u32),
+    Outside {
+        what: &'static str,
+        addr: u64,
+        len: u64,
+    },
+    Misaligned(RingAddrs),
+}
+
+impl std::fmt::Display for RingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            RingError::Size(s) => {
+                write!(f, "ring size {s} is not a power of two in 1..={MAX_RING}")
+            }
+            RingError::Outside { what, addr, len } => {
+                write!(f, "{what} {addr:#x}+{len} is outside guest memory")
+            }
+            RingError::Misaligned(a) => write!(f, "ring addresses misaligned: {a:x?}"),
+        }
+    }
+}
 
 /// Negotiated features that change how a ring is walked.
 #[derive(Clone, Copy, Debug, Default)]
@@ -43,7 +185,7 @@ pub struct RingFeatures {
 }
 
 /// Ring addresses as the frontend gave them (its virtual addresses).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RingAddrs {
     pub desc: u64,
     pub avail: u64,
@@ -61,7 +203,11 @@ pub struct LiveRing {
     feat: RingFeatures,
     table: FastTable,
     hint: usize,
-    call: Option<i32>,
+    /// How this ring interrupts its guest (never a write to the guest's fd from here:
+    /// see `notify`).
+    irq: Option<Irq>,
+    /// Descriptor reads left in this burst for chains walked by `collect`.
+    budget: u32,
     /// Used entries were published since the guest was last considered for an
     /// interrupt (the used index then). Dequeue settles this at its next call rather
     /// than at once: the fence the check needs would otherwise wait for this burst's
@@ -69,11 +215,10 @@ pub struct LiveRing {
     owed: Option<u16>,
     error: Option<GuestError>,
     /// Keeps the mappings the pointers above point into alive.
-    _mem: Arc<GuestMemory>,
-    _call: Option<Arc<File>>,
+    mem: Arc<GuestMemory>,
 }
 
-// SAFETY: the pointers point into mappings kept alive by `_mem`; a LiveRing is used
+// SAFETY: the pointers point into mappings kept alive by `mem`; a LiveRing is used
 // by one thread at a time (its queue's PMD thread; for transmit, the tx lock holder or
 // the sole PMD thread; the control thread only after a grace period, and in Drop).
 unsafe impl Send for LiveRing {}
@@ -181,39 +326,29 @@ impl LiveRing {
         addrs: RingAddrs,
         base: u16,
         feat: RingFeatures,
-        call: Option<Arc<File>>,
-    ) -> Result<LiveRing, String> {
+        irq: Option<Irq>,
+    ) -> Result<LiveRing, RingError> {
         if size == 0 || size > MAX_RING || !size.is_power_of_two() {
-            return Err(format!(
-                "ring size {size} is not a power of two in 1..={MAX_RING}"
-            ));
+            return Err(RingError::Size(size));
         }
         let s = size as u64;
         let desc_len = 16 * s;
         let avail_len = 6 + 2 * s;
         let used_len = 6 + 8 * s;
-        let desc = mem.uva_to_host(addrs.desc, desc_len).ok_or_else(|| {
-            format!(
-                "descriptor table {:#x}+{desc_len} is outside guest memory",
-                addrs.desc
-            )
-        })?;
-        let avail = mem.uva_to_host(addrs.avail, avail_len).ok_or_else(|| {
-            format!(
-                "avail ring {:#x}+{avail_len} is outside guest memory",
-                addrs.avail
-            )
-        })?;
-        let used = mem.uva_to_host(addrs.used, used_len).ok_or_else(|| {
-            format!(
-                "used ring {:#x}+{used_len} is outside guest memory",
-                addrs.used
-            )
-        })?;
+        let place = |what, addr, len| {
+            mem.uva_to_host(addr, len)
+                .ok_or(RingError::Outside { what, addr, len })
+        };
+        let desc = place("descriptor table", addrs.desc, desc_len)?;
+        let avail = place("avail ring", addrs.avail, avail_len)?;
+        let used = place("used ring", addrs.used, used_len)?;
         // Alignment of what we will access (the host pointers), not only of the
         // frontend's addresses: they differ if its user_addr and mmap_offset do.
-        if desc as usize % 16 != 0 || avail as usize % 2 != 0 || used as usize % 4 != 0 {
-            return Err(format!("ring addresses misaligned: {addrs:x?}"));
+        if !(desc as usize).is_multiple_of(16)
+            || !(avail as usize).is_multiple_of(2)
+            || !(used as usize).is_multiple_of(4)
+        {
+            return Err(RingError::Misaligned(addrs));
         }
         let table = mem.fast_table();
         let mut r = LiveRing {
@@ -226,11 +361,11 @@ impl LiveRing {
             feat,
             table,
             hint: 0,
-            call: call.as_ref().map(|f| f.as_raw_fd()),
+            irq,
+            budget: BURST_DESC_BUDGET,
             owed: None,
             error: None,
-            _mem: mem,
-            _call: call,
+            mem,
         };
         // This device completes every avail entry in the burst that consumed it, so
         // the used index in guest memory is exactly where processing stopped. QEMU
@@ -324,11 +459,17 @@ impl LiveRing {
     #[inline(always)]
     fn pending(&self) -> Result<u16, GuestError> {
         let idx = self.read_avail_idx();
+        if self.mem.is_poisoned() {
+            // The read above may have faulted and found zeros (see `sigbus`).
+            return Err(GuestError::MemoryGone);
+        }
         let n = idx.wrapping_sub(self.last_avail);
         if n as u32 > self.ring_size() {
-            return Err(GuestError(
-                "avail index is further ahead than the ring size",
-            ));
+            return Err(GuestError::AvailAhead {
+                idx,
+                last: self.last_avail,
+                size: self.ring_size(),
+            });
         }
         // Read descriptors only after seeing the index that published them.
         fence(Ordering::Acquire);
@@ -338,7 +479,7 @@ impl LiveRing {
     #[inline(always)]
     fn read_desc(&self, table: *const u8, i: u16) -> Desc {
         let p = table.wrapping_add(16 * i as usize);
-        if p as usize % 8 != 0 {
+        if !(p as usize).is_multiple_of(8) {
             // SAFETY: as below, the 16 bytes at p are inside guest memory.
             return unsafe { read_desc_unaligned(p) };
         }
@@ -422,70 +563,59 @@ impl LiveRing {
         Some(Seg { ptr, len: d.len })
     }
 
-    /// Walks the chain at `head`, checking every descriptor, and stores up to MAX_SEGS
-    /// translated segments. Returns (segments stored, bytes in them, bytes in the chain).
+    /// Walks the chain at `head`, checking every descriptor, and stores as many
+    /// translated segments as `segs` holds. Returns (segments stored, bytes in them, bytes in the chain).
+    /// Every descriptor read is taken from the burst's budget (see `has_budget`).
     #[inline(never)]
     fn collect(
         &mut self,
         head: u16,
         writable: bool,
-        segs: &mut [Seg; MAX_SEGS],
+        segs: &mut [Seg],
     ) -> Result<(usize, u64, u64), GuestError> {
         let mut table = self.desc;
         let mut table_len = self.ring_size();
         let mut idx = head;
         if idx as u32 >= table_len {
-            return Err(GuestError("descriptor index out of the table"));
+            return Err(GuestError::HeadOutOfTable {
+                index: idx,
+                size: table_len,
+            });
         }
+        // Descriptors read, indirect one included: bounded by the table and MAX_CHAIN.
         let mut seen = 0u32;
         let mut indirect = false;
         let (mut nseg, mut stored, mut total) = (0usize, 0u64, 0u64);
         loop {
+            seen += 1;
+            if seen > table_len.min(MAX_CHAIN) + indirect as u32 {
+                self.budget = self.budget.saturating_sub(seen);
+                return Err(GuestError::ChainTooLong {
+                    limit: table_len.min(MAX_CHAIN),
+                });
+            }
             let d = self.read_desc(table, idx);
             if d.flags & VRING_DESC_F_INDIRECT != 0 {
-                if !self.feat.indirect {
-                    return Err(GuestError(
-                        "indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC",
-                    ));
-                }
-                if indirect || seen != 0 || d.flags & VRING_DESC_F_NEXT != 0 {
-                    return Err(GuestError(
-                        "indirect descriptor nested, chained or not first",
-                    ));
-                }
-                if d.len == 0 || d.len % 16 != 0 || d.len / 16 > MAX_RING {
-                    return Err(GuestError(
-                        "indirect table length is not a multiple of 16 in range",
-                    ));
-                }
-                table = self
-                    .table
-                    .translate(d.addr, d.len, &mut self.hint)
-                    .ok_or(GuestError("indirect table outside guest memory"))?;
-                table_len = d.len / 16;
+                (table, table_len) = self.indirect_table(&d, indirect || seen != 1)?;
                 indirect = true;
                 idx = 0;
                 continue;
             }
-            seen += 1;
-            if seen > table_len {
-                return Err(GuestError(
-                    "descriptor chain loops or is longer than its table",
-                ));
-            }
             if (d.flags & VRING_DESC_F_WRITE != 0) != writable {
                 return Err(if writable {
-                    GuestError("read-only descriptor in a receive chain")
+                    GuestError::ReadOnlyInReceive { addr: d.addr }
                 } else {
-                    GuestError("device-writable descriptor in a transmit chain")
+                    GuestError::WritableInTransmit { addr: d.addr }
                 });
             }
-            let ptr = self
-                .table
-                .translate(d.addr, d.len, &mut self.hint)
-                .ok_or(GuestError("descriptor buffer outside guest memory"))?;
+            let ptr = self.table.translate(d.addr, d.len, &mut self.hint).ok_or(
+                GuestError::BufferOutside {
+                    addr: d.addr,
+                    len: d.len,
+                },
+            )?;
             total += d.len as u64;
-            if nseg < MAX_SEGS {
+            if nseg < segs.len() {
                 segs[nseg] = Seg { ptr, len: d.len };
                 nseg += 1;
                 stored += d.len as u64;
@@ -495,13 +625,53 @@ impl LiveRing {
             }
             idx = d.next;
             if idx as u32 >= table_len {
-                return Err(GuestError("next descriptor index out of the table"));
+                return Err(GuestError::NextOutOfTable {
+                    index: idx,
+                    size: table_len,
+                });
             }
         }
+        self.budget = self.budget.saturating_sub(seen);
         if total == 0 {
-            return Err(GuestError("zero-length descriptor chain"));
+            return Err(GuestError::EmptyChain { head });
         }
         Ok((nseg, stored, total))
+    }
+
+    /// Checks an indirect descriptor (`misplaced`: nested, or not the chain's first)
+    /// and returns its table and entry count.
+    fn indirect_table(
+        &mut self,
+        d: &Desc,
+        misplaced: bool,
+    ) -> Result<(*const u8, u32), GuestError> {
+        if !self.feat.indirect {
+            return Err(GuestError::IndirectNotNegotiated);
+        }
+        if misplaced || d.flags & VRING_DESC_F_NEXT != 0 {
+            return Err(GuestError::IndirectMisplaced);
+        }
+        // Longer than the ring is refused (Linux's vhost does the same), so an indirect
+        // chain costs no more reads than a direct one.
+        if d.len == 0 || !d.len.is_multiple_of(16) || d.len / 16 > self.ring_size() {
+            return Err(GuestError::IndirectLength {
+                len: d.len,
+                ring: self.ring_size(),
+            });
+        }
+        let t = self.table.translate(d.addr, d.len, &mut self.hint).ok_or(
+            GuestError::IndirectOutside {
+                addr: d.addr,
+                len: d.len,
+            },
+        )?;
+        Ok((t, d.len / 16))
+    }
+
+    /// Whether the burst may walk one more full chain (see [`BURST_DESC_BUDGET`]).
+    #[inline(always)]
+    fn has_budget(&self) -> bool {
+        self.budget > MAX_CHAIN
     }
 
     /// Moves up to `out.len()` frames the guest transmitted into fresh mbufs.
@@ -522,6 +692,7 @@ impl LiveRing {
             return 0;
         }
         self.settle();
+        self.budget = BURST_DESC_BUDGET;
         let n = match self.pending() {
             Ok(n) => n.min(out.len() as u16),
             Err(e) => {
@@ -545,6 +716,9 @@ impl LiveRing {
                 segs[0] = fast;
                 (1, fast.len as u64, fast.len as u64)
             } else {
+                if !self.has_budget() {
+                    break; // the rest waits for the next poll
+                }
                 match self.collect(head, false, &mut segs) {
                     Ok(v) => v,
                     Err(e) => {
@@ -584,6 +758,14 @@ impl LiveRing {
             out[got] = Some(m);
             got += 1;
             done += 1;
+        }
+        if self.mem.is_poisoned() {
+            // Some of these frames were read from memory that vanished: deliver none.
+            for m in out[..got].iter_mut() {
+                cache.free(m.take().expect("stored above"));
+            }
+            got = 0;
+            self.fail(GuestError::MemoryGone);
         }
         // A ring the guest just broke is not polled again: settle it now.
         self.publish_used(done, done, self.error.is_none());
@@ -627,7 +809,7 @@ impl LiveRing {
 
     #[inline]
     fn maybe_signal(&self, old: u16, new: u16) {
-        let Some(fd) = self.call else { return };
+        let Some(irq) = &self.irq else { return };
         let notify = if self.feat.event_idx {
             // The used index store must be visible before reading where the guest wants
             // its next interrupt, or an interrupt can be missed.
@@ -639,9 +821,7 @@ impl LiveRing {
             self.read_avail_flags() & VRING_AVAIL_F_NO_INTERRUPT == 0
         };
         if notify {
-            let one: u64 = 1;
-            // SAFETY: fd is the call eventfd kept open by `_call`; writes 8 bytes from a local.
-            unsafe { libc::write(fd, &one as *const u64 as *const libc::c_void, 8) };
+            irq.raise();
         }
     }
 
@@ -649,6 +829,11 @@ impl LiveRing {
     /// Returns how many were consumed: delivered, or dropped because the guest's
     /// buffer cannot hold them (counted in `too_big`). Stops at the first frame for
     /// which the ring has no room; that frame and the rest stay in `pkts`.
+    ///
+    /// As DPDK's `virtio_dev_rx` shapes it: the common one-descriptor chain is copied
+    /// in line; any other frame first reserves its chains (`reserve`), then is copied
+    /// into them (`copy_reserved`), then completed (used elements). Nothing of a frame
+    /// is written to the guest before all its chains are known to fit.
     #[inline]
     pub fn enqueue(
         &mut self,
@@ -670,133 +855,48 @@ impl LiveRing {
         if avail == 0 || pkts.is_empty() {
             return 0;
         }
+        self.budget = BURST_DESC_BUDGET;
         let ahead = self.look_ahead(avail.min(pkts.len() as u16), true);
-        let mut segs = [NO_SEG; MAX_SEGS];
-        let hdr_len = self.feat.hdr_len;
-        let mut used_chains = 0u16; // avail entries consumed and used elements written
+        // Made on the first frame that needs it: the common path never touches it.
+        let mut rsv: Option<Reserved> = None;
+        let mut used = 0u16; // avail entries consumed and used elements written
         let mut consumed = 0usize;
-        'pkts: for slot in pkts.iter_mut() {
-            let m = slot.as_ref().expect("tx slots are filled");
-            let frame = m.data();
-            let need = hdr_len + frame.len();
-            // The common case: the next chain is one writable descriptor with room for
-            // header and frame.
-            if (used_chains as usize) < ahead.n {
-                let head = ahead.heads[used_chains as usize];
-                let seg = ahead.segs[used_chains as usize];
-                if !seg.ptr.is_null() {
-                    if seg.len as usize >= need && (hdr_len == 12 || hdr_len == 10) {
-                        // num_buffers (bytes 10-11 of a 12-byte header) is 1: one chain.
-                        // SAFETY: seg is writable guest memory (checked) with room for need =
-                        // hdr_len (12 or 10) + frame bytes; the frame is in the mbuf.
-                        unsafe {
-                            write_net_header(seg.ptr, hdr_len);
-                            std::ptr::copy_nonoverlapping(
-                                frame.as_ptr(),
-                                seg.ptr.add(hdr_len),
-                                frame.len(),
-                            );
+        for slot in pkts.iter_mut() {
+            let frame = slot.as_ref().expect("tx slots are filled").data();
+            if (used as usize) < ahead.n && self.copy_single(&ahead, used, frame) {
+                used += 1;
+            } else {
+                let head_at = |k: u16| {
+                    if ((used + k) as usize) < ahead.n {
+                        Some(ahead.heads[(used + k) as usize])
+                    } else {
+                        None
+                    }
+                };
+                let rsv = rsv.get_or_insert_with(Reserved::new);
+                match self.reserve(frame.len(), avail - used, head_at, used, rsv) {
+                    Ok(true) => {
+                        // SAFETY: reserve checked every segment: writable guest memory
+                        // with room for the header and the frame.
+                        unsafe { copy_reserved(rsv, self.feat.hdr_len, frame) };
+                        for c in 0..rsv.chains {
+                            let (head, len) = (rsv.heads[c], rsv.written[c]);
+                            self.write_used_elem(self.last_used.wrapping_add(used), head, len);
+                            used += 1;
                         }
-                        self.write_used_elem(
-                            self.last_used.wrapping_add(used_chains),
-                            head,
-                            need as u32,
-                        );
-                        used_chains += 1;
-                        *bytes += frame.len() as u64;
+                    }
+                    Ok(false) => {
+                        // One chain per frame and it is too small: the frame is dropped,
+                        // the chain left for a frame that fits.
+                        *too_big += 1;
                         consumed += 1;
                         cache.free(slot.take().expect("checked"));
                         continue;
                     }
-                }
-            }
-            let start_chains = used_chains;
-            let mut written_total = 0usize;
-            let mut num_buffers: u16 = 0;
-            // Where bytes 10 and 11 of the header (num_buffers) landed.
-            let mut nb_ptr: [*mut u8; 2] = [std::ptr::null_mut(); 2];
-            while written_total < need {
-                if used_chains >= avail {
-                    // No room: this frame waits; nothing of it was published.
-                    used_chains = start_chains;
-                    break 'pkts;
-                }
-                let head = if (used_chains as usize) < ahead.n {
-                    ahead.heads[used_chains as usize]
-                } else {
-                    self.read_avail_entry(self.last_avail.wrapping_add(used_chains))
-                };
-                let (nseg, stored, _) = match self.collect(head, true, &mut segs) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        used_chains = start_chains;
+                    Err(None) => break, // no room (or budget): this frame waits
+                    Err(Some(e)) => {
                         self.fail(e);
-                        break 'pkts;
-                    }
-                };
-                if !self.feat.mrg_rxbuf && (stored as usize) < need {
-                    // One chain per frame and this one is too small: drop the frame,
-                    // leave the chain for a frame that fits.
-                    *too_big += 1;
-                    consumed += 1;
-                    cache.free(slot.take().expect("checked"));
-                    continue 'pkts;
-                }
-                let mut chain_written = 0usize;
-                for s in &segs[..nseg] {
-                    let mut pos = 0usize;
-                    while pos < s.len as usize && written_total < need {
-                        let room = s.len as usize - pos;
-                        // SAFETY: pos < s.len: inside the segment, which is in guest memory and writable.
-                        let dst = unsafe { s.ptr.add(pos) };
-                        let k = if written_total < hdr_len {
-                            let k = room.min(hdr_len - written_total);
-                            for b in 0..k {
-                                let hb = written_total + b;
-                                // SAFETY: b < k <= room.
-                                unsafe { std::ptr::write_volatile(dst.add(b), 0) };
-                                if hb == 10 || hb == 11 {
-                                    // SAFETY: as above.
-                                    nb_ptr[hb - 10] = unsafe { dst.add(b) };
-                                }
-                            }
-                            k
-                        } else {
-                            let fo = written_total - hdr_len;
-                            let k = room.min(frame.len() - fo);
-                            // SAFETY: dst has `room` >= k writable bytes; frame[fo..fo+k] is in the mbuf.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(frame.as_ptr().add(fo), dst, k)
-                            };
-                            k
-                        };
-                        pos += k;
-                        written_total += k;
-                        chain_written += k;
-                    }
-                    if written_total >= need {
                         break;
-                    }
-                }
-                if chain_written == 0 {
-                    used_chains = start_chains;
-                    self.fail(GuestError("receive chain with no room"));
-                    break 'pkts;
-                }
-                self.write_used_elem(
-                    self.last_used.wrapping_add(used_chains),
-                    head,
-                    chain_written as u32,
-                );
-                used_chains += 1;
-                num_buffers += 1;
-            }
-            if hdr_len == 12 {
-                let nb = num_buffers.to_le_bytes();
-                for (p, b) in nb_ptr.iter().zip(nb) {
-                    if !p.is_null() {
-                        // SAFETY: p was a checked writable header byte of this frame's first chain(s).
-                        unsafe { std::ptr::write_volatile(*p, b) };
                     }
                 }
             }
@@ -804,8 +904,139 @@ impl LiveRing {
             consumed += 1;
             cache.free(slot.take().expect("checked"));
         }
-        self.publish_used(used_chains, used_chains, false);
+        if self.mem.is_poisoned() {
+            self.fail(GuestError::MemoryGone);
+        }
+        self.publish_used(used, used, false);
         consumed
+    }
+
+    /// The common case: the look-ahead's entry `k` is one writable descriptor with room
+    /// for header and frame. Copies and writes its used element; false if it is not.
+    #[inline(always)]
+    fn copy_single(&mut self, ahead: &Ahead, k: u16, frame: &[u8]) -> bool {
+        let hdr_len = self.feat.hdr_len;
+        let need = hdr_len + frame.len();
+        let seg = ahead.segs[k as usize];
+        if seg.ptr.is_null() || (seg.len as usize) < need || (hdr_len != 12 && hdr_len != 10) {
+            return false;
+        }
+        // num_buffers (bytes 10-11 of a 12-byte header) is 1: one chain.
+        // SAFETY: seg is writable guest memory (checked) with room for need = hdr_len
+        // (12 or 10) + frame bytes; the frame is in the mbuf.
+        unsafe {
+            write_net_header(seg.ptr, hdr_len);
+            std::ptr::copy_nonoverlapping(frame.as_ptr(), seg.ptr.add(hdr_len), frame.len());
+        }
+        self.write_used_elem(
+            self.last_used.wrapping_add(k),
+            ahead.heads[k as usize],
+            need as u32,
+        );
+        true
+    }
+
+    /// Reserves the receive chains a frame of `len` bytes (plus header) needs, from
+    /// the `room` avail entries after the `done` already used in this burst (`head_at`
+    /// gives those the look-ahead read). Ok(true): reserved in `rsv`; Ok(false): the
+    /// frame does not fit one chain and mergeable buffers are off; Err(None): not
+    /// enough room or budget now; Err(Some): the guest broke a rule.
+    #[inline(never)]
+    fn reserve(
+        &mut self,
+        len: usize,
+        room: u16,
+        head_at: impl Fn(u16) -> Option<u16>,
+        done: u16,
+        rsv: &mut Reserved,
+    ) -> Result<bool, Option<GuestError>> {
+        let need = (self.feat.hdr_len + len) as u64;
+        rsv.clear();
+        let mut have = 0u64;
+        while have < need {
+            let k = rsv.chains as u16;
+            if k >= room || !self.has_budget() {
+                return Err(None);
+            }
+            if rsv.chains == MAX_MRG_CHAINS as usize || rsv.nseg == rsv.segs.len() {
+                return Err(Some(GuestError::ReceiveTooFragmented { len }));
+            }
+            let head = head_at(k)
+                .unwrap_or_else(|| self.read_avail_entry(self.last_avail.wrapping_add(done + k)));
+            let (n, stored, _) = self
+                .collect(head, true, &mut rsv.segs[rsv.nseg..])
+                .map_err(Some)?;
+            if !self.feat.mrg_rxbuf && stored < need {
+                return Ok(false);
+            }
+            rsv.push_chain(head, n, stored.min(need - have) as u32);
+            have += stored;
+        }
+        Ok(true)
+    }
+}
+
+/// Segments most receive chains of one frame may bring (over all its chains).
+const RESERVE_SEGS: usize = 256;
+
+/// The receive chains reserved for one frame: heads, their segments in order, and
+/// how many bytes each chain gets.
+struct Reserved {
+    chains: usize,
+    heads: [u16; MAX_MRG_CHAINS as usize],
+    written: [u32; MAX_MRG_CHAINS as usize],
+    nseg: usize,
+    segs: [Seg; RESERVE_SEGS],
+}
+
+impl Reserved {
+    fn new() -> Reserved {
+        Reserved {
+            chains: 0,
+            heads: [0; MAX_MRG_CHAINS as usize],
+            written: [0; MAX_MRG_CHAINS as usize],
+            nseg: 0,
+            segs: [NO_SEG; RESERVE_SEGS],
+        }
+    }
+    fn clear(&mut self) {
+        self.chains = 0;
+        self.nseg = 0;
+    }
+    fn push_chain(&mut self, head: u16, nseg: usize, bytes: u32) {
+        self.heads[self.chains] = head;
+        self.written[self.chains] = bytes;
+        self.chains += 1;
+        self.nseg += nseg;
+    }
+}
+
+/// Writes the virtio-net header (num_buffers = the chains reserved) and the frame
+/// across the reserved segments, in order.
+///
+/// # Safety
+/// Every reserved segment must be writable guest memory of its `len`, and together
+/// they must hold `hdr_len + frame.len()` bytes.
+unsafe fn copy_reserved(rsv: &Reserved, hdr_len: usize, frame: &[u8]) {
+    let mut hdr = [0u8; 12];
+    hdr[10..12].copy_from_slice(&(rsv.chains as u16).to_le_bytes());
+    let mut src: [&[u8]; 2] = [&hdr[..hdr_len], frame];
+    let mut which = 0;
+    for s in &rsv.segs[..rsv.nseg] {
+        let mut pos = 0usize;
+        while pos < s.len as usize && which < 2 {
+            let k = (s.len as usize - pos).min(src[which].len());
+            // SAFETY: pos + k <= s.len, inside the writable segment; src has k bytes.
+            unsafe { std::ptr::copy_nonoverlapping(src[which].as_ptr(), s.ptr.add(pos), k) };
+            pos += k;
+            src[which] = &src[which][k..];
+            if src[which].is_empty() {
+                which += 1;
+            }
+        }
+        if which == 2 {
+            break;
+        }
     }
 }
 
