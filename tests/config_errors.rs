@@ -75,6 +75,12 @@ fn bad_configs_exit_2_with_file_key_and_value() {
     );
     expect_error(
         &d,
+        "guest-memory-limit",
+        &format!("{b}{p1}max_guest_memory_gib = 0\n"),
+        &["key 'max_guest_memory_gib' = 0", "must be 1..=65536"],
+    );
+    expect_error(
+        &d,
         "dup-name",
         &format!("{b}{p1}{p1}"),
         &["key 'name' = \"a\"", "duplicate port name"],

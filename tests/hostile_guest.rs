@@ -7,6 +7,7 @@
 mod common;
 use common::*;
 use pmd::vhost::driver::{DriverMem, DriverRing};
+use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -340,4 +341,206 @@ fn evil_port_up(sw: &Switch) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+/// The call eventfd a hostile device hands the switch for its receive ring.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CallFd {
+    /// An ordinary non-blocking eventfd.
+    Normal,
+    /// Blocking, and loaded to one below its maximum: a write of 1 blocks forever.
+    BlockingFull,
+}
+
+struct DeviceOpts {
+    /// Receive buffers (2 KiB each) posted before the rings go live.
+    rx_buffers: u16,
+    call: CallFd,
+}
+
+/// Sets up a valid device (VERSION_1, MRG_RXBUF) on `sock` in `mem`, as `opts` says.
+fn hostile_device(sock: &Path, mem: &DriverMem, opts: DeviceOpts) -> Frontend {
+    let mut f = Frontend::connect(sock);
+    f.send(SET_OWNER, &[], &[]);
+    f.send(SET_FEATURES, &(VERSION_1 | MRG_RXBUF).to_le_bytes(), &[]);
+    f.mem_table(&[mem], 1);
+    let mut rx = DriverRing::new(mem, 0, 256);
+    for i in 0..opts.rx_buffers {
+        rx.set_desc(i, rx.gpa(0x20000 + 2048 * i as u64), 2048, 2, 0); // F_WRITE
+        rx.push(i);
+    }
+    for (i, base) in [(0u32, 0u64), (1, 0x10000)] {
+        let r = DriverRing::new(mem, base, 256);
+        f.vring_state(SET_VRING_NUM, i, 256);
+        f.vring_state(SET_VRING_BASE, i, 0);
+        f.vring_addr(i, &r);
+        let call = match (i, opts.call) {
+            (0, CallFd::BlockingFull) => pmd::vhost::driver::eventfd(0xffff_ffff_ffff_fffe, true),
+            _ => eventfd_file(),
+        };
+        f.send(SET_VRING_CALL, &(i as u64).to_le_bytes(), &[call]);
+        f.eventfd_msg(SET_VRING_KICK, i as u64);
+    }
+    f
+}
+
+/// testpmd floods broadcast through vm1 and vm2 for 3 s while `during` runs; returns
+/// (frames testpmd sent on port 0, the switch's stats of vm1, vm2, evil).
+fn broadcast_flood(
+    sw: &Switch,
+    tp: &mut Testpmd,
+    during: impl FnOnce(),
+) -> (u64, [HashMap<String, u64>; 3]) {
+    tp.cmd("start tx_first 4", "tx_first");
+    std::thread::sleep(Duration::from_millis(500));
+    during();
+    std::thread::sleep(Duration::from_millis(2500));
+    tp.cmd("stop", "Done.");
+    std::thread::sleep(Duration::from_millis(500));
+    let tpc = tp.port_stats();
+    let st = [
+        sw.port_stats("vm1"),
+        sw.port_stats("vm2"),
+        sw.port_stats("evil"),
+    ];
+    eprintln!(
+        "broadcast: testpmd port0 tx={} port1 rx={}; vm1 rx={} vm2 tx={}; evil tx={} guest_errors={}",
+        tpc[0].tx, tpc[1].rx, st[0]["rx_packets"], st[1]["tx_packets"], st[2]["tx_packets"], st[2]["guest_errors"]
+    );
+    // vm2 got every frame the switch took from vm1, and the flood was not throttled.
+    assert_eq!(
+        st[0]["rx_packets"], tpc[0].tx,
+        "switch received all testpmd sent"
+    );
+    assert_eq!(
+        st[1]["tx_packets"], st[0]["rx_packets"],
+        "every broadcast reached vm2"
+    );
+    assert!(
+        tpc[0].tx > 100_000,
+        "the evil guest throttled the others: only {} frames",
+        tpc[0].tx
+    );
+    (tpc[0].tx, st)
+}
+
+/// Switch with vm1, vm2 (testpmd, broadcast MACs) and evil; testpmd's links up.
+fn flood_rig(dir: &Scratch) -> (Switch, Testpmd) {
+    let cfg = write_config(dir, &server_ports(&["vm1", "vm2", "evil"]), "");
+    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
+    let tp = Testpmd::start_opts(
+        dir,
+        ["vm1", "vm2"],
+        false,
+        "flood",
+        1,
+        ["ff:ff:ff:ff:ff:ff", "ff:ff:ff:ff:ff:ff"],
+    );
+    tp.wait_for("Checking link statuses", 0, Duration::from_secs(60));
+    wait_both_up(&sw);
+    (sw, tp)
+}
+
+fn show_field(sw: &Switch, port_line: &str, key: &str) -> u64 {
+    let show = sw.ctl("show");
+    let line = show
+        .lines()
+        .find(|l| l.starts_with(port_line))
+        .unwrap_or_else(|| panic!("no {port_line:?} in {show}"));
+    field(line, key)
+}
+
+/// A guest whose call eventfd is blocking and full: on today's design a write to it
+/// would block the PMD thread forever. The switch drops and counts those interrupts;
+/// the others keep forwarding and SIGTERM still stops it.
+#[test]
+fn a_full_blocking_call_eventfd_cannot_stop_the_switch() {
+    let dir = Scratch::new("irq");
+    let (sw, mut tp) = flood_rig(&dir);
+    let mem = DriverMem::new(0, 4 << 20, 0x1_0000_0000, 0x7f00_0000_0000);
+    let _evil = hostile_device(
+        &dir.path("evil.sock"),
+        &mem,
+        DeviceOpts {
+            rx_buffers: 64,
+            call: CallFd::BlockingFull,
+        },
+    );
+    sw.wait_show("evil up", Duration::from_secs(10), |s| {
+        s.lines()
+            .any(|l| l.starts_with("port 2 evil") && l.ends_with("up=true"))
+    });
+    let (_, st) = broadcast_flood(&sw, &mut tp, || {});
+    assert_eq!(
+        st[2]["tx_packets"], 64,
+        "the evil guest got its 64 buffers' worth"
+    );
+    let dropped = show_field(&sw, "port 2 evil", "irq_dropped=");
+    assert!(
+        dropped >= 1,
+        "interrupts to the full eventfd must be dropped and counted"
+    );
+    tp.quit();
+    let t0 = Instant::now();
+    let log = sw.stop();
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        t0.elapsed()
+    );
+    assert!(log.contains("guest interrupt dropped"), "{log}");
+    assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
+}
+
+/// A kick or call fd that is not an eventfd is refused and the connection closed.
+#[test]
+fn a_pipe_as_call_fd_is_refused() {
+    let dir = Scratch::new("pipefd");
+    let cfg = write_config(&dir, &server_ports(&["evil"]), "");
+    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
+    let mut f = Frontend::connect(&dir.path("evil.sock"));
+    let (_r, w) = std::io::pipe().unwrap();
+    f.send(
+        SET_VRING_CALL,
+        &0u64.to_le_bytes(),
+        &[std::fs::File::from(std::os::fd::OwnedFd::from(w))],
+    );
+    assert!(f.closed_by_switch());
+    wait_log(
+        &sw,
+        "SET_VRING_CALL: file descriptor is not an eventfd (it is pipe:",
+    );
+    sw.stop();
+}
+
+/// The guest's memory file shrinks to nothing while its rings run: the switch takes
+/// SIGBUS in that mapping, recovers, stops that guest's rings, and vm1/vm2 go on.
+#[test]
+fn guest_memory_truncated_under_live_rings_breaks_only_that_guest() {
+    let dir = Scratch::new("trunc");
+    let (sw, mut tp) = flood_rig(&dir);
+    let mem = DriverMem::new(0, 4 << 20, 0x1_0000_0000, 0x7f00_0000_0000);
+    let _evil = hostile_device(
+        &dir.path("evil.sock"),
+        &mem,
+        DeviceOpts {
+            rx_buffers: 256,
+            call: CallFd::Normal,
+        },
+    );
+    sw.wait_show("evil up", Duration::from_secs(10), |s| {
+        s.lines()
+            .any(|l| l.starts_with("port 2 evil") && l.ends_with("up=true"))
+    });
+    let (_, st) = broadcast_flood(&sw, &mut tp, || {
+        mem.file().set_len(0).expect("truncate the guest's memory");
+    });
+    assert!(st[2]["guest_errors"] >= 1, "{:?}", st[2]);
+    wait_log(&sw, "guest memory vanished under the ring");
+    let line = evil_line(&sw);
+    assert!(line.contains("broken"), "{line}");
+    tp.quit();
+    let log = sw.stop();
+    assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
+    std::mem::forget(mem); // its own mapping is past the end of the file now
 }

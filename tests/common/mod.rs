@@ -12,8 +12,10 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_vswitch")
+/// The switch under test: this build's, or `VSWITCH_BIN` (to run a test against
+/// another build, e.g. to show a new test fails on an older one).
+pub fn bin() -> String {
+    std::env::var("VSWITCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_vswitch").to_string())
 }
 
 /// A fresh directory under /tmp, removed on drop.

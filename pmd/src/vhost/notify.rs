@@ -155,6 +155,14 @@ impl Notifier {
         }
     }
 
+    /// Forgets every call fd (the frontend went away), after delivering what was pending.
+    pub fn clear_calls(&self) {
+        self.wait_delivered(0..self.pending.len());
+        for i in 0..self.pending.len() {
+            self.set_call(i, None);
+        }
+    }
+
     /// Whether vring `i` has a call fd.
     pub fn has_call(&self, i: usize) -> bool {
         self.calls().get(i).is_some_and(|c| c.is_some())
@@ -182,13 +190,17 @@ impl Notifier {
     /// Waits (at most `WRITE_DEADLINE` twice over) until vring `i` has no interrupt
     /// pending, so that it goes to the call fd it was raised for before that changes.
     pub fn drain(&self, i: usize) {
+        self.wait_delivered(i..i + 1);
+    }
+
+    fn wait_delivered(&self, rings: std::ops::Range<usize>) {
         let t0 = Instant::now();
-        while self
-            .pending
-            .get(i)
-            .is_some_and(|p| p.load(Ordering::Acquire))
-            && t0.elapsed() < 2 * WRITE_DEADLINE
-        {
+        let pending = || {
+            self.pending[rings.clone()]
+                .iter()
+                .any(|p| p.load(Ordering::Acquire))
+        };
+        while pending() && t0.elapsed() < 2 * WRITE_DEADLINE {
             if self.pthread.load(Ordering::Relaxed) == 0 {
                 self.deliver(); // no thread (tests): deliver here
             }

@@ -290,12 +290,15 @@ fn run(sh: Arc<Shared>, listener: Option<Listener>) {
         let mut conn = Conn::new(sh.clone());
         let why = conn.serve(stream);
         conn.teardown_all();
+        sh.notifier.clear_calls();
         sh.connected.store(false, Ordering::SeqCst);
         sh.update_up();
         match why {
             Ok(()) => tracing::info!(port = %sh.cfg.name, "vhost-user frontend disconnected"),
             Err(e) => {
-                PortStats::add(&sh.stats.guest_errors, 1);
+                if !matches!(e, ProtocolError::Io { .. }) {
+                    PortStats::add(&sh.stats.guest_errors, 1);
+                }
                 if let Some(suppressed) = sh.log_limit.allow() {
                     tracing::error!(port = %sh.cfg.name, suppressed, "vhost-user connection closed: {e}");
                 }
@@ -433,6 +436,7 @@ impl Conn {
         self.sh.connected.store(true, Ordering::SeqCst);
         self.sh.update_up();
         while let Some(m) = recv_msg(&mut s, &self.sh)? {
+            self.sh.notifier.watchdog();
             if let Some(reply) = self.dispatch(m)? {
                 s.write_all(&reply).map_err(|e| io_err("send reply", &e))?;
             }
@@ -519,6 +523,7 @@ impl Conn {
             R::SET_OWNER => Reply::Ack(true),
             R::RESET_OWNER => {
                 self.teardown_all();
+                self.sh.notifier.clear_calls();
                 let sh = self.sh.clone();
                 *self = Conn::new(sh);
                 Reply::Ack(true)
