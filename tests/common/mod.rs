@@ -2,9 +2,11 @@
 //! that is stopped (SIGTERM) when dropped, the control command, and DPDK testpmd.
 #![allow(dead_code)]
 
+pub mod frontend;
 pub mod guest;
 pub mod netns;
 
+pub use frontend::*;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
