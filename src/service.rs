@@ -126,13 +126,12 @@ fn answer(sw: &Switch, pool: &Mempool, cmd: &str) -> String {
     }
 }
 
+/// Every port, and the vhost-user ones again (the service shuts those down first).
+type OpenPorts = (Vec<Arc<dyn Port>>, Vec<Arc<VhostUserPort>>);
+
 /// Opens every configured port; on an error, says which and returns exit code 2 with
 /// everything opened so far closed again.
-fn open_ports(
-    cfg: &Config,
-    pool: &Arc<Mempool>,
-    rcu: &Arc<Rcu>,
-) -> Result<(Vec<Arc<dyn Port>>, Vec<Arc<VhostUserPort>>), ExitCode> {
+fn open_ports(cfg: &Config, pool: &Arc<Mempool>, rcu: &Arc<Rcu>) -> Result<OpenPorts, ExitCode> {
     let mut vports: Vec<Arc<VhostUserPort>> = Vec::new();
     let mut ports: Vec<Arc<dyn Port>> = Vec::new();
     for p in &cfg.ports {
