@@ -128,11 +128,25 @@ pub fn eventfd_file() -> std::fs::File {
 /// Size of the virtio-net header with `VERSION_1` (and `MRG_RXBUF`).
 pub const NET_HDR: usize = 12;
 
+/// How [`Frontend::device_with`] sets up its device.
+#[derive(Default)]
+pub struct DeviceOpts {
+    /// What the call eventfds hold when sent (QEMU: 0).
+    pub call_count: u64,
+    /// Call eventfds without O_NONBLOCK (QEMU: non-blocking).
+    pub call_blocking: bool,
+}
+
 impl Frontend {
     /// Connects to `sock` and sets up a valid device on `mem`: receive ring (0) at
     /// offset 0, transmit ring (1) at 0x10000, 256 entries each, both live once this
     /// returns (the receive ring offers no buffers). Keep the connection open.
     pub fn device(sock: &Path, mem: &DriverMem) -> Frontend {
+        Frontend::device_with(sock, mem, &DeviceOpts::default())
+    }
+
+    /// As [`Frontend::device`], with call eventfds as `opts` says.
+    pub fn device_with(sock: &Path, mem: &DriverMem, opts: &DeviceOpts) -> Frontend {
         let mut f = Frontend::connect(sock);
         f.send(SET_OWNER, &[], &[]);
         f.send(SET_FEATURES, &(VERSION_1 | MRG_RXBUF).to_le_bytes(), &[]);
@@ -142,7 +156,8 @@ impl Frontend {
             f.vring_state(SET_VRING_NUM, i, RING_SIZE as u32);
             f.vring_state(SET_VRING_BASE, i, 0);
             f.vring_addr(i, &r);
-            f.eventfd_msg(SET_VRING_CALL, i as u64);
+            let call = pmd::vhost::driver::eventfd(opts.call_count, opts.call_blocking);
+            f.send(SET_VRING_CALL, &(i as u64).to_le_bytes(), &[call]);
             f.eventfd_msg(SET_VRING_KICK, i as u64);
         }
         f
@@ -154,7 +169,7 @@ pub const TX_RING: u64 = 0x10000;
 /// Entries of each ring [`Frontend::device`] sets up.
 pub const RING_SIZE: u16 = 256;
 /// Offset of the frame buffers a [`flood_guest`] transmits from (2 KiB each).
-const FLOOD_BUFS: u64 = 0x100000;
+pub const FLOOD_BUFS: u64 = 0x100000;
 
 /// What a [`flood_guest`] sends.
 pub struct FloodOpts<'a> {
@@ -204,7 +219,7 @@ fn wait_used(tx: &DriverRing, ok: impl Fn(u16) -> bool) {
 }
 
 /// A virtio-net header and a 60-byte broadcast frame from MAC `02:<mac's low 40 bits>`.
-fn flood_frame(mac: u64) -> Vec<u8> {
+pub fn flood_frame(mac: u64) -> Vec<u8> {
     let mut b = vec![0u8; NET_HDR + 60];
     let e = &mut b[NET_HDR..];
     e[..6].fill(0xff);
