@@ -586,6 +586,34 @@ fn zero_copy_possible(cfg: &XdpConfig, pool: &Mempool) -> Result<bool, NicError>
     }
 }
 
+/// Whether the bytes of `m`'s frame lie on more than one page of the pool: in
+/// zero-copy mode the kernel refuses such a tx descriptor, and never completes it.
+#[inline]
+fn frame_crosses_page(pool: &Mempool, m: &Mbuf) -> bool {
+    let off = m.data().as_ptr() as u64 - pool.region().0 as u64;
+    crate::mempool::crosses_page(off, m.len() as u64, pool.page_size() as u64)
+}
+
+/// A copy of `m`'s frame in a fresh mbuf where it does not cross a page (`m` is freed),
+/// or `None` (both freed) if the cache has no such mbuf. Rare with hugepages: the
+/// frame of one slot in about 960 may cross a 2 MiB boundary.
+#[cold]
+fn bounce(pool: &Mempool, m: Mbuf, cache: &mut MempoolCache) -> Option<Mbuf> {
+    let copy = |cache: &mut MempoolCache| {
+        let mut n = cache.alloc()?;
+        n.set_len(m.len()).copy_from_slice(m.data());
+        Some(n)
+    };
+    let mut out = copy(cache);
+    if let Some(first) = out.take_if(|n| frame_crosses_page(pool, n)) {
+        // Taken while `first` is held, so another slot.
+        out = copy(cache).filter(|n| !frame_crosses_page(pool, n));
+        cache.free(first);
+    }
+    cache.free(m);
+    out
+}
+
 /// The chunk an address falls in, as the fill ring wants it (the slot's start).
 #[inline]
 fn chunk_base(off: u64) -> u64 {
@@ -720,13 +748,25 @@ impl Port for AfXdpPort {
         side.comp.cons().store(side.comp.local, Ordering::Release);
 
         let room = side.tx.free() as usize;
-        let mut sent = 0;
+        let (mut sent, mut taken) = (0, 0);
         let mut bytes = 0u64;
         for slot in pkts.iter_mut() {
             if sent == room {
                 break;
             }
             let Some(m) = slot.take() else { break };
+            taken += 1;
+            let m = if self.zero_copy && frame_crosses_page(&self.pool, &m) {
+                match bounce(&self.pool, m, cache) {
+                    Some(m) => m,
+                    None => {
+                        PortStats::add(&self.stats.drop_no_mbuf, 1);
+                        continue;
+                    }
+                }
+            } else {
+                m
+            };
             let (addr, len) = self.pool.lend(m);
             queue.lent[(addr / crate::mempool::BUF_SIZE as u64) as usize]
                 .store(1, Ordering::Relaxed);
@@ -749,7 +789,7 @@ impl Port for AfXdpPort {
         }
         tr.tx_packets += sent as u64;
         tr.tx_bytes += bytes;
-        sent
+        taken
     }
 
     fn is_up(&self) -> bool {
@@ -865,6 +905,31 @@ mod tests {
             .filter(|i| crosses_page(i * BUF_SIZE as u64, BUF_SIZE as u64, HUGEPAGE_SIZE as u64))
             .count();
         assert_eq!(n, 16);
+    }
+
+    #[test]
+    fn zero_copy_tx_copies_a_frame_that_crosses_a_page() {
+        let pool = Mempool::new(64, HugepagePolicy::Off).unwrap();
+        let mut cache = MempoolCache::new(pool.clone());
+        // Slot 1 is bytes 2176..4352: with the 128-byte headroom a 2000-byte frame
+        // spans 2304..4304, across the 4096 boundary.
+        let mut all: Vec<Mbuf> = std::iter::from_fn(|| cache.alloc()).collect();
+        let mut m = all.remove(all.iter().position(|m| m.index() == 1).unwrap());
+        for m in all {
+            cache.free(m);
+        }
+        m.set_len(2000)
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = i as u8);
+        let want = m.data().to_vec();
+        assert!(frame_crosses_page(&pool, &m));
+        let n = bounce(&pool, m, &mut cache).expect("a slot that fits");
+        assert!(!frame_crosses_page(&pool, &n), "slot {}", n.index());
+        assert_eq!(n.data(), &want[..]);
+        cache.free(n);
+        drop(cache);
+        assert_eq!(pool.available(), 64, "bounce lost an mbuf");
     }
 
     #[test]
