@@ -2,32 +2,165 @@
 //!
 //! One request per connection: a line with a command, answered with text and EOF.
 //! Commands: `show`, `stats`, `fdb`, `fdb-flush`.
+//!
+//! [`serve`] runs on the service's control thread, apart from its signal loop: a
+//! client that connects and then sends nothing, or never reads its reply, holds one of
+//! [`WORKERS`] workers for at most [`CONN_DEADLINE`] (request and reply together), and
+//! never delays shutdown by more than that.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 pub const COMMANDS: &[&str] = &["show", "stats", "fdb", "fdb-flush"];
 
-/// Serves one pending connection, if any; `answer` maps a command to its reply.
-pub fn serve_pending(l: &UnixListener, answer: &mut dyn FnMut(&str) -> String) {
-    while let Ok((mut s, _)) = l.accept() {
-        let _ = s.set_nonblocking(false);
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut line = String::new();
-        let _ = BufReader::new(&mut s).take(256).read_line(&mut line);
-        let cmd = line.trim();
-        let reply = if COMMANDS.contains(&cmd) {
-            answer(cmd)
-        } else {
-            format!(
-                "error: unknown command {cmd:?}; commands: {}\n",
-                COMMANDS.join(", ")
-            )
-        };
-        let _ = s.write_all(reply.as_bytes());
+/// How long one connection may take, from accept to the last byte of its reply.
+pub const CONN_DEADLINE: Duration = Duration::from_secs(1);
+/// Longest request line accepted, in bytes (the newline excluded).
+pub const MAX_REQUEST: usize = 256;
+/// Connections served at once; more wait in the listen backlog.
+pub const WORKERS: usize = 4;
+/// How often an idle worker looks for a connection and for the stop flag.
+const ACCEPT_POLL: Duration = Duration::from_millis(20);
+
+/// Why a connection ended without a complete exchange.
+#[derive(Debug)]
+pub enum ConnError {
+    /// The client did not send its request, or take its reply, before the deadline.
+    Deadline,
+    /// The request line was longer than [`MAX_REQUEST`].
+    TooLong,
+    /// The request was not UTF-8.
+    NotUtf8,
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::Deadline => write!(f, "client too slow ({CONN_DEADLINE:?} per request)"),
+            ConnError::TooLong => write!(f, "request longer than {MAX_REQUEST} bytes"),
+            ConnError::NotUtf8 => write!(f, "request is not UTF-8"),
+            ConnError::Io(e) => write!(f, "{e}"),
+        }
     }
+}
+
+impl From<std::io::Error> for ConnError {
+    fn from(e: std::io::Error) -> ConnError {
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ConnError::Deadline,
+            _ => ConnError::Io(e),
+        }
+    }
+}
+
+/// Serves `l` (non-blocking, from [`bind`]) until `stop` is set; `answer` maps a
+/// command to its reply. [`WORKERS`] threads each accept and serve one connection at
+/// a time; returns when they have all finished, at most [`CONN_DEADLINE`] after `stop`.
+pub fn serve(l: &UnixListener, stop: &AtomicBool, answer: &(dyn Fn(&str) -> String + Sync)) {
+    std::thread::scope(|s| {
+        for i in 0..WORKERS {
+            std::thread::Builder::new()
+                .name(format!("ctl-{i}"))
+                .spawn_scoped(s, || worker(l, stop, answer))
+                .expect("spawn control worker");
+        }
+    });
+}
+
+fn worker(l: &UnixListener, stop: &AtomicBool, answer: &(dyn Fn(&str) -> String + Sync)) {
+    while !stop.load(Ordering::Relaxed) {
+        match l.accept() {
+            Ok((s, _)) => {
+                if let Err(e) = serve_conn(s, Instant::now() + CONN_DEADLINE, answer) {
+                    tracing::debug!(error = %e, "control connection dropped");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(ACCEPT_POLL),
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                std::thread::sleep(ACCEPT_POLL);
+            }
+        }
+    }
+}
+
+/// One exchange: the request line, then the reply, both before `deadline`.
+fn serve_conn(
+    mut s: UnixStream,
+    deadline: Instant,
+    answer: &(dyn Fn(&str) -> String + Sync),
+) -> Result<(), ConnError> {
+    s.set_nonblocking(false)?;
+    let reply = match read_request(&mut s, deadline) {
+        Ok(line) => {
+            let cmd = line.trim();
+            if COMMANDS.contains(&cmd) {
+                answer(cmd)
+            } else {
+                format!(
+                    "error: unknown command {cmd:?}; commands: {}\n",
+                    COMMANDS.join(", ")
+                )
+            }
+        }
+        Err(e @ (ConnError::TooLong | ConnError::NotUtf8)) => format!("error: {e}\n"),
+        Err(e) => return Err(e),
+    };
+    write_reply(&mut s, reply.as_bytes(), deadline)
+}
+
+/// Time left before `deadline`, or `Deadline` if none.
+fn remaining(deadline: Instant) -> Result<Duration, ConnError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(ConnError::Deadline)
+    } else {
+        Ok(left)
+    }
+}
+
+/// Reads up to the first newline (or EOF), at most [`MAX_REQUEST`] bytes.
+fn read_request(s: &mut UnixStream, deadline: Instant) -> Result<String, ConnError> {
+    let mut buf = Vec::with_capacity(64);
+    let mut chunk = [0u8; 64];
+    loop {
+        if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            buf.truncate(nl);
+            break;
+        }
+        if buf.len() > MAX_REQUEST {
+            return Err(ConnError::TooLong);
+        }
+        s.set_read_timeout(Some(remaining(deadline)?))?;
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if buf.len() > MAX_REQUEST {
+        return Err(ConnError::TooLong);
+    }
+    String::from_utf8(buf).map_err(|_| ConnError::NotUtf8)
+}
+
+/// Writes `reply`, giving up at `deadline` (a client that does not read).
+fn write_reply(s: &mut UnixStream, mut reply: &[u8], deadline: Instant) -> Result<(), ConnError> {
+    while !reply.is_empty() {
+        s.set_write_timeout(Some(remaining(deadline)?))?;
+        match s.write(reply) {
+            Ok(0) => return Err(ConnError::Io(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => reply = &reply[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -58,4 +191,68 @@ pub fn request(path: &Path, cmd: &str) -> std::io::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (UnixStream, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn silent_client_costs_at_most_the_deadline() {
+        let (server, _client) = pair();
+        let t0 = Instant::now();
+        let r = serve_conn(server, Instant::now() + Duration::from_millis(200), &|_| {
+            unreachable!("no request was sent")
+        });
+        assert!(matches!(r, Err(ConnError::Deadline)), "{r:?}");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn client_that_does_not_read_costs_at_most_the_deadline() {
+        let (server, mut client) = pair();
+        client.write_all(b"fdb\n").unwrap();
+        let big = "x".repeat(8 << 20);
+        let t0 = Instant::now();
+        let r = serve_conn(server, Instant::now() + Duration::from_millis(200), &|_| {
+            big.clone()
+        });
+        assert!(matches!(r, Err(ConnError::Deadline)), "{r:?}");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn long_request_is_refused() {
+        let (server, mut client) = pair();
+        // All of it is read (unread bytes at close would reset the connection).
+        client.write_all(&[b'a'; MAX_REQUEST + 44]).unwrap();
+        serve_conn(server, Instant::now() + Duration::from_secs(1), &|_| {
+            unreachable!("too long to be a command")
+        })
+        .unwrap();
+        let mut out = String::new();
+        client.read_to_string(&mut out).unwrap();
+        assert_eq!(
+            out,
+            format!("error: request longer than {MAX_REQUEST} bytes\n")
+        );
+    }
+
+    #[test]
+    fn command_is_answered() {
+        let (server, mut client) = pair();
+        client.write_all(b"show\n").unwrap();
+        serve_conn(server, Instant::now() + Duration::from_secs(1), &|c| {
+            format!("answer to {c}\n")
+        })
+        .unwrap();
+        let mut out = String::new();
+        client.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "answer to show\n");
+    }
 }

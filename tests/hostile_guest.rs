@@ -8,99 +8,8 @@ mod common;
 use common::*;
 use pmd::vhost::driver::{DriverMem, DriverRing};
 use std::collections::HashMap;
-use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use vmm_sys_util::sock_ctrl_msg::ScmSocket;
-
-const GET_FEATURES: u32 = 1;
-const SET_FEATURES: u32 = 2;
-const SET_OWNER: u32 = 3;
-const SET_MEM_TABLE: u32 = 5;
-const SET_VRING_NUM: u32 = 8;
-const SET_VRING_ADDR: u32 = 9;
-const SET_VRING_BASE: u32 = 10;
-const SET_VRING_KICK: u32 = 12;
-const SET_VRING_CALL: u32 = 13;
-const VERSION_1: u64 = 1 << 32;
-const MRG_RXBUF: u64 = 1 << 15;
-
-struct Frontend(UnixStream);
-
-impl Frontend {
-    fn connect(path: &Path) -> Frontend {
-        let t0 = Instant::now();
-        loop {
-            if let Ok(s) = UnixStream::connect(path) {
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                return Frontend(s);
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "cannot connect to {}",
-                path.display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    fn send(&mut self, req: u32, body: &[u8], fds: &[std::fs::File]) {
-        let mut m = Vec::new();
-        m.extend_from_slice(&req.to_le_bytes());
-        m.extend_from_slice(&1u32.to_le_bytes());
-        m.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        m.extend_from_slice(body);
-        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        self.0.send_with_fds(&[&m[..]], &raw).expect("send");
-    }
-    fn get_u64(&mut self, req: u32) -> u64 {
-        self.send(req, &[], &[]);
-        let mut b = [0u8; 20];
-        self.0.read_exact(&mut b).expect("reply");
-        u64::from_le_bytes(b[12..20].try_into().unwrap())
-    }
-    /// True once the switch has closed the connection.
-    fn closed_by_switch(&mut self) -> bool {
-        let mut b = [0u8; 64];
-        matches!(self.0.read(&mut b), Ok(0)) || matches!(self.0.read(&mut b), Ok(0))
-    }
-    fn vring_state(&mut self, req: u32, index: u32, num: u32) {
-        let mut b = index.to_le_bytes().to_vec();
-        b.extend_from_slice(&num.to_le_bytes());
-        self.send(req, &b, &[]);
-    }
-    fn vring_addr(&mut self, index: u32, r: &DriverRing) {
-        let a = r.addrs();
-        let mut b = Vec::new();
-        b.extend_from_slice(&index.to_le_bytes());
-        b.extend_from_slice(&0u32.to_le_bytes());
-        for v in [a.desc, a.used, a.avail, 0u64] {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-        self.send(SET_VRING_ADDR, &b, &[]);
-    }
-    fn mem_table(&mut self, mems: &[&DriverMem], nfds: usize) {
-        let mut b = (mems.len() as u32).to_le_bytes().to_vec();
-        b.extend_from_slice(&0u32.to_le_bytes());
-        for m in mems {
-            let r = m.region();
-            for v in [r.guest_phys, r.size, r.user_addr, r.mmap_offset] {
-                b.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        let files: Vec<std::fs::File> = mems.iter().take(nfds).map(|m| m.file()).collect();
-        self.send(SET_MEM_TABLE, &b, &files);
-    }
-    fn eventfd_msg(&mut self, req: u32, index: u64) {
-        let f = eventfd_file();
-        self.send(req, &index.to_le_bytes(), &[f]);
-    }
-}
-
-fn eventfd_file() -> std::fs::File {
-    pmd::vhost::driver::eventfd(0, false)
-}
 
 fn wait_log(sw: &Switch, needle: &str) {
     let t0 = Instant::now();
@@ -343,43 +252,19 @@ fn evil_port_up(sw: &Switch) -> bool {
     false
 }
 
-/// The call eventfd a hostile device hands the switch for its receive ring.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum CallFd {
-    /// An ordinary non-blocking eventfd.
-    Normal,
-    /// Blocking, and loaded to one below its maximum: a write of 1 blocks forever.
-    BlockingFull,
-}
-
-struct DeviceOpts {
-    /// Receive buffers (2 KiB each) posted before the rings go live.
+/// A valid device (`Frontend::device_with`) whose receive ring then gets
+/// `rx_buffers` buffers of 2 KiB.
+fn device_with_buffers(
+    sock: &Path,
+    mem: &DriverMem,
     rx_buffers: u16,
-    call: CallFd,
-}
-
-/// Sets up a valid device (VERSION_1, MRG_RXBUF) on `sock` in `mem`, as `opts` says.
-fn hostile_device(sock: &Path, mem: &DriverMem, opts: DeviceOpts) -> Frontend {
-    let mut f = Frontend::connect(sock);
-    f.send(SET_OWNER, &[], &[]);
-    f.send(SET_FEATURES, &(VERSION_1 | MRG_RXBUF).to_le_bytes(), &[]);
-    f.mem_table(&[mem], 1);
-    let mut rx = DriverRing::new(mem, 0, 256);
-    for i in 0..opts.rx_buffers {
+    opts: &DeviceOpts,
+) -> Frontend {
+    let f = Frontend::device_with(sock, mem, opts);
+    let mut rx = DriverRing::new(mem, 0, RING_SIZE);
+    for i in 0..rx_buffers {
         rx.set_desc(i, rx.gpa(0x20000 + 2048 * i as u64), 2048, 2, 0); // F_WRITE
         rx.push(i);
-    }
-    for (i, base) in [(0u32, 0u64), (1, 0x10000)] {
-        let r = DriverRing::new(mem, base, 256);
-        f.vring_state(SET_VRING_NUM, i, 256);
-        f.vring_state(SET_VRING_BASE, i, 0);
-        f.vring_addr(i, &r);
-        let call = match (i, opts.call) {
-            (0, CallFd::BlockingFull) => pmd::vhost::driver::eventfd(0xffff_ffff_ffff_fffe, true),
-            _ => eventfd_file(),
-        };
-        f.send(SET_VRING_CALL, &(i as u64).to_le_bytes(), &[call]);
-        f.eventfd_msg(SET_VRING_KICK, i as u64);
     }
     f
 }
@@ -458,12 +343,14 @@ fn a_full_blocking_call_eventfd_cannot_stop_the_switch() {
     let dir = Scratch::new("irq");
     let (sw, mut tp) = flood_rig(&dir);
     let mem = DriverMem::new(0, 4 << 20, 0x1_0000_0000, 0x7f00_0000_0000);
-    let _evil = hostile_device(
+    // Blocking, and one write away from full: a write of 1 blocks forever.
+    let _evil = device_with_buffers(
         &dir.path("evil.sock"),
         &mem,
-        DeviceOpts {
-            rx_buffers: 64,
-            call: CallFd::BlockingFull,
+        64,
+        &DeviceOpts {
+            call_count: 0xffff_ffff_ffff_fffe,
+            call_blocking: true,
         },
     );
     sw.wait_show("evil up", Duration::from_secs(10), |s| {
@@ -520,14 +407,7 @@ fn guest_memory_truncated_under_live_rings_breaks_only_that_guest() {
     let dir = Scratch::new("trunc");
     let (sw, mut tp) = flood_rig(&dir);
     let mem = DriverMem::new(0, 4 << 20, 0x1_0000_0000, 0x7f00_0000_0000);
-    let _evil = hostile_device(
-        &dir.path("evil.sock"),
-        &mem,
-        DeviceOpts {
-            rx_buffers: 256,
-            call: CallFd::Normal,
-        },
-    );
+    let _evil = device_with_buffers(&dir.path("evil.sock"), &mem, 256, &DeviceOpts::default());
     sw.wait_show("evil up", Duration::from_secs(10), |s| {
         s.lines()
             .any(|l| l.starts_with("port 2 evil") && l.ends_with("up=true"))

@@ -16,6 +16,8 @@ pub enum HugepagePolicy {
 }
 
 pub const HUGEPAGE_SIZE: usize = 2 << 20;
+/// Ordinary pages, when there are no hugepages (x86_64).
+pub const SMALL_PAGE_SIZE: usize = 4096;
 
 /// A zero-filled, page-locked-in-place memory area that is unmapped on drop.
 pub struct HugeMem {
@@ -89,6 +91,14 @@ impl HugeMem {
     /// Whether the memory is made of hugepages.
     pub fn is_huge(&self) -> bool {
         self.huge
+    }
+    /// The size of the pages the memory is made of (and aligned to).
+    pub fn page_size(&self) -> usize {
+        if self.huge {
+            HUGEPAGE_SIZE
+        } else {
+            SMALL_PAGE_SIZE
+        }
     }
 }
 

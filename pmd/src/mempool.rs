@@ -22,6 +22,13 @@ pub const CACHE_BURST: usize = 64;
 /// Most buffers a per-thread cache holds before it drains.
 pub const CACHE_MAX: usize = 4 * CACHE_BURST;
 
+/// Whether `len` bytes at offset `off` of a page-aligned region lie on more than one
+/// page of `page` bytes.
+#[inline]
+pub fn crosses_page(off: u64, len: u64, page: u64) -> bool {
+    len > 0 && off / page != (off + len - 1) / page
+}
+
 /// A pool of packet buffers.
 pub struct Mempool {
     mem: HugeMem,
@@ -124,6 +131,18 @@ impl Mempool {
     /// Whether the pool's memory is made of hugepages.
     pub fn is_huge(&self) -> bool {
         self.mem.is_huge()
+    }
+    /// The size of the pages the pool's memory is made of (and aligned to).
+    pub fn page_size(&self) -> usize {
+        self.mem.page_size()
+    }
+    /// Whether buffer `idx`'s slot (all `BUF_SIZE` bytes) crosses a page boundary.
+    pub fn slot_crosses_page(&self, idx: u32) -> bool {
+        crosses_page(
+            idx as u64 * BUF_SIZE as u64,
+            BUF_SIZE as u64,
+            self.page_size() as u64,
+        )
     }
 
     #[inline]

@@ -2,9 +2,12 @@
 //! that is stopped (SIGTERM) when dropped, the control command, and DPDK testpmd.
 #![allow(dead_code)]
 
+pub mod frontend;
 pub mod guest;
 pub mod netns;
 
+#[allow(unused_imports)] // not every test plays a frontend
+pub use frontend::*;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -175,6 +178,11 @@ impl Switch {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The switch's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn ctl(&self, cmd: &str) -> String {

@@ -144,10 +144,67 @@ impl XRing {
     }
 }
 
+/// Picks the mbufs a queue lends to the fill ring. In zero-copy mode the NIC DMAs
+/// into a chunk as one run of pages, and the kernel drops a fill entry whose chunk
+/// crosses onto a page that is not physically contiguous with the one before (it is
+/// then lent until the socket closes). So while zero-copy is possible, an mbuf whose
+/// slot crosses a page boundary of the pool is never lent: it is parked here instead,
+/// out of circulation until the queue closes (with hugepages, one slot in about 960).
+struct Lender {
+    /// True while chunks that cross a page boundary must not be lent.
+    zero_copy: bool,
+    /// Mbufs kept back; each at most once, so at most the pool's crossing slots.
+    parked: Vec<Mbuf>,
+}
+
+impl Lender {
+    fn new(pool: &Mempool, zero_copy: bool) -> Lender {
+        let crossing = if zero_copy {
+            (0..pool.capacity())
+                .filter(|&i| pool.slot_crosses_page(i))
+                .count()
+        } else {
+            0
+        };
+        Lender {
+            zero_copy,
+            // Reserved up front: parking never allocates on the PMD's path.
+            parked: Vec::with_capacity(crossing),
+        }
+    }
+
+    /// The next mbuf from `alloc` that can go on the fill ring.
+    #[inline]
+    fn next(&mut self, pool: &Mempool, alloc: &mut impl FnMut() -> Option<Mbuf>) -> Option<Mbuf> {
+        loop {
+            let m = alloc()?;
+            if !(self.zero_copy && pool.slot_crosses_page(m.index())) {
+                return Some(m);
+            }
+            // Each mbuf is parked once and never handed out again, so this ends.
+            self.parked.push(m);
+        }
+    }
+
+    /// Copy mode after all: every chunk is usable; the parked mbufs go back to the pool.
+    fn copy_mode(&mut self, pool: &Mempool) {
+        self.zero_copy = false;
+        self.release(pool);
+    }
+
+    /// Gives the parked mbufs back to the pool.
+    fn release(&mut self, pool: &Mempool) {
+        for m in self.parked.drain(..) {
+            pool.free(m);
+        }
+    }
+}
+
 /// The rx half of a queue: fill and rx rings, touched only by the PMD that polls it.
 struct RxSide {
     fill: XRing,
     rx: XRing,
+    lender: Lender,
 }
 
 impl RxSide {
@@ -161,7 +218,9 @@ impl RxSide {
         mut alloc: impl FnMut() -> Option<Mbuf>,
     ) {
         for _ in 0..n {
-            let Some(m) = alloc() else { break };
+            let Some(m) = self.lender.next(pool, &mut alloc) else {
+                break;
+            };
             let (addr, _) = pool.lend(m);
             lent[(addr / crate::mempool::BUF_SIZE as u64) as usize].store(1, Ordering::Relaxed);
             // SAFETY: one of the n free slots of the fill ring; the kernel reads none past
@@ -222,6 +281,7 @@ impl AfXdpPort {
                 cfg.queues
             )));
         }
+        let try_zero_copy = zero_copy_possible(&cfg, &pool)?;
         let need = cfg.queues as u64 * FILL_SIZE as u64;
         if (pool.available() as u64) < need + 1024 {
             return Err(NicError(format!(
@@ -237,7 +297,7 @@ impl AfXdpPort {
         let mut queues = Vec::new();
         let mut zero_copy = true;
         for q in 0..cfg.queues {
-            let (queue, zc) = match open_queue(&cfg, ifindex, q as u32, &pool) {
+            let (queue, zc) = match open_queue(&cfg, ifindex, q as u32, &pool, try_zero_copy) {
                 Ok(x) => x,
                 Err(e) => {
                     for q in queues {
@@ -350,6 +410,7 @@ fn open_queue(
     ifindex: u32,
     q: u32,
     pool: &Arc<Mempool>,
+    try_zero_copy: bool,
 ) -> Result<(Queue, bool), NicError> {
     let iface = cfg.iface.as_str();
     let e = |what: &str, err: std::io::Error| os_err(iface, &format!("queue {q}: {what}"), err);
@@ -408,7 +469,11 @@ fn open_queue(
     let lent: Box<[AtomicU8]> = (0..pool.capacity()).map(|_| AtomicU8::new(0)).collect();
     let queue = Queue {
         fd,
-        rx: UnsafeCell::new(RxSide { fill, rx }),
+        rx: UnsafeCell::new(RxSide {
+            fill,
+            rx,
+            lender: Lender::new(pool, try_zero_copy),
+        }),
         tx: UnsafeCell::new(TxSide { tx, comp }),
         tx_lock: TxLock::new(),
         lent,
@@ -448,6 +513,7 @@ fn open_queue(
         let r = match cfg.zero_copy {
             ZeroCopy::On => try_bind(libc::XDP_ZEROCOPY).map(|_| true),
             ZeroCopy::Off => try_bind(libc::XDP_COPY).map(|_| false),
+            ZeroCopy::Auto if !try_zero_copy => try_bind(libc::XDP_COPY).map(|_| false),
             ZeroCopy::Auto => match try_bind(libc::XDP_ZEROCOPY) {
                 Ok(()) => Ok(true),
                 Err(_) => try_bind(libc::XDP_COPY).map(|_| false),
@@ -464,7 +530,13 @@ fn open_queue(
         }
     };
     match zc {
-        Ok(zc) => Ok((queue, zc)),
+        Ok(zc) => {
+            if !zc {
+                // SAFETY: the queue is not shared yet; this is the only access.
+                unsafe { &mut *queue.rx.get() }.lender.copy_mode(pool);
+            }
+            Ok((queue, zc))
+        }
         Err(x) if x.raw_os_error() == Some(libc::EBUSY) => {
             let err = NicError(format!(
                 "interface {iface:?}: queue {q}: in use by another AF_XDP socket (another vswitch, \
@@ -486,6 +558,62 @@ fn open_queue(
     }
 }
 
+/// Whether the sockets may bind in zero-copy mode: not with `zero_copy = "off"`, and
+/// only with the pool on hugepages. With 4 KiB pages about half the 2176-byte slots
+/// cross a page boundary and could not be lent in zero-copy mode, so `"on"` is refused
+/// and `"auto"` binds in copy mode.
+fn zero_copy_possible(cfg: &XdpConfig, pool: &Mempool) -> Result<bool, NicError> {
+    match (cfg.zero_copy, pool.is_huge()) {
+        (ZeroCopy::Off, _) => Ok(false),
+        (_, true) => Ok(true),
+        (ZeroCopy::On, false) => Err(NicError(format!(
+            "interface {:?}: zero_copy = \"on\" needs the mbuf pool on hugepages, and it is on \
+             {} KiB pages (mempool.hugepages; reserve hugepages with `echo N > /proc/sys/vm/nr_hugepages`): \
+             in zero-copy mode the kernel drops a buffer that crosses a page boundary, and about half \
+             of the {}-byte mbufs cross a small page's. Or set zero_copy = \"auto\" (copy mode) or \"off\"",
+            cfg.iface,
+            pool.page_size() / 1024,
+            crate::mempool::BUF_SIZE
+        ))),
+        (ZeroCopy::Auto, false) => {
+            tracing::info!(
+                port = %cfg.name,
+                iface = %cfg.iface,
+                "af-xdp: copy mode, since the mbuf pool is not on hugepages (zero-copy needs them)"
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// Whether the bytes of `m`'s frame lie on more than one page of the pool: in
+/// zero-copy mode the kernel refuses such a tx descriptor, and never completes it.
+#[inline]
+fn frame_crosses_page(pool: &Mempool, m: &Mbuf) -> bool {
+    let off = m.data().as_ptr() as u64 - pool.region().0 as u64;
+    crate::mempool::crosses_page(off, m.len() as u64, pool.page_size() as u64)
+}
+
+/// A copy of `m`'s frame in a fresh mbuf where it does not cross a page (`m` is freed),
+/// or `None` (both freed) if the cache has no such mbuf. Rare with hugepages: the
+/// frame of one slot in about 960 may cross a 2 MiB boundary.
+#[cold]
+fn bounce(pool: &Mempool, m: Mbuf, cache: &mut MempoolCache) -> Option<Mbuf> {
+    let copy = |cache: &mut MempoolCache| {
+        let mut n = cache.alloc()?;
+        n.set_len(m.len()).copy_from_slice(m.data());
+        Some(n)
+    };
+    let mut out = copy(cache);
+    if let Some(first) = out.take_if(|n| frame_crosses_page(pool, n)) {
+        // Taken while `first` is held, so another slot.
+        out = copy(cache).filter(|n| !frame_crosses_page(pool, n));
+        cache.free(first);
+    }
+    cache.free(m);
+    out
+}
+
 /// The chunk an address falls in, as the fill ring wants it (the slot's start).
 #[inline]
 fn chunk_base(off: u64) -> u64 {
@@ -498,6 +626,8 @@ fn release(pool: &Mempool, q: Queue) {
         fd, rx, tx, lent, ..
     } = q;
     drop(fd);
+    let mut rx = rx.into_inner();
+    rx.lender.release(pool);
     drop(rx);
     drop(tx);
     for i in 0..lent.len() {
@@ -618,13 +748,25 @@ impl Port for AfXdpPort {
         side.comp.cons().store(side.comp.local, Ordering::Release);
 
         let room = side.tx.free() as usize;
-        let mut sent = 0;
+        let (mut sent, mut taken) = (0, 0);
         let mut bytes = 0u64;
         for slot in pkts.iter_mut() {
             if sent == room {
                 break;
             }
             let Some(m) = slot.take() else { break };
+            taken += 1;
+            let m = if self.zero_copy && frame_crosses_page(&self.pool, &m) {
+                match bounce(&self.pool, m, cache) {
+                    Some(m) => m,
+                    None => {
+                        PortStats::add(&self.stats.drop_no_mbuf, 1);
+                        continue;
+                    }
+                }
+            } else {
+                m
+            };
             let (addr, len) = self.pool.lend(m);
             queue.lent[(addr / crate::mempool::BUF_SIZE as u64) as usize]
                 .store(1, Ordering::Relaxed);
@@ -647,7 +789,7 @@ impl Port for AfXdpPort {
         }
         tr.tx_packets += sent as u64;
         tr.tx_bytes += bytes;
-        sent
+        taken
     }
 
     fn is_up(&self) -> bool {
@@ -676,5 +818,130 @@ impl Port for AfXdpPort {
             self.mode,
             if self.zero_copy { "on" } else { "off" },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hugepage::{HugepagePolicy, HUGEPAGE_SIZE};
+    use crate::mempool::{crosses_page, BUF_SIZE};
+
+    fn cfg(zero_copy: ZeroCopy) -> XdpConfig {
+        XdpConfig {
+            name: "nic".into(),
+            iface: "eth9".into(),
+            queues: 1,
+            xdp_mode: XdpMode::Auto,
+            zero_copy,
+        }
+    }
+
+    /// Everything a lender hands out until the pool is empty.
+    fn lend_all(pool: &Mempool, lender: &mut Lender) -> Vec<Mbuf> {
+        let mut alloc = || pool.alloc();
+        std::iter::from_fn(|| lender.next(pool, &mut alloc)).collect()
+    }
+
+    #[test]
+    fn zero_copy_never_lends_a_chunk_across_a_page() {
+        let pool = Mempool::new(4096, HugepagePolicy::Off).unwrap();
+        assert_eq!(pool.page_size(), 4096);
+        let crossing = (0..4096).filter(|&i| pool.slot_crosses_page(i)).count();
+        // 2176-byte slots on 4 KiB pages: most cross one.
+        assert!(crossing > 4096 / 3, "{crossing}");
+        let mut lender = Lender::new(&pool, true);
+        let lent = lend_all(&pool, &mut lender);
+        for m in &lent {
+            let off = m.index() as u64 * BUF_SIZE as u64;
+            assert_eq!(
+                off / 4096,
+                (off + BUF_SIZE as u64 - 1) / 4096,
+                "slot {} crosses a page",
+                m.index()
+            );
+        }
+        assert_eq!(lender.parked.len(), crossing);
+        assert_eq!(lent.len() + crossing, 4096, "an mbuf went missing");
+        // Parking never grew the vector past what was reserved.
+        assert_eq!(lender.parked.capacity(), crossing);
+        for m in lent {
+            pool.free(m);
+        }
+        lender.release(&pool);
+        assert_eq!(pool.available(), 4096);
+    }
+
+    #[test]
+    fn copy_mode_lends_every_chunk_and_returns_the_parked() {
+        let pool = Mempool::new(1024, HugepagePolicy::Off).unwrap();
+        let mut lender = Lender::new(&pool, false);
+        let lent = lend_all(&pool, &mut lender);
+        assert_eq!(lent.len(), 1024);
+        for m in lent {
+            pool.free(m);
+        }
+        // Zero-copy refused at bind: what was parked goes back.
+        let mut lender = Lender::new(&pool, true);
+        let mut alloc = || pool.alloc();
+        let some: Vec<Mbuf> = (0..100)
+            .map_while(|_| lender.next(&pool, &mut alloc))
+            .collect();
+        assert!(!lender.parked.is_empty());
+        lender.copy_mode(&pool);
+        assert!(lender.parked.is_empty());
+        assert_eq!(pool.available(), 1024 - some.len());
+        let rest = lend_all(&pool, &mut lender);
+        assert_eq!(rest.len(), 1024 - some.len(), "copy mode lends any chunk");
+        for m in some.into_iter().chain(rest) {
+            pool.free(m);
+        }
+    }
+
+    #[test]
+    fn with_hugepages_only_slots_across_2mib_are_kept_back() {
+        // 16384 mbufs over 17 hugepages: 16 boundaries inside, each inside a slot.
+        let n = (0..16384u64)
+            .filter(|i| crosses_page(i * BUF_SIZE as u64, BUF_SIZE as u64, HUGEPAGE_SIZE as u64))
+            .count();
+        assert_eq!(n, 16);
+    }
+
+    #[test]
+    fn zero_copy_tx_copies_a_frame_that_crosses_a_page() {
+        let pool = Mempool::new(64, HugepagePolicy::Off).unwrap();
+        let mut cache = MempoolCache::new(pool.clone());
+        // Slot 1 is bytes 2176..4352: with the 128-byte headroom a 2000-byte frame
+        // spans 2304..4304, across the 4096 boundary.
+        let mut all: Vec<Mbuf> = std::iter::from_fn(|| cache.alloc()).collect();
+        let mut m = all.remove(all.iter().position(|m| m.index() == 1).unwrap());
+        for m in all {
+            cache.free(m);
+        }
+        m.set_len(2000)
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = i as u8);
+        let want = m.data().to_vec();
+        assert!(frame_crosses_page(&pool, &m));
+        let n = bounce(&pool, m, &mut cache).expect("a slot that fits");
+        assert!(!frame_crosses_page(&pool, &n), "slot {}", n.index());
+        assert_eq!(n.data(), &want[..]);
+        cache.free(n);
+        drop(cache);
+        assert_eq!(pool.available(), 64, "bounce lost an mbuf");
+    }
+
+    #[test]
+    fn zero_copy_needs_hugepages() {
+        let pool = Mempool::new(1024, HugepagePolicy::Off).unwrap();
+        let err = zero_copy_possible(&cfg(ZeroCopy::On), &pool).unwrap_err();
+        assert!(
+            err.0.contains("needs the mbuf pool on hugepages"),
+            "{}",
+            err.0
+        );
+        assert!(!zero_copy_possible(&cfg(ZeroCopy::Auto), &pool).unwrap());
+        assert!(!zero_copy_possible(&cfg(ZeroCopy::Off), &pool).unwrap());
     }
 }
