@@ -210,9 +210,11 @@ impl Mempool {
 
     #[inline(always)]
     fn check_owner(&self, m: &Mbuf) {
-        let base = self.mem.as_ptr() as usize;
-        // Every mbuf of this pool points at base + idx * BUF_SIZE, idx < count.
-        if m.idx >= self.count || m.buf.as_ptr() as usize != base + m.idx as usize * BUF_SIZE {
+        // One compare: pools never overlap and an Mbuf is only ever made by its pool
+        // (`mbuf`, `reclaim`) pointing at its own slot, so a buffer inside this pool's
+        // memory is this pool's.
+        let off = (m.buf.as_ptr() as usize).wrapping_sub(self.mem.as_ptr() as usize);
+        if off >= self.count as usize * BUF_SIZE {
             foreign(m);
         }
     }
