@@ -109,8 +109,6 @@ pub struct Fdb {
     /// The slot hash's key: `k0` is mixed into the MAC, `k1` (odd) multiplies it.
     k0: u64,
     k1: u64,
-    /// 64 - log2(slots): `home` takes the top bits of its product.
-    shift: u32,
 }
 
 impl Fdb {
@@ -147,7 +145,6 @@ impl Fdb {
             aging_secs,
             k0,
             k1: k1 | 1,
-            shift: 64 - nslots.trailing_zeros(),
         }
     }
 
@@ -169,13 +166,13 @@ impl Fdb {
     /// odd word: without the key, which slot a MAC lands in cannot be predicted. Its
     /// output still carries the structure of sequential MACs for some keys (one table
     /// in twenty filled a window at under 15% of capacity), so it is spread by a
-    /// Fibonacci multiply whose top bits are the slot. Two multiplies, an xor or two
-    /// and a shift.
+    /// Fibonacci multiply (bits 32 and up are the slot: at most 2^26 slots). Two
+    /// multiplies, two xors, a shift and the mask the probe uses anyway.
     #[inline]
     fn home(&self, key: u64) -> usize {
         let x = (key ^ self.k0) as u128 * self.k1 as u128;
         let folded = (x >> 64) as u64 ^ x as u64;
-        (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+        (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & self.mask
     }
 
     /// Learns that `mac` on `vlan` is behind `port`, at time `now` (seconds).
