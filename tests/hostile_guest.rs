@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use pmd::vhost::driver::{DriverMem, DriverRing};
+use pmd::vhost::driver::{DriverMem, DriverRing, F_WRITE};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -161,19 +161,145 @@ fn hostile_frontend_is_contained_while_others_forward() {
 /// Sets up a valid device on `sock` whose receive ring offers no buffers: a guest
 /// that stopped taking frames. Returns the connection (keep it open).
 fn stuck_guest(sock: &Path, mem: &DriverMem) -> Frontend {
-    let mut f = Frontend::connect(sock);
-    f.send(SET_OWNER, &[], &[]);
-    f.send(SET_FEATURES, &(VERSION_1 | MRG_RXBUF).to_le_bytes(), &[]);
-    f.mem_table(&[mem], 1);
-    for (i, base) in [(0u32, 0u64), (1, 0x10000)] {
-        let r = DriverRing::new(mem, base, 256);
-        f.vring_state(SET_VRING_NUM, i, 256);
-        f.vring_state(SET_VRING_BASE, i, 0);
-        f.vring_addr(i, &r);
-        f.eventfd_msg(SET_VRING_CALL, i as u64);
-        f.eventfd_msg(SET_VRING_KICK, i as u64);
+    Frontend::device(sock, mem)
+}
+
+/// How the third guest's receive ring gets buffers while testpmd floods broadcast.
+#[derive(Clone, Copy, Debug)]
+enum SlowGuest {
+    /// Never: a guest that stopped taking frames.
+    Stuck,
+    /// One new buffer every `every`, from a thread of the test: a guest that takes
+    /// frames, but far too slowly.
+    Trickle { every: Duration },
+}
+
+/// What `flood_past_slow_guest` saw.
+struct FloodOutcome {
+    /// testpmd port 0 (attached to vm1).
+    testpmd_tx: u64,
+    vm1: std::collections::HashMap<String, u64>,
+    vm2: std::collections::HashMap<String, u64>,
+    slow: std::collections::HashMap<String, u64>,
+    /// Receive buffers the slow guest offered in all.
+    slow_buffers: u64,
+}
+
+/// Port "slow" is a valid device whose receive ring fills as `guest` says; testpmd
+/// sends broadcast frames through vm1 and vm2 for `secs` seconds, flooded to the
+/// other of the two and to the slow guest. Checks that no mbuf leaked.
+fn flood_past_slow_guest(tag: &str, guest: SlowGuest, secs: u64) -> FloodOutcome {
+    let dir = Scratch::new(tag);
+    let cfg = write_config(&dir, &server_ports(&["vm1", "vm2", "slow"]), "");
+    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
+    let mem = DriverMem::new(0, 4 << 20, 0x1_0000_0000, 0x7f00_0000_0000);
+    let _slow = stuck_guest(&dir.path("slow.sock"), &mem);
+    let mut tp = Testpmd::start_opts(
+        &dir,
+        ["vm1", "vm2"],
+        false,
+        tag,
+        1,
+        ["ff:ff:ff:ff:ff:ff", "ff:ff:ff:ff:ff:ff"],
+    );
+    tp.wait_for("Checking link statuses", 0, Duration::from_secs(60));
+    wait_both_up(&sw);
+    assert!(
+        port_up(&sw, "port 2 slow"),
+        "slow port should be up: {}",
+        sw.ctl("show")
+    );
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let slow_buffers = std::thread::scope(|sc| {
+        let feeder = match guest {
+            SlowGuest::Stuck => None,
+            SlowGuest::Trickle { every } => Some({
+                let (mem, stop) = (&mem, &stop);
+                sc.spawn(move || trickle(mem, every, stop))
+            }),
+        };
+        tp.cmd("start tx_first 4", "tx_first");
+        std::thread::sleep(Duration::from_secs(secs));
+        tp.cmd("stop", "Done.");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        feeder.map_or(0, |h| h.join().unwrap())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let tpc = tp.port_stats();
+    let out = FloodOutcome {
+        testpmd_tx: tpc[0].tx,
+        vm1: sw.port_stats("vm1"),
+        vm2: sw.port_stats("vm2"),
+        slow: sw.port_stats("slow"),
+        slow_buffers,
+    };
+    eprintln!(
+        "{guest:?}: testpmd port0 tx={} port1 rx={}; vm1 rx={} vm2 tx={}; slow guest offered {} buffers, tx={} drop_tx_full={}",
+        tpc[0].tx,
+        tpc[1].rx,
+        out.vm1["rx_packets"],
+        out.vm2["tx_packets"],
+        out.slow_buffers,
+        out.slow["tx_packets"],
+        out.slow["drop_tx_full"]
+    );
+    assert_eq!(
+        out.vm1["rx_packets"], out.testpmd_tx,
+        "switch received all testpmd sent"
+    );
+    tp.quit();
+    let log = sw.stop();
+    assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
+    out
+}
+
+/// The slow guest's side of its receive ring (vring 0, as `stuck_guest` laid it out):
+/// offers one 2 KiB buffer every `every` until `stop`. Returns how many it offered.
+fn trickle(mem: &DriverMem, every: Duration, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    let mut rx = DriverRing::new(mem, 0, 256);
+    let mut n = 0u16;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // Never more outstanding than the ring holds (a guest that overruns its own
+        // ring would be a different test).
+        if n.wrapping_sub(rx.used_idx()) < rx.size {
+            let head = n % rx.size;
+            rx.set_desc(
+                head,
+                rx.gpa(0x10_0000 + 2048 * head as u64),
+                2048,
+                F_WRITE,
+                0,
+            );
+            rx.push(head);
+            n = n.wrapping_add(1);
+        }
+        std::thread::sleep(every);
     }
-    f
+    n as u64
+}
+
+/// Checks what every slow-guest test needs: vm2 got every frame, the others lost
+/// none, testpmd was not throttled, and what the slow guest had no room for was
+/// dropped and counted.
+fn assert_others_unharmed(o: &FloodOutcome) {
+    assert_eq!(
+        o.vm2["tx_packets"], o.vm1["rx_packets"],
+        "every broadcast from vm1 reached vm2"
+    );
+    assert_eq!(o.vm2["drop_tx_full"] + o.vm1["drop_tx_full"], 0);
+    assert!(
+        o.slow["tx_packets"] <= o.slow_buffers,
+        "more frames than buffers"
+    );
+    assert!(
+        o.slow["drop_tx_full"] > 0,
+        "frames to the slow guest must be dropped and counted"
+    );
+    assert!(
+        o.testpmd_tx > 100_000,
+        "the slow guest throttled the others: only {} frames",
+        o.testpmd_tx
+    );
 }
 
 /// testpmd sends broadcast frames, flooded to vm2 and to a guest that takes none:
@@ -181,69 +307,40 @@ fn stuck_guest(sock: &Path, mem: &DriverMem) -> Frontend {
 /// holding back the others; vm2 gets every frame.
 #[test]
 fn stuck_guest_does_not_stall_the_others() {
-    let dir = Scratch::new("stuck");
-    let cfg = write_config(&dir, &server_ports(&["vm1", "vm2", "stuck"]), "");
-    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
-    let mem = DriverMem::new(0, 4 << 20, 0x1_0000_0000, 0x7f00_0000_0000);
-    let _stuck = stuck_guest(&dir.path("stuck.sock"), &mem);
-    let mut tp = Testpmd::start_opts(
-        &dir,
-        ["vm1", "vm2"],
-        false,
-        "stuck",
-        1,
-        ["ff:ff:ff:ff:ff:ff", "ff:ff:ff:ff:ff:ff"],
-    );
-    tp.wait_for("Checking link statuses", 0, Duration::from_secs(60));
-    wait_both_up(&sw);
-    assert!(
-        evil_port_up(&sw),
-        "stuck port should be up: {}",
-        sw.ctl("show")
-    );
-    tp.cmd("start tx_first 4", "tx_first");
-    std::thread::sleep(Duration::from_secs(3));
-    tp.cmd("stop", "Done.");
-    std::thread::sleep(Duration::from_millis(500));
-    let tpc = tp.port_stats();
-    let (s1, s2, st) = (
-        sw.port_stats("vm1"),
-        sw.port_stats("vm2"),
-        sw.port_stats("stuck"),
-    );
-    eprintln!("broadcast: testpmd port0 tx={} port1 rx={}; vm1 rx={} vm2 tx={}; stuck tx={} drop_tx_full={}",
-        tpc[0].tx, tpc[1].rx, s1["rx_packets"], s2["tx_packets"], st["tx_packets"], st["drop_tx_full"]);
-    assert_eq!(
-        s1["rx_packets"], tpc[0].tx,
-        "switch received all testpmd sent"
-    );
-    assert_eq!(
-        s2["tx_packets"], s1["rx_packets"],
-        "every broadcast from vm1 reached vm2"
-    );
-    assert_eq!(s2["drop_tx_full"] + s1["drop_tx_full"], 0);
-    assert_eq!(st["tx_packets"], 0);
-    assert!(
-        st["drop_tx_full"] > 0,
-        "frames to the stuck guest must be dropped and counted"
-    );
-    assert!(
-        tpc[0].tx > 100_000,
-        "the stuck guest throttled the others: only {} frames",
-        tpc[0].tx
-    );
-    tp.quit();
-    let log = sw.stop();
-    assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
+    let o = flood_past_slow_guest("stuck", SlowGuest::Stuck, 3);
+    assert_eq!(o.slow["tx_packets"], 0);
+    assert_others_unharmed(&o);
 }
 
-fn evil_port_up(sw: &Switch) -> bool {
+/// As above, but the guest offers one receive buffer every 50 ms, well inside the
+/// default `tx_stall_ms` (100; at 90 ms a sleep that overshoots on a loaded machine
+/// would let the stall clock run out by chance): it takes frames, far too slowly to
+/// keep its output queue from backing up. It must not hold the others to its rate.
+#[test]
+fn trickling_guest_does_not_throttle_the_others() {
+    let o = flood_past_slow_guest(
+        "trickle",
+        SlowGuest::Trickle {
+            every: Duration::from_millis(50),
+        },
+        3,
+    );
+    assert!(
+        o.slow["tx_packets"] > 0,
+        "the trickler got none of its frames"
+    );
+    assert_others_unharmed(&o);
+}
+
+/// Whether a line of `ctl show` starting with `prefix` says the port is up (waits
+/// up to 10 s for it).
+fn port_up(sw: &Switch, prefix: &str) -> bool {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(10) {
         if sw
             .ctl("show")
             .lines()
-            .any(|l| l.starts_with("port 2 stuck") && l.ends_with("up=true"))
+            .any(|l| l.starts_with(prefix) && l.ends_with("up=true"))
         {
             return true;
         }

@@ -7,9 +7,15 @@
 //! creation, so a guest sending a flood of source MACs can fill at most its share
 //! of the table (`per_port_limit`) and never make the switch allocate.
 //!
+//! Slots are found by a hash keyed per table (random at each start), so a guest
+//! cannot compute MACs that land in another station's probe window and make it
+//! unlearnable. Two threads learning the same new MAC at once both claim a slot;
+//! each then looks for the other, and only one entry is kept (see `learn`).
+//!
 //! (A `hashbrown` map, the first choice, cannot be shared between PMD threads and
 //! the control plane without a lock or a copy per change; see README, Design.)
 
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
 /// A 48-bit MAC address.
@@ -100,14 +106,35 @@ pub struct Fdb {
     per_port: Box<[AtomicU32]>,
     per_port_limit: u32,
     aging_secs: u32,
+    /// The slot hash's key: `k0` is mixed into the MAC, `k1` (odd) multiplies it.
+    k0: u64,
+    k1: u64,
 }
 
 impl Fdb {
     /// A table of at most `capacity` entries for `ports` ports, each port holding at
     /// most `per_port_limit` of them; entries unseen for `aging_secs` are removed by `age`.
     pub fn new(capacity: usize, ports: usize, per_port_limit: usize, aging_secs: u32) -> Fdb {
+        // std's RandomState is seeded from the OS once per process and differs per
+        // instance: enough for a key a guest cannot learn, without a dependency.
+        let rs = std::collections::hash_map::RandomState::new();
+        let key = (rs.hash_one(0u64), rs.hash_one(1u64));
+        Fdb::with_key(capacity, ports, per_port_limit, aging_secs, key)
+    }
+
+    /// `new` with a given hash key (tests that need the same layout every run).
+    pub fn with_key(
+        capacity: usize,
+        ports: usize,
+        per_port_limit: usize,
+        aging_secs: u32,
+        (k0, k1): (u64, u64),
+    ) -> Fdb {
         let capacity = capacity.max(1);
-        let nslots = (capacity * 2).next_power_of_two().max(PROBE);
+        // A quarter full at most: with a random hash, windows of PROBE slots then
+        // (practically) never fill before the table does. At half full, one table in
+        // a few refused stations from about 60% of capacity.
+        let nslots = (capacity * 4).next_power_of_two().max(PROBE);
         Fdb {
             slots: (0..nslots).map(|_| Slot::default()).collect(),
             mask: nslots - 1,
@@ -116,6 +143,8 @@ impl Fdb {
             per_port: (0..ports.max(1)).map(|_| AtomicU32::new(0)).collect(),
             per_port_limit: per_port_limit.clamp(1, capacity) as u32,
             aging_secs,
+            k0,
+            k1: k1 | 1,
         }
     }
 
@@ -132,9 +161,18 @@ impl Fdb {
         self.aging_secs
     }
 
+    /// The first slot of `key`'s probe window. A folded multiply (the 128-bit product's
+    /// halves xored, as in foldhash) of the key mixed with a random word, by a random
+    /// odd word: without the key, which slot a MAC lands in cannot be predicted. Its
+    /// output still carries the structure of sequential MACs for some keys (one table
+    /// in twenty filled a window at under 15% of capacity), so it is spread by a
+    /// Fibonacci multiply (bits 32 and up are the slot: at most 2^26 slots). Two
+    /// multiplies, two xors, a shift and the mask the probe uses anyway.
     #[inline]
     fn home(&self, key: u64) -> usize {
-        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & self.mask
+        let x = (key ^ self.k0) as u128 * self.k1 as u128;
+        let folded = (x >> 64) as u64 ^ x as u64;
+        (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & self.mask
     }
 
     /// Learns that `mac` on `vlan` is behind `port`, at time `now` (seconds).
@@ -147,31 +185,7 @@ impl Fdb {
             let s = &self.slots[(home + i) & self.mask];
             let k = s.key.load(Acquire);
             if k == key {
-                let v = s.val.load(Relaxed);
-                let old_port = v as u16;
-                if old_port != port {
-                    // A station move: lock the slot so that a concurrent move or aging
-                    // of the same entry cannot count it twice.
-                    if s.key
-                        .compare_exchange(key, key | BUSY, Acquire, Relaxed)
-                        .is_err()
-                    {
-                        return Learned::Known; // someone else is changing it right now
-                    }
-                    let old_port = s.val.load(Relaxed) as u16;
-                    s.val.store(val_of(port, now), Relaxed);
-                    // Count while holding the slot, so moves of one entry count in order.
-                    if old_port != port {
-                        self.count_port(old_port, -1);
-                        self.count_port(port, 1);
-                    }
-                    s.key.store(key, Release);
-                    return Learned::Moved;
-                }
-                if (v >> 16) as u32 != now {
-                    s.val.store(val_of(port, now), Relaxed);
-                }
-                return Learned::Known;
+                return self.refresh(s, key, port, now);
             }
             if k == key | BUSY {
                 return Learned::Known; // another thread is updating this very entry
@@ -183,26 +197,74 @@ impl Fdb {
                 break; // an empty slot ends the probe: the key is not further on
             }
         }
-        let Some(mut at) = free else {
+        let Some(at) = free else {
             return Learned::Refused;
         };
-        if self.count.load(Relaxed) >= self.capacity
-            || self
-                .per_port
-                .get(port as usize)
-                .is_none_or(|c| c.load(Relaxed) >= self.per_port_limit)
-        {
+        if self.count.load(Relaxed) >= self.capacity || !self.port_has_room(port) {
             return Learned::Refused;
         }
-        // Claim a free slot; if another thread takes it first, try the next free one.
+        self.insert(key, home, at, port, now)
+    }
+
+    /// `key` was found in `s`: note the time, or move it to `port`.
+    #[inline]
+    fn refresh(&self, s: &Slot, key: u64, port: PortNo, now: u32) -> Learned {
+        let v = s.val.load(Relaxed);
+        if v as u16 != port {
+            return self.move_entry(s, key, port, now);
+        }
+        if (v >> 16) as u32 != now {
+            s.val.store(val_of(port, now), Relaxed);
+        }
+        Learned::Known
+    }
+
+    /// A station move: the entry in `s` goes to `port` if `port` has room in its share
+    /// (the move is refused otherwise, and the entry stays where it was: a guest cannot
+    /// exceed its share by claiming others' MACs).
+    fn move_entry(&self, s: &Slot, key: u64, port: PortNo, now: u32) -> Learned {
+        if !self.port_has_room(port) {
+            return Learned::Refused; // checked before the lock: no RMW per refused frame
+        }
+        // Lock the slot so that a concurrent move or aging of the same entry cannot
+        // count it twice.
+        if s.key
+            .compare_exchange(key, key | BUSY, Acquire, Relaxed)
+            .is_err()
+        {
+            return Learned::Known; // someone else is changing it right now
+        }
+        let old_port = s.val.load(Relaxed) as u16;
+        // Count while holding the slot, so moves of one entry count in order.
+        if old_port != port {
+            if !self.reserve_port(port) {
+                s.key.store(key, Release);
+                return Learned::Refused;
+            }
+            self.count_port(old_port, -1);
+        }
+        s.val.store(val_of(port, now), Relaxed);
+        s.key.store(key, Release);
+        Learned::Moved
+    }
+
+    /// Claims the free slot `at` (or, if another thread takes it first, the next free
+    /// one in the window) for a new `key`.
+    fn insert(&self, key: u64, home: usize, mut at: usize, port: PortNo, now: u32) -> Learned {
         loop {
             let s = &self.slots[at];
             let cur = s.key.load(Relaxed);
+            // SeqCst: see `keep_claim`.
             if (cur == 0 || cur == TOMB)
                 && s.key
-                    .compare_exchange(cur, key | BUSY, Acquire, Relaxed)
+                    .compare_exchange(cur, key | BUSY, SeqCst, Relaxed)
                     .is_ok()
             {
+                if !self.keep_claim(key, home, at) {
+                    // Never back to 0: another key may have probed past this slot.
+                    s.key.store(TOMB, Release);
+                    return Learned::Known;
+                }
                 s.val.store(val_of(port, now), Relaxed);
                 s.key.store(key, Release);
                 self.count.fetch_add(1, Relaxed);
@@ -218,6 +280,51 @@ impl Fdb {
                 _ => return Learned::Refused,
             }
         }
+    }
+
+    /// After claiming slot `at` for `key` (as `key | BUSY`): whether to keep it. Another
+    /// thread learning the same MAC at the same moment may have claimed another slot of
+    /// the window. Claims and these loads are SeqCst, so of two claimers at least one
+    /// sees the other. The rule: yield to a finished entry, and to a claim (or a locked
+    /// entry) nearer home; wait for a claim farther from home to settle, then look
+    /// again. The farther claimer yields if it saw us; if it did not, it finishes and
+    /// we yield to it. Waits only go away from home, so they end. Learning a new MAC is
+    /// rare: none of this is on the per-packet path.
+    fn keep_claim(&self, key: u64, home: usize, at: usize) -> bool {
+        let mine = at.wrapping_sub(home) & self.mask;
+        'scan: loop {
+            for i in (0..PROBE).filter(|&i| i != mine) {
+                let s = &self.slots[(home + i) & self.mask];
+                let k = s.key.load(SeqCst);
+                if k == key || (k == key | BUSY && i < mine) {
+                    return false;
+                }
+                if k == key | BUSY {
+                    while s.key.load(SeqCst) == key | BUSY {
+                        std::hint::spin_loop();
+                    }
+                    continue 'scan;
+                }
+            }
+            return true;
+        }
+    }
+
+    #[inline]
+    fn port_has_room(&self, port: PortNo) -> bool {
+        self.per_port
+            .get(port as usize)
+            .is_some_and(|c| c.load(Relaxed) < self.per_port_limit)
+    }
+
+    /// Counts one more entry for `port` if its share has room.
+    fn reserve_port(&self, port: PortNo) -> bool {
+        self.per_port.get(port as usize).is_some_and(|c| {
+            c.fetch_update(Relaxed, Relaxed, |v| {
+                (v < self.per_port_limit).then_some(v + 1)
+            })
+            .is_ok()
+        })
     }
 
     #[inline]
@@ -460,6 +567,111 @@ mod tests {
         let total: u32 = (0..4).map(|p| t.port_entries(p)).sum();
         assert_eq!(total, 1, "one entry must be counted once");
         assert_eq!(t.len(), 1);
+    }
+
+    /// The slot hash before it was keyed: an attacker who knows the code can
+    /// compute MACs that share a victim's home slot.
+    fn unkeyed_home(key: u64, mask: usize) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize & mask
+    }
+
+    #[test]
+    fn macs_crafted_against_the_unkeyed_hash_cannot_crowd_out_a_victim() {
+        let t = Fdb::new(1024, 2, 1024, 300);
+        let victim = mac(0xdead);
+        let target = unkeyed_home(key_of(victim, 0), t.mask);
+        let crafted: Vec<Mac> = (0..)
+            .map(mac)
+            .filter(|&m| m != victim && unkeyed_home(key_of(m, 0), t.mask) == target)
+            .take(PROBE)
+            .collect();
+        for &m in &crafted {
+            assert_eq!(t.learn(m, 0, 0, 0), Learned::New);
+        }
+        assert_eq!(t.learn(victim, 0, 1, 0), Learned::New);
+        assert_eq!(t.lookup(victim, 0), Some(1));
+        for &m in &crafted {
+            assert_eq!(t.lookup(m, 0), Some(0));
+        }
+    }
+
+    #[test]
+    fn sequential_macs_fill_the_table_to_capacity() {
+        // The hash is random per table: try a few tables.
+        for _ in 0..20 {
+            let t = Fdb::new(8192, 1, 8192, 300);
+            for i in 0..8192 {
+                assert_eq!(t.learn(mac(i), 0, 0, 0), Learned::New, "mac {i}");
+            }
+            assert_eq!(t.learn(mac(8192), 0, 0, 0), Learned::Refused);
+        }
+    }
+
+    #[test]
+    fn two_tables_hash_differently() {
+        // The key is drawn per table: a collision set found against one start of the
+        // switch says nothing about the next. (Probability of equal keys: ~2^-64.)
+        let (a, b) = (Fdb::new(1024, 1, 1024, 1), Fdb::new(1024, 1, 1024, 1));
+        assert!((0..64).any(|i| a.home(key_of(mac(i), 0)) != b.home(key_of(mac(i), 0))));
+    }
+
+    #[test]
+    fn a_station_move_counts_against_the_new_ports_limit() {
+        let t = Fdb::new(64, 4, 2, 300);
+        t.learn(mac(1), 0, 1, 0);
+        t.learn(mac(2), 0, 1, 0);
+        assert_eq!(t.learn(mac(3), 0, 0, 0), Learned::New);
+        // Port 1 holds its share: mac 3 cannot move onto it, and stays where it was.
+        assert_eq!(t.learn(mac(3), 0, 1, 1), Learned::Refused);
+        assert_eq!(t.lookup(mac(3), 0), Some(0));
+        assert_eq!((t.port_entries(0), t.port_entries(1)), (1, 2));
+        // Once port 1 has room, the move goes through.
+        t.flush_port(1);
+        assert_eq!(t.learn(mac(3), 0, 1, 2), Learned::Moved);
+        assert_eq!((t.port_entries(0), t.port_entries(1)), (0, 1));
+    }
+
+    /// Threads learning the same new MACs at the same moment must create one entry
+    /// each, counted once.
+    #[test]
+    fn concurrent_learners_of_one_new_mac_make_one_entry() {
+        const THREADS: usize = 4;
+        const ROUNDS: u32 = 3000;
+        const MACS: u32 = 16;
+        let t = std::sync::Arc::new(Fdb::new(65536, 1, 65536, 300));
+        let start = std::sync::Arc::new(std::sync::Barrier::new(THREADS));
+        let hs: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (t, start) = (t.clone(), start.clone());
+                std::thread::spawn(move || {
+                    for round in 0..ROUNDS {
+                        start.wait();
+                        for i in 0..MACS {
+                            t.learn(mac(round * MACS + i), 0, 0, 0);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        let entries = t.entries(0);
+        let mut seen = std::collections::HashMap::new();
+        for e in &entries {
+            *seen.entry((e.mac, e.vlan)).or_insert(0) += 1;
+        }
+        let dups: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).collect();
+        assert!(
+            dups.is_empty(),
+            "{} of {} MACs have more than one entry, e.g. {:?}",
+            dups.len(),
+            seen.len(),
+            &dups[..dups.len().min(3)]
+        );
+        assert_eq!(seen.len(), (ROUNDS * MACS) as usize);
+        assert_eq!(t.len(), entries.len());
+        assert_eq!(t.port_entries(0) as usize, entries.len());
     }
 
     #[test]
