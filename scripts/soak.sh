@@ -2,8 +2,7 @@
 # Soak: guests reconnecting in a loop (testpmd), a MAC flood, hostile frontends and
 # testpmd traffic at once for MINUTES, then the switch's RSS, open fds, mappings and
 # free mbufs compared with the start (tests/soak.rs). Needs what scripts/test.sh
-# installs (dpdk-testpmd, hugepages). SOAK_NEW_ATTACKS=1 adds attacks the switch does
-# not survive yet.
+# installs (dpdk-testpmd, hugepages).
 set -euo pipefail
 if [ $# -ne 1 ] || ! [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
   echo "usage: $0 MINUTES" >&2

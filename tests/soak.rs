@@ -11,9 +11,8 @@
 //! differ by more than the PMD thread's cache can hold (at stop the switch must have
 //! every mbuf back, exactly).
 //!
-//! `SOAK_NEW_ATTACKS=1` adds two attacks the switch does not survive yet: a blocking
-//! call eventfd loaded to its maximum, and the guest memory file truncated to 0 under
-//! live rings.
+//! The hostile frontends include a blocking call eventfd loaded to its maximum and
+//! the guest memory file truncated to 0 under live rings.
 
 mod common;
 use common::*;
@@ -48,7 +47,6 @@ struct RoundOpts<'a> {
     dir: &'a Scratch,
     sw: &'a Switch,
     length: Duration,
-    new_attacks: bool,
     activity: &'a Activity,
 }
 
@@ -123,17 +121,16 @@ type Attack = fn(&Path);
 
 /// Hostile frontends on port `evil`, round robin.
 fn hostile(opts: &RoundOpts, stop: &AtomicBool) {
-    let mut attacks: Vec<Attack> = vec![
+    let attacks: [Attack; 8] = [
         garbage_request,
         missing_fd,
         ring_index_out_of_range,
         descriptor_outside_memory,
         table_replaced_under_rings,
         hang_up_mid_handshake,
+        full_blocking_call_fd,
+        memory_truncated,
     ];
-    if opts.new_attacks {
-        attacks.extend([full_blocking_call_fd as Attack, memory_truncated]);
-    }
     let sock = opts.dir.path("evil.sock");
     for a in attacks.iter().cycle() {
         if !sleep_unless(stop, Duration::from_millis(50)) {
@@ -294,7 +291,6 @@ fn soak() {
         .expect("SOAK_MINUTES (run scripts/soak.sh MINUTES)")
         .parse()
         .expect("SOAK_MINUTES is a number of minutes");
-    let new_attacks = std::env::var("SOAK_NEW_ATTACKS").is_ok_and(|v| v == "1");
     let dir = Scratch::new("soak");
     let cfg = write_config(
         &dir,
@@ -307,7 +303,6 @@ fn soak() {
         dir: &dir,
         sw: &sw,
         length: WARMUP,
-        new_attacks,
         activity: &activity,
     };
     round(&opts);
