@@ -300,7 +300,14 @@ impl Fdb {
                     return false;
                 }
                 if k == key | BUSY {
+                    // Bounded: the holder may be the aging thread, preempted. Giving up
+                    // the claim only leaves this MAC unlearned until its next frame.
+                    let mut spins = 0u32;
                     while s.key.load(SeqCst) == key | BUSY {
+                        spins += 1;
+                        if spins > 4096 {
+                            return false;
+                        }
                         std::hint::spin_loop();
                     }
                     continue 'scan;
