@@ -2,10 +2,11 @@
 //! vhost-user ports of the switch: they ping each other, then kernel pktgen in one
 //! sends 100000 64-byte frames to the other, which must receive them all. Then both
 //! guests power off and two new QEMUs connect to the same sockets: the switch, still
-//! running, serves them again.
+//! running, serves them again; one of them has its RAM on /dev/hugepages
+//! (`memory-backend-file`), the other's RAM is a sealed memfd, as QEMU makes them.
 
 mod common;
-use common::guest::{images, num, Guest};
+use common::guest::{images, num, BootOpts, Guest};
 use common::*;
 use std::time::Duration;
 
@@ -75,13 +76,17 @@ fn two_guests_ping_pktgen_and_reconnect() {
         },
     );
 
-    // Round 2: new QEMU processes on the same sockets, switch not restarted.
-    let a = Guest::boot(
+    // Round 2: new QEMU processes on the same sockets, switch not restarted; A's RAM
+    // is on hugetlbfs (mapped by the switch in whole 2 MiB pages).
+    let a = Guest::boot_with(
         "guest-a2",
         dir.path("vm1.sock"),
         MAC_A,
         "vsw.ip=10.0.0.1/24 vsw.role=ping vsw.peer=10.0.0.2 vsw.count=5 vsw.wait=240",
         &img,
+        &BootOpts {
+            mem_path: Some("/dev/hugepages"),
+        },
     );
     let b = Guest::boot(
         "guest-b2",

@@ -26,6 +26,14 @@ pub struct Guest {
     out: Arc<Mutex<String>>,
 }
 
+/// Options of [`Guest::boot_with`] beyond the usual.
+#[derive(Default)]
+pub struct BootOpts<'a> {
+    /// Guest RAM in a file under this directory (`memory-backend-file`, e.g.
+    /// `/dev/hugepages`) instead of a memfd.
+    pub mem_path: Option<&'a str>,
+}
+
 impl Guest {
     pub fn boot(
         name: &'static str,
@@ -34,9 +42,24 @@ impl Guest {
         append: &str,
         images: &PathBuf,
     ) -> Guest {
+        Guest::boot_with(name, sock, mac, append, images, &BootOpts::default())
+    }
+
+    pub fn boot_with(
+        name: &'static str,
+        sock: PathBuf,
+        mac: &str,
+        append: &str,
+        images: &PathBuf,
+        opts: &BootOpts,
+    ) -> Guest {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/guest/qemu-guest.sh");
-        let mut child = Command::new("bash")
-            .arg(script)
+        let mut cmd = Command::new("bash");
+        cmd.arg(script);
+        if let Some(p) = opts.mem_path {
+            cmd.args(["--mem-path", p]);
+        }
+        let mut child = cmd
             .arg("--sock")
             .arg(&sock)
             .arg("--images")

@@ -14,6 +14,8 @@
 #   --mac MAC     guest MAC (default 52:54:00:12:34:56).
 #   --queues N    queue pairs (default 1; N>1 enables virtio-net multiqueue).
 #   --mem MB      guest RAM, shared memfd (default 256).
+#   --mem-path D  guest RAM in a file under D instead (memory-backend-file,
+#                 share=on), e.g. /dev/hugepages for 2 MiB hugepages.
 #   --append S    extra kernel command line, e.g. "vsw.ip=10.0.0.1/24 vsw.role=idle".
 #   --dry-run     print the QEMU command line instead of running it.
 set -euo pipefail
@@ -21,7 +23,7 @@ set -euo pipefail
 die() { echo "qemu-guest.sh: error: $*" >&2; exit 2; }
 
 sock=""; server=0; tap=""; images=""; mac=52:54:00:12:34:56; queues=1; mem=256
-append=""; dry=0; extra=()
+append=""; dry=0; extra=(); mem_path=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --sock)    sock=${2:?}; shift 2 ;;
@@ -31,6 +33,7 @@ while [ $# -gt 0 ]; do
     --mac)     mac=${2:?}; shift 2 ;;
     --queues)  queues=${2:?}; shift 2 ;;
     --mem)     mem=${2:?}; shift 2 ;;
+    --mem-path) mem_path=${2:?}; shift 2 ;;
     --append)  append=${2?}; shift 2 ;;
     --dry-run) dry=1; shift ;;
     --)        shift; extra=("$@"); break ;;
@@ -47,13 +50,19 @@ if [ -z "$sock" ] && [ -z "$tap" ]; then die "one of --sock PATH or --tap IFNAME
 [[ "$mem" =~ ^[1-9][0-9]*$ ]] || die "bad --mem $mem"
 
 qemu=${QEMU:-qemu-system-x86_64}
+if [ -n "$mem_path" ]; then
+  [ -d "$mem_path" ] || die "--mem-path $mem_path is not a directory"
+  memobj="memory-backend-file,id=mem,size=${mem}M,mem-path=$mem_path,share=on"
+else
+  memobj="memory-backend-memfd,id=mem,size=${mem}M,share=on"
+fi
 
 args=(
   -machine q35,accel=tcg
   -cpu max
   -smp 1
   -m "${mem}M"
-  -object "memory-backend-memfd,id=mem,size=${mem}M,share=on"
+  -object "$memobj"
   -numa node,memdev=mem
   -nodefaults
   -net none
