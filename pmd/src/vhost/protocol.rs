@@ -213,6 +213,31 @@ struct Conn {
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
+/// How long a client-mode port waits before its next connection attempt: doubling
+/// from [`RECONNECT_MIN`] to [`RECONNECT_MAX`] while the peer is away, back to the
+/// minimum once a connection is made (so a restarting QEMU is found quickly, and an
+/// absent one costs a connect every 5 s, not 5 a second).
+#[derive(Debug)]
+pub struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff(RECONNECT_MIN)
+    }
+}
+
+impl Backoff {
+    /// The wait after a failed attempt; the next one will be longer.
+    pub fn failed(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(RECONNECT_MAX);
+        d
+    }
+    pub fn connected(&mut self) {
+        self.0 = RECONNECT_MIN;
+    }
+}
+
 pub(super) fn spawn(sh: Arc<Shared>) -> Result<JoinHandle<()>, String> {
     let listener = match sh.cfg.mode {
         Mode::Server => {
@@ -248,7 +273,7 @@ fn nap(sh: &Shared, d: Duration) {
 fn next_stream(
     sh: &Shared,
     listener: &Option<Listener>,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
 ) -> Option<UnixStream> {
     match listener {
         Some(l) => match l.accept() {
@@ -267,12 +292,11 @@ fn next_stream(
         },
         None => match UnixStream::connect(&sh.cfg.path) {
             Ok(s) => {
-                *backoff = RECONNECT_MIN;
+                backoff.connected();
                 Some(s)
             }
             Err(_) => {
-                nap(sh, *backoff);
-                *backoff = (*backoff * 2).min(RECONNECT_MAX);
+                nap(sh, backoff.failed());
                 None
             }
         },
@@ -280,7 +304,7 @@ fn next_stream(
 }
 
 fn run(sh: Arc<Shared>, listener: Option<Listener>) {
-    let mut backoff = RECONNECT_MIN;
+    let mut backoff = Backoff::default();
     while !sh.stop.load(Ordering::SeqCst) {
         let Some(stream) = next_stream(&sh, &listener, &mut backoff) else {
             continue;
@@ -888,5 +912,19 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.conn.teardown_all();
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backoff_doubles_to_a_cap_and_resets_on_connect() {
+        let mut b = Backoff::default();
+        let waits: Vec<u64> = (0..8).map(|_| b.failed().as_millis() as u64).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        b.connected();
+        assert_eq!(b.failed(), RECONNECT_MIN);
     }
 }
