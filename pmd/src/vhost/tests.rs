@@ -940,13 +940,14 @@ fn small_regions_on_hugetlbfs_are_mapped_and_unmapped_in_whole_pages() {
     // the kernel, and munmap of 4 KiB then fails, leaving the mapping. 32 tables of 8
     // such regions must leave nothing behind.
     let f = hugetlb_memfd(16 << 20);
-    for _ in 0..32 {
+    // Offsets on a huge page (the mapping leaked) and inside one (mmap refused it).
+    for round in 0..32u64 {
         let descs: Vec<super::mem::RegionDesc> = (0..8u64)
             .map(|k| super::mem::RegionDesc {
                 guest_phys: k << 32,
                 size: 4096,
                 user_addr: 0x7f00_0000_0000 + (k << 32),
-                mmap_offset: (k << 21) + 8192,
+                mmap_offset: (k << 21) + (round % 2) * 8192,
             })
             .collect();
         let files = (0..8).map(|_| f.try_clone().unwrap()).collect();
