@@ -8,8 +8,9 @@
 //!
 //! Guest mappings are registered here (a fixed table of slots, no allocation, so the
 //! handler can read it). On SIGBUS at an address inside a registered range the
-//! handler maps anonymous zero pages over that whole range (`MAP_FIXED`, a system call
-//! that is async-signal-safe), marks the slot poisoned and returns: the faulting
+//! handler maps anonymous zero pages over that whole range (`MAP_FIXED | MAP_NORESERVE`,
+//! a plain system call, which Linux allows in a signal handler; if the kernel refuses
+//! that much, only the 2 MiB block around the fault), marks the slot poisoned and returns: the faulting
 //! instruction runs again on the zero pages. The data path checks the poison flag
 //! once per burst and stops the ring (`GuestError::MemoryGone`): frames read in that
 //! burst are discarded, the port is marked broken and counted, and every other port
@@ -73,6 +74,8 @@ impl Guard {
                 .is_ok()
             {
                 s.poisoned.store(false, Ordering::SeqCst);
+                // Start before length; the handler reads length first, so it never pairs
+                // a new length with an old start.
                 for (k, &(start, len)) in ranges.iter().enumerate() {
                     s.start[k].store(start, Ordering::SeqCst);
                     s.len[k].store(len, Ordering::SeqCst);
@@ -104,50 +107,87 @@ impl Drop for Guard {
 
 fn install() {
     INSTALL.call_once(|| {
-        // SAFETY: a zeroed sigaction is valid to fill in; the handler only reads
-        // atomics, calls mmap and, for foreign faults, the previous handler. PREVIOUS is
-        // written once here, before our handler can run, and only read after.
+        // SAFETY: zeroed sigactions are valid to fill in. The previous action is read
+        // and stored in PREVIOUS before ours is installed, so the handler never reads
+        // PREVIOUS while it is written. The handler only reads atomics, calls mmap and,
+        // for foreign faults, the previous handler.
         unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGBUS, std::ptr::null(), &mut old) != 0 {
+                return;
+            }
+            PREVIOUS = Some(old);
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_sigbus as *const () as usize;
             sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
             libc::sigemptyset(&mut sa.sa_mask);
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(libc::SIGBUS, &sa, &mut old) == 0 {
-                PREVIOUS = Some(old);
-            }
+            libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
         }
     });
 }
 
-extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
-    let addr = unsafe { (*info).si_addr() } as usize;
+/// Maps anonymous zero pages over `[start, start+len)`; whether it worked.
+///
+/// # Safety
+/// The range must be a guest mapping this process holds (registered).
+unsafe fn zero_fill(start: usize, len: usize) -> bool {
+    // SAFETY: as the caller promises; MAP_FIXED replaces only that range.
+    let p = unsafe {
+        libc::mmap(
+            start as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    p != libc::MAP_FAILED
+}
+
+/// The registered range holding `addr`, as (slot, start, len).
+fn find(addr: usize) -> Option<(&'static Slot, usize, usize)> {
     for s in TABLE.iter() {
         if !s.used.load(Ordering::Acquire) {
             continue;
         }
         for k in 0..RANGES {
-            let start = s.start[k].load(Ordering::Acquire);
-            let len = s.len[k].load(Ordering::Acquire);
+            let len = s.len[k].load(Ordering::SeqCst);
+            let start = s.start[k].load(Ordering::SeqCst);
             if len != 0 && addr >= start && addr - start < len {
-                // SAFETY: [start, start+len) is a guest mapping this process made and
-                // still holds (registered until unmapped); replacing it with anonymous
-                // memory of the same size changes no other mapping.
-                let p = unsafe {
-                    libc::mmap(
-                        start as *mut libc::c_void,
-                        len,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                        -1,
-                        0,
-                    )
-                };
-                if p != libc::MAP_FAILED {
-                    s.poisoned.store(true, Ordering::SeqCst);
-                    return;
-                }
+                return Some((s, start, len));
+            }
+        }
+    }
+    None
+}
+
+extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; errno is
+    // this thread's and restored before returning.
+    let (code, addr, errno) = unsafe {
+        (
+            (*info).si_code,
+            (*info).si_addr() as usize,
+            *libc::__errno_location(),
+        )
+    };
+    // Only a fault the kernel raised (si_code > 0) carries an address; a SIGBUS sent
+    // with kill() must not zero anything.
+    if code > 0 {
+        if let Some((s, start, len)) = find(addr) {
+            // The whole range, or if the kernel will not reserve that much, the 2 MiB
+            // block around the fault (ranges are whole blocks of their files, so a
+            // hugetlbfs range is 2 MiB aligned).
+            let block = 2 << 20;
+            let b0 = (addr & !(block - 1)).max(start);
+            let b1 = ((addr & !(block - 1)) + block).min(start + len);
+            // SAFETY: both ranges lie inside a registered guest mapping.
+            if unsafe { zero_fill(start, len) || zero_fill(b0, b1 - b0) } {
+                s.poisoned.store(true, Ordering::SeqCst);
+                // SAFETY: restoring this thread's errno.
+                unsafe { *libc::__errno_location() = errno };
+                return;
             }
         }
     }

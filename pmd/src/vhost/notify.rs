@@ -88,10 +88,15 @@ impl Irq {
         Irq { n, vring }
     }
 
-    /// Asks for an interrupt; never blocks. Coalesces with one already pending.
+    /// Asks for an interrupt; never blocks. Coalesces with one already pending. A load
+    /// and a store, not a locked swap: one PMD thread at a time raises a given ring,
+    /// and a flag the notifier clears between the two is delivered by it anyway (it
+    /// clears before it writes).
     #[inline]
     pub fn raise(&self) {
-        if !self.n.pending[self.vring].swap(true, Ordering::AcqRel) {
+        let p = &self.n.pending[self.vring];
+        if !p.load(Ordering::Acquire) {
+            p.store(true, Ordering::SeqCst);
             self.n.wake();
         }
     }
@@ -177,10 +182,18 @@ impl Notifier {
     /// Delivers every pending interrupt, each with one non-blocking write.
     pub fn deliver(&self) {
         for i in 0..self.pending.len() {
-            if !self.pending[i].swap(false, Ordering::AcqRel) {
+            if !self.pending[i].load(Ordering::Acquire) {
                 continue;
             }
-            let call = self.calls().get(i).cloned().flatten();
+            // The fd is taken under the lock before the flag is cleared: once `drain`
+            // sees the flag clear, a `set_call` can no longer take this interrupt's fd.
+            let call = {
+                let calls = self.calls();
+                if !self.pending[i].swap(false, Ordering::AcqRel) {
+                    continue;
+                }
+                calls.get(i).cloned().flatten()
+            };
             if let Some(f) = call {
                 self.write_call(i, &f);
             }
@@ -201,9 +214,10 @@ impl Notifier {
                 .any(|p| p.load(Ordering::Acquire))
         };
         while pending() && t0.elapsed() < 2 * WRITE_DEADLINE {
-            if self.pthread.load(Ordering::Relaxed) == 0 {
-                self.deliver(); // no thread (tests): deliver here
+            if self.pthread.load(Ordering::SeqCst) == 0 {
+                self.deliver(); // no thread (Session, tests): deliver here
             }
+            self.watchdog();
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -237,16 +251,17 @@ impl Notifier {
 
     /// Called by the port's control thread every few hundred milliseconds: interrupts
     /// a write to a guest's fd that has blocked longer than [`WRITE_DEADLINE`].
-    pub fn watchdog(&self) {
+    pub(crate) fn watchdog(&self) {
         let since = self.writing_since.load(Ordering::SeqCst);
         if since == 0 {
             return;
         }
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
-        let t = self.pthread.load(Ordering::Relaxed);
+        let t = self.pthread.load(Ordering::SeqCst);
         if now.saturating_sub(since) > WRITE_DEADLINE.as_millis() as u64 && t != 0 {
-            // SAFETY: t is the notifier thread's pthread_t, which is alive: NotifierThread
-            // joins it only after clearing `pthread`.
+            // SAFETY: t is the notifier thread's pthread_t, not yet joined: NotifierThread
+            // clears `pthread` before it joins, and the watchdog runs only on the port's
+            // control thread (joined before NotifierThread is dropped) or in that drop.
             unsafe { libc::pthread_kill(t as libc::pthread_t, interrupt_signal()) };
         }
     }
@@ -265,7 +280,7 @@ impl NotifierThread {
             .name(format!("irq-{}", n.name))
             .spawn(move || run(&n2))?;
         n.pthread
-            .store(thread.as_pthread_t() as u64, Ordering::Relaxed);
+            .store(thread.as_pthread_t() as u64, Ordering::SeqCst);
         Ok(NotifierThread {
             n,
             thread: Some(thread),
@@ -297,7 +312,7 @@ impl Drop for NotifierThread {
                 self.n.watchdog();
                 std::thread::sleep(Duration::from_millis(10));
             }
-            self.n.pthread.store(0, Ordering::Relaxed);
+            self.n.pthread.store(0, Ordering::SeqCst);
             let _ = t.join();
         }
     }

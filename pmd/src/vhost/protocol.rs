@@ -182,10 +182,14 @@ impl std::fmt::Display for ProtocolError {
 type Res<T> = Result<T, ProtocolError>;
 
 fn io_err(op: &'static str, e: &std::io::Error) -> ProtocolError {
-    ProtocolError::Io {
-        op,
-        errno: e.raw_os_error().unwrap_or(libc::EIO),
-    }
+    use std::io::ErrorKind as K;
+    let errno = e.raw_os_error().unwrap_or(match e.kind() {
+        K::TimedOut => libc::ETIMEDOUT,
+        K::UnexpectedEof => libc::ECONNRESET,
+        K::Interrupted => libc::EINTR,
+        _ => libc::EIO,
+    });
+    ProtocolError::Io { op, errno }
 }
 
 /// What the frontend told us about one virtqueue.
@@ -342,6 +346,43 @@ struct Msg {
     files: Vec<File>,
 }
 
+/// Time the rest of a message may take once its first bytes arrived.
+const MSG_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Fills `buf` from the socket by `deadline` (TimedOut past it, Interrupted on stop).
+fn read_by(
+    s: &mut UnixStream,
+    buf: &mut [u8],
+    deadline: std::time::Instant,
+    sh: &Shared,
+) -> std::io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        if std::time::Instant::now() > deadline {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        if sh.stop.load(Ordering::SeqCst) {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(k) => got += k,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                sh.notifier.watchdog()
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Reads one message: header, file descriptors and body.
 fn recv_msg(s: &mut UnixStream, sh: &Shared) -> Res<Option<Msg>> {
     let mut hdr = [0u8; HDR_LEN];
@@ -378,9 +419,11 @@ fn recv_msg(s: &mut UnixStream, sh: &Shared) -> Res<Option<Msg>> {
     if n == 0 {
         return Ok(None); // peer closed
     }
+    // The rest of the message must follow within MSG_DEADLINE: a frontend sending a
+    // byte just inside each read timeout cannot hold this thread (and shutdown).
+    let deadline = std::time::Instant::now() + MSG_DEADLINE;
     if n < HDR_LEN {
-        s.read_exact(&mut hdr[n..])
-            .map_err(|e| io_err("short header", &e))?;
+        read_by(s, &mut hdr[n..], deadline, sh).map_err(|e| io_err("short header", &e))?;
     }
     let code = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
     let flags = u32::from_le_bytes(hdr[4..8].try_into().unwrap());
@@ -389,8 +432,7 @@ fn recv_msg(s: &mut UnixStream, sh: &Shared) -> Res<Option<Msg>> {
         return Err(ProtocolError::BodyTooLarge { req: code, size });
     }
     let mut body = vec![0u8; size];
-    s.read_exact(&mut body)
-        .map_err(|e| io_err("short body", &e))?;
+    read_by(s, &mut body, deadline, sh).map_err(|e| io_err("short body", &e))?;
     Ok(Some(Msg {
         code,
         flags,

@@ -1015,3 +1015,24 @@ fn guest_memory_must_be_tmpfs_or_hugetlbfs_and_within_the_limit() {
     assert!(matches!(e, MemError::TooLarge { .. }), "{e}");
     r.mem.file().set_len(OUTSIDE + SIZE).unwrap();
 }
+
+#[test]
+fn a_region_larger_than_ram_that_shrinks_is_recovered_too() {
+    // A sparse 64 GiB memfd (more than this machine's RAM): the zero pages put in its
+    // place must not need 64 GiB of commit, or the recovery fails and the process dies.
+    let mem = DriverMem::new(0, 64 << 30, GPA, UVA);
+    let pool = Mempool::new(1024, HugepagePolicy::Off).unwrap();
+    let mut cache = MempoolCache::new(pool.clone());
+    let mut ring = DriverRing::new(&mem, 0, 256);
+    let gm = Arc::new(GuestMemory::map(&[mem.region()], vec![mem.file()]).unwrap());
+    let mut lr = LiveRing::new(gm, 256, ring.addrs(), 0, feat(true, false), None).unwrap();
+    mem.write(BUF, &[0u8; 76]);
+    ring.set_desc(0, ring.gpa(BUF), 76, 0, 0);
+    ring.push(0);
+    mem.file().set_len(0).unwrap();
+    assert!(dequeue(&mut cache, &mut lr).is_empty());
+    assert_eq!(lr.error(), Some(GuestError::MemoryGone));
+    drop(lr);
+    drop(cache);
+    assert_eq!(pool.available(), 1024);
+}

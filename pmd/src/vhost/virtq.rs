@@ -375,7 +375,9 @@ impl LiveRing {
         // later read is checked against the ring size).
         let used_idx = r.read_used_idx();
         if used_idx != base {
-            tracing::warn!(
+            // Debug, not warn: DPDK virtio-user does this on every reconnect, and a
+            // frontend repeating SET_VRING_BASE must not fill the log.
+            tracing::debug!(
                 base,
                 used_idx,
                 "vring base differs from the used index; continuing from the used index"
