@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Lines allowed per window.
-pub const BURST: u64 = 10;
+pub const BURST: u64 = 20;
 /// The window, in seconds.
 pub const WINDOW_SECS: u64 = 10;
 

@@ -148,6 +148,8 @@ pub struct Shared {
     pub notifier: Arc<Notifier>,
     /// Guest errors and refused requests logged per window.
     pub log_limit: RateLimit,
+    /// Connections and disconnections logged per window.
+    pub conn_log_limit: RateLimit,
 }
 
 impl Shared {
@@ -190,6 +192,7 @@ impl VhostUserPort {
             stop: AtomicBool::new(false),
             notifier,
             log_limit: RateLimit::new(),
+            conn_log_limit: RateLimit::new(),
         });
         let thread = protocol::spawn(shared.clone())?;
         Ok(VhostUserPort {

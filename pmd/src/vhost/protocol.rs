@@ -314,7 +314,11 @@ fn run(sh: Arc<Shared>, listener: Option<Listener>) {
             continue;
         };
         sh.connections.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(port = %sh.cfg.name, path = %sh.cfg.path.display(), "vhost-user frontend connected");
+        // A frontend reconnecting in a loop must not fill the log either.
+        let logged = sh.conn_log_limit.allow();
+        if let Some(suppressed) = logged {
+            tracing::info!(port = %sh.cfg.name, path = %sh.cfg.path.display(), suppressed, "vhost-user frontend connected");
+        }
         let mut conn = Conn::new(sh.clone());
         let why = conn.serve(stream);
         conn.teardown_all();
@@ -322,7 +326,10 @@ fn run(sh: Arc<Shared>, listener: Option<Listener>) {
         sh.connected.store(false, Ordering::SeqCst);
         sh.update_up();
         match why {
-            Ok(()) => tracing::info!(port = %sh.cfg.name, "vhost-user frontend disconnected"),
+            Ok(()) if logged.is_some() => {
+                tracing::info!(port = %sh.cfg.name, "vhost-user frontend disconnected")
+            }
+            Ok(()) => {}
             Err(e) => {
                 if !matches!(e, ProtocolError::Io { .. }) {
                     PortStats::add(&sh.stats.guest_errors, 1);
@@ -917,6 +924,7 @@ impl Session {
             stop: AtomicBool::new(false),
             notifier: Notifier::new(name, 2 * queues),
             log_limit: RateLimit::new(),
+            conn_log_limit: RateLimit::new(),
         });
         Session {
             conn: Conn::new(sh),
