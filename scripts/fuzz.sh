@@ -61,7 +61,9 @@ for t in "${targets[@]}"; do
   if [ $rc -ne 0 ] || [ -z "$line" ]; then
     failed+=("$t")
     printf "%-16s FAILED (exit %s); log %s\n" "$t" "$rc" "$log"
-    grep -E 'panicked at|ERROR: |SUMMARY: |Test unit written to|Base64: ' "$log" | head -8 | sed 's/^/    /'
+    # The panic and its message, libFuzzer's verdict, and where the input is.
+    grep -A1 -E 'panicked at' "$log" | head -2 | sed 's/^/    /' || true
+    grep -E 'ERROR: |SUMMARY: |Test unit written to|Base64: ' "$log" | head -6 | sed 's/^/    /' || true
   else
     printf "%-16s %s\n" "$t" "$line"
   fi
