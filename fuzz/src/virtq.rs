@@ -13,7 +13,8 @@
 //!
 //! Input layout (little-endian):
 //! - `[0]` flags: bit 0 EVENT_IDX, bit 1 MRG_RXBUF, bit 2 INDIRECT_DESC, bit 3 a
-//!   10-byte header (without MRG_RXBUF), bit 4 a call eventfd, bit 5 two regions;
+//!   10-byte header (without MRG_RXBUF), bit 4 a call eventfd (through a
+//!   `Notifier`, delivered after each burst), bit 5 two regions;
 //! - `[1]` ring size: bit 7 clear: `1 << (b & 15)`; set: `b & 0x7f` (any number);
 //! - `[2..4]` the base (SET_VRING_BASE);
 //! - `[4..6]`, `[6..8]`, `[8..10]` descriptor table, avail ring and used ring as
@@ -25,6 +26,7 @@
 use pmd::hugepage::HugepagePolicy;
 use pmd::vhost::driver::{eventfd, DriverMem};
 use pmd::vhost::mem::{GuestMemory, RegionDesc};
+use pmd::vhost::notify::{Irq, Notifier};
 use pmd::vhost::virtq::{LiveRing, RingAddrs, RingFeatures};
 use pmd::{Mbuf, Mempool, MempoolCache};
 use std::collections::HashSet;
@@ -285,7 +287,13 @@ fn run_on(rig: &Rig, inp: &Input, dir: Dir) {
             12
         },
     };
-    let call = (inp.flags & F_CALL != 0).then(|| Arc::new(eventfd(0, false)));
+    // Interrupts go through a notifier without a thread: delivered after each burst.
+    let notifier = (inp.flags & F_CALL != 0).then(|| {
+        let n = Notifier::new("fuzz", 1);
+        n.set_call(0, Some(Arc::new(eventfd(0, false))));
+        n
+    });
+    let irq = notifier.as_ref().map(|n| Irq::new(n.clone(), 0));
     let files = (0..if two { 2 } else { 1 })
         .map(|_| rig.mem.file())
         .collect();
@@ -298,7 +306,7 @@ fn run_on(rig: &Rig, inp: &Input, dir: Dir) {
     let mut cache = MempoolCache::new(rig.pool.clone());
     let mut held: Vec<Mbuf> = Vec::new();
     let mut seen: HashSet<u32> = HashSet::new();
-    if let Ok(mut lr) = LiveRing::new(gm, inp.size, addrs, inp.base, feat, call) {
+    if let Ok(mut lr) = LiveRing::new(gm, inp.size, addrs, inp.base, feat, irq) {
         rig.check_canaries(two);
         for &b in inp.ops {
             let op = Op::decode(b);
@@ -319,6 +327,9 @@ fn run_on(rig: &Rig, inp: &Input, dir: Dir) {
                 }
                 Dir::Enqueue => enqueue(&mut lr, &mut cache, op),
             };
+            if let Some(n) = &notifier {
+                n.deliver();
+            }
             rig.check_canaries(two);
             if let Some(before) = before {
                 assert_eq!(moved, 0, "a stopped ring moved frames");
