@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use vswitch_fuzz::protocol::{self, req, FdKind, Msg};
 use vswitch_fuzz::virtq::{
     encode, F_CALL, F_EVENT_IDX, F_HDR10, F_INDIRECT, F_MRG_RXBUF, F_TWO_REGIONS, GPA, REGION,
 };
@@ -290,6 +291,199 @@ fn frame_seeds(dir: &Path) {
     seed(dir, "frame", "sequence", &all);
 }
 
+/// vhost-user message bodies.
+fn u64_body(v: u64) -> Vec<u8> {
+    v.to_le_bytes().to_vec()
+}
+fn state(index: u32, num: u32) -> Vec<u8> {
+    [index.to_le_bytes(), num.to_le_bytes()].concat()
+}
+fn vring_addr(index: u32, desc: u64, used: u64, avail: u64) -> Vec<u8> {
+    let mut b = [index.to_le_bytes(), 0u32.to_le_bytes()].concat();
+    for v in [desc, used, avail, 0] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+/// SET_MEM_TABLE of (guest_phys, size, user_addr, mmap_offset) regions.
+fn mem_table(regions: &[(u64, u64, u64, u64)]) -> Vec<u8> {
+    let mut b = [(regions.len() as u32).to_le_bytes(), 0u32.to_le_bytes()].concat();
+    for &(g, s, u, o) in regions {
+        for v in [g, s, u, o] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    b
+}
+
+const MEM_GPA: u64 = 0x1_0000_0000;
+const MEM_UVA: u64 = 0x7f00_0000_0000;
+/// Guest memory of the seeds: 64 KiB, rings of 256 entries at 0 and 0x4000 (and, with
+/// two queue pairs, 0x8000 and 0xc000).
+const MEM_PAGES: u8 = 16;
+const VERSION_1: u64 = 1 << 32;
+const MRG_RXBUF: u64 = 1 << 15;
+const EVENT_IDX: u64 = 1 << 29;
+const PROTOCOL_FEATURES: u64 = 1 << 30;
+const PROTO_MQ: u64 = 1;
+const PROTO_REPLY_ACK: u64 = 1 << 3;
+
+fn ring_msgs(index: u32, call_first: bool) -> Vec<Msg> {
+    let base = MEM_UVA + 0x4000 * index as u64;
+    let call = Msg::new(
+        req::SET_VRING_CALL,
+        &u64_body(index as u64),
+        &[FdKind::Eventfd],
+    );
+    let mut v = Vec::new();
+    if call_first {
+        v.push(call.clone());
+    }
+    v.push(Msg::new(req::SET_VRING_NUM, &state(index, 256), &[]));
+    v.push(Msg::new(req::SET_VRING_BASE, &state(index, 0), &[]));
+    v.push(Msg::new(
+        req::SET_VRING_ADDR,
+        &vring_addr(index, base, base + 8192, base + 4096),
+        &[],
+    ));
+    if !call_first {
+        v.push(call);
+    }
+    v.push(Msg::new(
+        req::SET_VRING_KICK,
+        &u64_body(index as u64),
+        &[FdKind::Eventfd],
+    ));
+    v
+}
+
+fn protocol_seeds(dir: &Path) {
+    let t = "vhost_protocol";
+    let table = Msg::new(
+        req::SET_MEM_TABLE,
+        &mem_table(&[(MEM_GPA, 64 << 10, MEM_UVA, 0)]),
+        &[FdKind::Memfd { pages: MEM_PAGES }],
+    );
+    // As tests/common/frontend.rs sets up a valid device.
+    let mut m = vec![
+        Msg::new(req::SET_OWNER, &[], &[]),
+        Msg::new(req::SET_FEATURES, &u64_body(VERSION_1 | MRG_RXBUF), &[]),
+        table.clone(),
+    ];
+    m.extend(ring_msgs(0, false));
+    m.extend(ring_msgs(1, false));
+    seed(dir, t, "device", &protocol::encode(false, &m));
+
+    // QEMU 10's order: features and protocol features asked first, rings enabled
+    // before SET_FEATURES; then taken down (GET_VRING_BASE) and the owner reset.
+    let mut m = vec![
+        Msg::new(req::GET_FEATURES, &[], &[]),
+        Msg::new(req::GET_PROTOCOL_FEATURES, &[], &[]),
+        Msg::new(
+            req::SET_PROTOCOL_FEATURES,
+            &u64_body(PROTO_MQ | PROTO_REPLY_ACK),
+            &[],
+        ),
+        Msg::new(req::GET_QUEUE_NUM, &[], &[]),
+        Msg::new(req::SET_OWNER, &[], &[]),
+        Msg::new(req::SET_VRING_ENABLE, &state(0, 1), &[]),
+        Msg::new(req::SET_VRING_ENABLE, &state(1, 1), &[]),
+        Msg::new(
+            req::SET_FEATURES,
+            &u64_body(VERSION_1 | MRG_RXBUF | EVENT_IDX | PROTOCOL_FEATURES),
+            &[],
+        ),
+        table.clone(),
+    ];
+    m.extend(ring_msgs(0, false));
+    m.extend(ring_msgs(1, false));
+    m.push(Msg::new(req::GET_VRING_BASE, &state(0, 0), &[]));
+    m.push(Msg::new(req::GET_VRING_BASE, &state(1, 0), &[]));
+    m.push(Msg::new(req::RESET_OWNER, &[], &[]));
+    seed(dir, t, "qemu", &protocol::encode(false, &m));
+
+    // DPDK virtio-user's order: calls before features and memory, replies asked for
+    // (REPLY_ACK), two queue pairs, a second memory table under running rings.
+    let mut m = vec![
+        Msg::new(req::GET_FEATURES, &[], &[]),
+        Msg::new(req::SET_OWNER, &[], &[]),
+        Msg::new(req::GET_PROTOCOL_FEATURES, &[], &[]),
+        Msg::new(
+            req::SET_PROTOCOL_FEATURES,
+            &u64_body(PROTO_MQ | PROTO_REPLY_ACK),
+            &[],
+        ),
+        Msg::new(req::GET_QUEUE_NUM, &[], &[]),
+    ];
+    for i in 0..4u32 {
+        m.push(Msg::new(
+            req::SET_VRING_CALL,
+            &u64_body(i as u64),
+            &[FdKind::Eventfd],
+        ));
+    }
+    m.push(Msg::new(
+        req::SET_FEATURES,
+        &u64_body(VERSION_1 | MRG_RXBUF | PROTOCOL_FEATURES),
+        &[],
+    ));
+    let mut t2 = table.clone();
+    t2.flags = 9; // NEED_REPLY
+    m.push(t2);
+    for i in 0..4 {
+        m.extend(ring_msgs(i, true));
+    }
+    // With PROTOCOL_FEATURES a ring runs once enabled.
+    for i in 0..4 {
+        m.push(Msg::new(req::SET_VRING_ENABLE, &state(i, 1), &[]));
+    }
+    m.push(Msg {
+        flags: 9,
+        ..Msg::new(
+            req::SET_MEM_TABLE,
+            &mem_table(&[
+                (MEM_GPA, 64 << 10, MEM_UVA, 0),
+                (MEM_GPA + (1 << 20), 8192, MEM_UVA + (1 << 20), 4096),
+            ]),
+            &[
+                FdKind::Memfd { pages: MEM_PAGES },
+                FdKind::Memfd { pages: 3 },
+            ],
+        )
+    });
+    m.push(Msg::new(req::SET_VRING_ENABLE, &state(2, 0), &[]));
+    seed(dir, t, "dpdk-mq", &protocol::encode(true, &m));
+
+    // Descriptors that are not what they should be (each ends its connection).
+    let owner = Msg::new(req::SET_OWNER, &[], &[]);
+    let bad = [
+        (
+            "call-pipe",
+            Msg::new(req::SET_VRING_CALL, &u64_body(0), &[FdKind::PipeWrite]),
+        ),
+        (
+            "kick-devnull",
+            Msg::new(req::SET_VRING_KICK, &u64_body(1), &[FdKind::DevNull]),
+        ),
+        (
+            "region-past-file",
+            Msg::new(
+                req::SET_MEM_TABLE,
+                &mem_table(&[(MEM_GPA, 64 << 10, MEM_UVA, 0)]),
+                &[FdKind::Memfd { pages: 4 }],
+            ),
+        ),
+    ];
+    for (name, msg) in bad {
+        seed(
+            dir,
+            t,
+            name,
+            &protocol::encode(false, &[owner.clone(), msg]),
+        );
+    }
+}
+
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = root.join("fuzz").join("corpus");
@@ -297,5 +491,6 @@ fn main() {
     enqueue_seeds(&dir);
     config_seeds(&dir, &root);
     frame_seeds(&dir);
+    protocol_seeds(&dir);
     println!("seeds written to {}", dir.display());
 }

@@ -4,4 +4,5 @@
 
 pub mod config;
 pub mod frame;
+pub mod protocol;
 pub mod virtq;
