@@ -3,7 +3,7 @@
 //!
 //! Runs a fixed number of 32-frame bursts of one step, named by the first argument:
 //! `dequeue` (guest tx ring -> mbufs), `enqueue` (mbufs -> guest rx ring) or `switch`
-//! (learn + look up in the forwarding table), each in its own `#[inline(never)]`
+//! (parse the Ethernet header, learn + look up in the forwarding table), each in its own `#[inline(never)]`
 //! function so that `benches/ring-cost` can count that function alone.
 //! Frames are 64 bytes after a 12-byte virtio-net header; rings have 256 entries.
 
@@ -14,7 +14,8 @@ use pmd::vhost::virtq::{LiveRing, RingFeatures};
 use pmd::{Mbuf, Mempool, MempoolCache};
 use std::hint::black_box;
 use std::sync::Arc;
-use switch::fdb::{Fdb, Mac};
+use switch::fdb::Fdb;
+use switch::frame;
 
 const GPA: u64 = 0x1_0000_0000;
 const UVA: u64 = 0x7f00_0000_0000;
@@ -81,13 +82,15 @@ fn enqueue_bursts(
 }
 
 #[inline(never)]
-fn switch_bursts(bursts: usize, fdb: &Fdb, frames: &[[u8; 12]]) {
+fn switch_bursts(bursts: usize, fdb: &Fdb, frames: &[[u8; FRAME]]) {
     for _ in 0..bursts {
         for (i, f) in frames.iter().enumerate() {
-            let dst = Mac::from_slice(&f[0..6]);
-            let src = Mac::from_slice(&f[6..12]);
-            black_box(fdb.learn(src, 0, (i & 1) as u16, 1));
-            black_box(fdb.lookup(dst, 0));
+            // As the switch step reads it: a slice of unknown length.
+            let Ok(l2) = frame::parse(black_box(&f[..])) else {
+                continue;
+            };
+            black_box(fdb.learn(l2.src(), l2.vlan, (i & 1) as u16, 1));
+            black_box(fdb.lookup(l2.dst(), l2.vlan));
         }
     }
 }
@@ -126,12 +129,12 @@ fn main() {
             let fdb = Fdb::new(4096, 2, 2048, 300);
             let a = [2, 0, 0, 0, 0, 1];
             let b = [2, 0, 0, 0, 0, 2];
-            let frames: Vec<[u8; 12]> = (0..32)
+            let frames: Vec<[u8; FRAME]> = (0..32)
                 .map(|i| {
                     let (d, s) = if i % 2 == 0 { (b, a) } else { (a, b) };
-                    let mut f = [0u8; 12];
+                    let mut f = [0u8; FRAME];
                     f[..6].copy_from_slice(&d);
-                    f[6..].copy_from_slice(&s);
+                    f[6..12].copy_from_slice(&s);
                     f
                 })
                 .collect();

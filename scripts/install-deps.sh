@@ -5,6 +5,8 @@
 #  - dpdk-dev: dpdk-testpmd with net_virtio_user, the DPDK peer.
 #  - linux-image-amd64 + busybox-static: the tiny guest (kernel + initramfs).
 #  - iputils-ping, iproute2, netsniff-ng (trafgen): host-side tools.
+#  - cargo-fuzz and g++ (libFuzzer), for the fuzz targets in fuzz/ (which also need the nightly toolchain:
+#    the rest of the project builds on stable).
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then
@@ -14,7 +16,7 @@ fi
 
 need_pkgs=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in dpdk-dev linux-image-amd64 busybox-static iputils-ping iproute2 cpio kmod netsniff-ng; do
+for p in dpdk-dev linux-image-amd64 busybox-static iputils-ping iproute2 cpio kmod netsniff-ng g++; do
   have "$p" || need_pkgs+=("$p")
 done
 need_qemu=0
@@ -46,6 +48,15 @@ if [ ${#need_pkgs[@]} -gt 0 ] || [ $need_qemu = 1 ]; then
   if [ $need_qemu = 1 ]; then
     apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-system-data
   fi
+fi
+
+# The fuzz targets: libFuzzer through cargo-fuzz, on nightly Rust.
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "install-deps: the fuzz targets (fuzz/) need the nightly toolchain: rustup toolchain install nightly" >&2
+  exit 1
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install --locked cargo-fuzz
 fi
 
 # Hugepages: 2 MiB pages on a hugetlbfs mount.

@@ -4,9 +4,10 @@
 //! SIGTERM; `vswitch check --config FILE` validates a configuration; `vswitch ctl`
 //! queries a running switch.
 
-mod config;
 mod control;
 mod service;
+
+use vswitch::config;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -1,7 +1,6 @@
 //! The service: builds the mempool, ports and switch from a config, serves the
 //! control socket, and shuts everything down cleanly on SIGINT/SIGTERM.
 
-use crate::config::{Config, PortConfig, PortKind};
 use crate::control;
 use pmd::nic::af_packet::{AfPacketPort, PacketConfig};
 use pmd::nic::af_xdp::{AfXdpPort, XdpConfig};
@@ -14,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switch::{Switch, SwitchConfig};
+use vswitch::config::{Config, PortConfig, PortKind};
 
 pub fn run(cfg: Config) -> ExitCode {
     let term = Arc::new(AtomicBool::new(false));

@@ -1,11 +1,13 @@
 //! `switch`: the forwarding side of vswitch.
 //!
-//! [`fdb`] is the MAC learning table, [`pmd_loop`] the poll-mode loop each PMD
+//! [`fdb`] is the MAC learning table, [`frame`] reads the Ethernet header of a
+//! frame for the switch step, [`pmd_loop`] the poll-mode loop each PMD
 //! thread runs, [`sched`] the assignment of rx queues to PMD threads, [`stats`] the
 //! per-PMD counters. [`Switch`] ties them together: it starts one pinned PMD thread
 //! per configured core and a housekeeping thread that ages the table.
 
 pub mod fdb;
+pub mod frame;
 pub mod pmd_loop;
 pub mod sched;
 pub mod stats;

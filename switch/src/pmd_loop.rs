@@ -26,7 +26,8 @@
 //! has shown it keeps up again; one that takes more holds the senders to its rate (the
 //! price of lossless: lower `tx_stall_ms` to trade it for drops).
 
-use crate::fdb::{Fdb, Learned, Mac, PortNo};
+use crate::fdb::{Fdb, Learned, PortNo};
+use crate::frame::{self, FrameError};
 use crate::sched::RxqId;
 use crate::stats::{cycles, PmdStats};
 use pmd::port::{PortStats, Traffic, TxLane, BURST};
@@ -240,20 +241,18 @@ fn switch_one(
     memo: &mut Memo,
 ) {
     let ports = &cx.ports;
-    let d = m.data();
-    if d.len() < 14 {
-        PortStats::add(&ports[in_port].stats().drop_runt, 1);
-        cx.cache.free(m);
-        return;
-    }
-    let vlan = if d[12] == 0x81 && d[13] == 0x00 && d.len() >= 18 {
-        u16::from_be_bytes([d[14], d[15]]) & 0x0fff
-    } else {
-        0
+    let l2 = match frame::parse(m.data()) {
+        Ok(l2) => l2,
+        Err(FrameError::Runt) => {
+            PortStats::add(&ports[in_port].stats().drop_runt, 1);
+            cx.cache.free(m);
+            return;
+        }
     };
-    let src_w = word(&d[6..12], vlan);
+    let vlan = l2.vlan;
+    let src_w = word(l2.src_bytes(), vlan);
     if src_w != memo.src {
-        let src = Mac::from_slice(&d[6..12]);
+        let src = l2.src();
         if !src.is_multicast() {
             match cx.fdb.learn(src, vlan, in_port as PortNo, now) {
                 Learned::Refused => PortStats::add(&ports[in_port].stats().learn_refused, 1),
@@ -267,11 +266,11 @@ fn switch_one(
             }
         }
     }
-    let dst_w = word(&d[0..6], vlan);
+    let dst_w = word(l2.dst_bytes(), vlan);
     let out = if dst_w == memo.dst {
         memo.out
     } else {
-        let dst = Mac::from_slice(&d[0..6]);
+        let dst = l2.dst();
         let out = if dst.is_multicast() {
             None
         } else {
