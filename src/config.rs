@@ -87,7 +87,7 @@ pub struct Config {
     pub ports: Vec<PortConfig>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortConfig {
     pub name: String,
     pub queues: usize,
@@ -95,7 +95,7 @@ pub struct PortConfig {
 }
 
 /// What a port is, with the settings of its driver.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PortKind {
     VhostUser {
         path: PathBuf,
@@ -416,4 +416,15 @@ fn check_dir(sock: &Path) -> Result<(), String> {
         return Err(format!("directory {} does not exist", dir.display()));
     }
     Ok(())
+}
+
+impl Config {
+    /// The port `ctl add-port NAME key=value...` describes (interim: replaced by the
+    /// serde port parser).
+    pub fn port_from_args(&self, name: &str, _args: &[&str]) -> Result<PortConfig, ConfigError> {
+        Err(ConfigError {
+            file: PathBuf::from("add-port"),
+            msg: format!("{name:?}: not supported yet"),
+        })
+    }
 }

@@ -1,7 +1,8 @@
 //! The control socket: `vswitch ctl` talks to a running switch over a unix socket.
 //!
-//! One request per connection: a line with a command, answered with text and EOF.
-//! Commands: `show`, `stats`, `fdb`, `fdb-flush`.
+//! One request per connection: a line with a command and its arguments, separated
+//! by spaces, answered with text and EOF; a reply that starts with `error:` is a
+//! refusal. Commands: see [`COMMANDS`] and [`usage`].
 //!
 //! [`serve`] runs on the service's control thread, apart from its signal loop: a
 //! client that connects and then sends nothing, or never reads its reply, holds one of
@@ -14,12 +15,32 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-pub const COMMANDS: &[&str] = &["show", "stats", "fdb", "fdb-flush"];
+pub const COMMANDS: &[&str] = &[
+    "show",
+    "stats",
+    "fdb",
+    "fdb-flush",
+    "add-port",
+    "del-port",
+    "reload",
+    "rebalance",
+];
+
+/// How a command is used (for a request with the wrong arguments).
+pub fn usage(cmd: &str) -> &'static str {
+    match cmd {
+        "add-port" => {
+            "usage: add-port NAME driver=DRIVER key=value... (the keys of a [[port]] table)"
+        }
+        "del-port" => "usage: del-port NAME",
+        _ => "takes no arguments",
+    }
+}
 
 /// How long one connection may take, from accept to the last byte of its reply.
 pub const CONN_DEADLINE: Duration = Duration::from_secs(1);
 /// Longest request line accepted, in bytes (the newline excluded).
-pub const MAX_REQUEST: usize = 256;
+pub const MAX_REQUEST: usize = 4096;
 /// Connections served at once; more wait in the listen backlog.
 pub const WORKERS: usize = 4;
 /// How often an idle worker looks for a connection and for the stop flag.
@@ -97,9 +118,10 @@ fn serve_conn(
     s.set_nonblocking(false)?;
     let reply = match read_request(&mut s, deadline) {
         Ok(line) => {
-            let cmd = line.trim();
+            let line = line.trim();
+            let cmd = line.split_whitespace().next().unwrap_or("");
             if COMMANDS.contains(&cmd) {
-                answer(cmd)
+                answer(line)
             } else {
                 format!(
                     "error: unknown command {cmd:?}; commands: {}\n",

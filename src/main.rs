@@ -5,6 +5,7 @@
 //! queries a running switch.
 
 mod control;
+mod ports;
 mod service;
 
 use vswitch::config;
@@ -36,13 +37,17 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Query a running switch: show, stats, fdb, fdb-flush.
+    /// Query or change a running switch: show, stats, fdb, fdb-flush,
+    /// add-port NAME key=value..., del-port NAME, reload, rebalance.
     Ctl {
         /// The switch's control socket (config key switch.control_socket).
         #[arg(long, short, default_value = config::DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(control::COMMANDS))]
         command: String,
+        /// The command's arguments (add-port: NAME key=value...; del-port: NAME).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -78,7 +83,18 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Cmd::Ctl { socket, command } => match control::request(&socket, &command) {
+        Cmd::Ctl {
+            socket,
+            command,
+            args,
+        } => match control::request(
+            &socket,
+            &[command]
+                .into_iter()
+                .chain(args)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ) {
             Ok(out) => {
                 print!("{out}");
                 if out.starts_with("error:") {

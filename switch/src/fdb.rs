@@ -104,7 +104,8 @@ pub struct Fdb {
     capacity: usize,
     count: AtomicUsize,
     per_port: Box<[AtomicU32]>,
-    per_port_limit: u32,
+    /// Changed by the control plane as ports come and go (relaxed: a limit a moment old is fine).
+    per_port_limit: AtomicU32,
     aging_secs: u32,
     /// The slot hash's key: `k0` is mixed into the MAC, `k1` (odd) multiplies it.
     k0: u64,
@@ -141,7 +142,7 @@ impl Fdb {
             capacity,
             count: AtomicUsize::new(0),
             per_port: (0..ports.max(1)).map(|_| AtomicU32::new(0)).collect(),
-            per_port_limit: per_port_limit.clamp(1, capacity) as u32,
+            per_port_limit: AtomicU32::new(per_port_limit.clamp(1, capacity) as u32),
             aging_secs,
             k0,
             k1: k1 | 1,
@@ -150,6 +151,14 @@ impl Fdb {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+    /// Sets the most entries one port may hold (1..=capacity), for entries learned from now on.
+    pub fn set_per_port_limit(&self, n: usize) {
+        self.per_port_limit
+            .store(n.clamp(1, self.capacity) as u32, Relaxed);
+    }
+    pub fn per_port_limit(&self) -> usize {
+        self.per_port_limit.load(Relaxed) as usize
     }
     pub fn len(&self) -> usize {
         self.count.load(Relaxed)
@@ -321,16 +330,15 @@ impl Fdb {
     fn port_has_room(&self, port: PortNo) -> bool {
         self.per_port
             .get(port as usize)
-            .is_some_and(|c| c.load(Relaxed) < self.per_port_limit)
+            .is_some_and(|c| c.load(Relaxed) < self.per_port_limit.load(Relaxed))
     }
 
     /// Counts one more entry for `port` if its share has room.
     fn reserve_port(&self, port: PortNo) -> bool {
+        let limit = self.per_port_limit.load(Relaxed);
         self.per_port.get(port as usize).is_some_and(|c| {
-            c.fetch_update(Relaxed, Relaxed, |v| {
-                (v < self.per_port_limit).then_some(v + 1)
-            })
-            .is_ok()
+            c.fetch_update(Relaxed, Relaxed, |v| (v < limit).then_some(v + 1))
+                .is_ok()
         })
     }
 

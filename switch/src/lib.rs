@@ -6,19 +6,25 @@
 //! per-PMD counters. [`Switch`] ties them together: it starts one pinned PMD thread
 //! per configured core and a housekeeping thread that ages the table.
 
+pub mod control;
 pub mod fdb;
 pub mod frame;
+pub mod load;
+pub mod plan;
 pub mod pmd_loop;
 pub mod sched;
 pub mod stats;
 
+use control::{Control, Pmd, Shared};
 use fdb::Fdb;
+use load::Window;
+use plan::{Mailbox, PlanError, PollPlan, MAX_PORTS};
 use pmd::rcu::Rcu;
 use pmd::{Mempool, MempoolCache, Port};
 use stats::PmdStats;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,23 +38,43 @@ pub struct SwitchConfig {
     pub aging_secs: u32,
     /// How long an output queue may make no progress before its frames are dropped.
     pub tx_stall: Duration,
+    /// Re-place rx queues by load on its own, checked this often (`None`: only on
+    /// `rebalance`), as OVS's `pmd-auto-lb`.
+    pub auto_rebalance: Option<Duration>,
 }
 
-struct Pmd {
-    core: usize,
-    rxqs: Vec<sched::RxqId>,
-    stats: Arc<PmdStats>,
-    thread: Option<JoinHandle<()>>,
+/// Why a change to the ports was refused (nothing changed) or did not complete.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SwitchError {
+    /// Every port number is taken.
+    TooManyPorts {
+        max: usize,
+    },
+    DuplicateName(String),
+    NoSuchPort(String),
+    Plan(PlanError),
+}
+
+impl std::fmt::Display for SwitchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SwitchError::TooManyPorts { max } => write!(f, "the switch holds at most {max} ports"),
+            SwitchError::DuplicateName(n) => write!(f, "a port named {n:?} exists"),
+            SwitchError::NoSuchPort(n) => write!(f, "no port named {n:?}"),
+            SwitchError::Plan(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<PlanError> for SwitchError {
+    fn from(e: PlanError) -> SwitchError {
+        SwitchError::Plan(e)
+    }
 }
 
 pub struct Switch {
-    ports: Arc<[Arc<dyn Port>]>,
-    fdb: Arc<Fdb>,
-    pmds: Vec<Pmd>,
-    stop: Arc<AtomicBool>,
-    housekeeping: Option<JoinHandle<()>>,
-    epoch: Instant,
-    tsc_hz: u64,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 /// Measures the cycle counter's rate against the wall clock (50 ms).
@@ -60,196 +86,156 @@ fn measure_tsc_hz() -> u64 {
 }
 
 impl Switch {
-    /// Starts the PMD threads over `ports`.
-    pub fn start(
-        cfg: &SwitchConfig,
-        ports: Vec<Arc<dyn Port>>,
-        pool: Arc<Mempool>,
-        rcu: Arc<Rcu>,
-    ) -> Switch {
-        let ports: Arc<[Arc<dyn Port>]> = ports.into();
-        let per_port = if cfg.fdb_per_port == 0 {
-            cfg.fdb_capacity / ports.len().max(1)
-        } else {
-            cfg.fdb_per_port
-        };
+    /// Starts the PMD threads, with no ports yet (see [`Switch::add_ports`]).
+    pub fn start(cfg: &SwitchConfig, pool: Arc<Mempool>, rcu: Arc<Rcu>) -> Switch {
         let fdb = Arc::new(Fdb::new(
             cfg.fdb_capacity,
-            ports.len(),
-            per_port,
+            MAX_PORTS,
+            if cfg.fdb_per_port == 0 {
+                cfg.fdb_capacity
+            } else {
+                cfg.fdb_per_port
+            },
             cfg.aging_secs,
         ));
-        let rxqs: Vec<sched::RxqId> = ports
-            .iter()
-            .enumerate()
-            .flat_map(|(p, port)| (0..port.rx_queues()).map(move |q| (p, q)))
-            .collect();
-        let plan = sched::round_robin(&rxqs, cfg.pmd_cores.len());
         let stop = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
         let tsc_hz = measure_tsc_hz();
         let lanes = pmd::TxLane::for_pmds(cfg.pmd_cores.len());
-        let pmds = cfg
-            .pmd_cores
-            .iter()
-            .zip(plan)
-            .zip(lanes)
-            .enumerate()
-            .map(|(index, ((&core, rxqs), lane))| {
-                let stats = Arc::new(PmdStats::new(ports.len()));
-                stats.core.store(core as u64, Ordering::Relaxed);
-                let cx = pmd_loop::PmdContext {
-                    index,
-                    lane,
-                    core: Some(core),
-                    ports: ports.clone(),
-                    rxqs: rxqs.clone(),
-                    fdb: fdb.clone(),
-                    cache: MempoolCache::new(pool.clone()),
-                    stats: stats.clone(),
-                    rcu: rcu.register(),
-                    stop: stop.clone(),
-                    epoch,
-                    tx_stall: cfg.tx_stall,
-                    tsc_hz,
-                    traffic: vec![pmd::Traffic::default(); ports.len()],
-                };
-                let thread = std::thread::Builder::new()
+        let mut pmds = Vec::new();
+        let mut threads = Vec::new();
+        for (index, (&core, lane)) in cfg.pmd_cores.iter().zip(lanes).enumerate() {
+            let stats = Arc::new(PmdStats::new(MAX_PORTS));
+            stats.core.store(core as u64, Ordering::Relaxed);
+            let plan = Arc::new(PollPlan::empty());
+            let mailbox = Arc::new(Mailbox::new(plan.clone()));
+            let cx = pmd_loop::PmdContext {
+                index,
+                lane,
+                core: Some(core),
+                mailbox: mailbox.clone(),
+                plan,
+                fdb: fdb.clone(),
+                cache: MempoolCache::new(pool.clone()),
+                stats: stats.clone(),
+                rcu: rcu.register(),
+                stop: stop.clone(),
+                epoch,
+                tx_stall: cfg.tx_stall,
+                tsc_hz,
+                traffic: vec![pmd::Traffic::default(); MAX_PORTS],
+            };
+            threads.push(
+                std::thread::Builder::new()
                     .name(format!("pmd-{core}"))
                     .spawn(move || pmd_loop::run(cx))
-                    .expect("spawn PMD thread");
-                Pmd {
-                    core,
-                    rxqs,
-                    stats,
-                    thread: Some(thread),
-                }
-            })
-            .collect();
-        let housekeeping = {
-            let (fdb, stop) = (fdb.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("fdb-aging".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(200));
-                        let n = fdb.age(epoch.elapsed().as_secs() as u32);
-                        if n > 0 {
-                            tracing::debug!(aged = n, "forwarding table entries aged out");
-                        }
-                    }
-                })
-                .expect("spawn aging thread")
-        };
-        Switch {
-            ports,
+                    .expect("spawn PMD thread"),
+            );
+            pmds.push(Pmd {
+                core,
+                stats,
+                mailbox,
+                window: Window::default(),
+            });
+        }
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            control: Mutex::new(Control {
+                ports: Vec::new(),
+                assign: vec![Vec::new(); pmds.len()],
+                gen: 0,
+            }),
             fdb,
             pmds,
             stop,
-            housekeeping: Some(housekeeping),
             epoch,
             tsc_hz,
-        }
+        });
+        let hk = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("housekeeping".into())
+                .spawn(move || hk.housekeeping())
+                .expect("spawn housekeeping thread"),
+        );
+        Switch { shared, threads }
     }
 
-    pub fn ports(&self) -> &[Arc<dyn Port>] {
-        &self.ports
-    }
     pub fn fdb(&self) -> &Fdb {
-        &self.fdb
+        &self.shared.fdb
+    }
+
+    /// The ports, by name, with their numbers.
+    pub fn ports(&self) -> Vec<(usize, Arc<dyn Port>)> {
+        self.shared
+            .control()
+            .ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((i, p.clone()?)))
+            .collect()
+    }
+
+    /// Adds ports at run time: each gets the lowest free port number, and its rx
+    /// queues go to the least loaded PMD threads. Returns once every PMD thread polls
+    /// them. Refused as a whole (nothing changes) if a name is taken or too few port
+    /// numbers are free.
+    pub fn add_ports(&self, new: Vec<Arc<dyn Port>>) -> Result<Vec<usize>, SwitchError> {
+        self.shared.add_ports(new)
+    }
+
+    /// Removes ports at run time: their rx queues leave the poll lists, their queued
+    /// frames are freed, their forwarding entries flushed. Returns the ports once no
+    /// PMD thread can touch them (the caller closes them). Refused as a whole if a
+    /// name is unknown.
+    pub fn remove_ports(&self, names: &[&str]) -> Result<Vec<Arc<dyn Port>>, SwitchError> {
+        self.shared.remove_ports(names)
+    }
+
+    /// Places every rx queue afresh by its measured load (`ctl rebalance`); returns a
+    /// report of what moved.
+    pub fn rebalance(&self) -> Result<String, SwitchError> {
+        self.shared.rebalance(false).map(|r| r.unwrap_or_default())
     }
 
     /// Stops and joins the PMD threads (every queued frame is freed).
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for p in self.pmds.iter_mut() {
-            if let Some(t) = p.thread.take() {
-                let _ = t.join();
-            }
-        }
-        if let Some(t) = self.housekeeping.take() {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 
-    /// `ctl show`: ports and the rx queue assignment.
+    /// `ctl show`: ports, the rx queues of each PMD thread, and each queue's share of
+    /// its thread's cycles over the last load window.
     pub fn show(&self) -> String {
-        let mut s = String::new();
-        for (i, p) in self.ports.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "port {i} {}: {} up={}",
-                p.name(),
-                p.describe(),
-                p.is_up()
-            );
-        }
-        for p in &self.pmds {
-            let q: Vec<String> = p
-                .rxqs
-                .iter()
-                .map(|&(port, q)| format!("{}:{q}", self.ports[port].name()))
-                .collect();
-            let _ = writeln!(s, "pmd core {}: rxqs [{}]", p.core, q.join(" "));
-        }
-        let _ = writeln!(
-            s,
-            "fdb: {} of {} entries, aging {} s",
-            self.fdb.len(),
-            self.fdb.capacity(),
-            self.fdb.aging_secs()
-        );
-        s
+        self.shared.show()
     }
 
     /// `ctl stats`: port counters and PMD cycles.
     pub fn stats(&self) -> String {
-        let mut s = String::new();
-        for (i, p) in self.ports.iter().enumerate() {
-            let mut t = pmd::Traffic::default();
-            for pmd in &self.pmds {
-                t.add(&pmd.stats.traffic[i].read());
-            }
-            let kv: Vec<String> = p
-                .stats()
-                .snapshot(&t)
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            let _ = writeln!(s, "port {}: {}", p.name(), kv.join(" "));
-        }
-        for p in &self.pmds {
-            let st = &p.stats;
-            let (b, i) = (
-                st.busy_cycles.load(Ordering::Relaxed),
-                st.idle_cycles.load(Ordering::Relaxed),
-            );
-            let _ = writeln!(
-                s,
-                "pmd core {}: packets={} busy_cycles={} idle_cycles={} busy_pct={:.1} cycles_per_packet={:.1} iterations={} backpressure={} tsc_hz={}",
-                p.core,
-                st.packets.load(Ordering::Relaxed),
-                b,
-                i,
-                if b + i > 0 { 100.0 * b as f64 / (b + i) as f64 } else { 0.0 },
-                st.cycles_per_packet(),
-                st.iterations.load(Ordering::Relaxed),
-                st.backpressure.load(Ordering::Relaxed),
-                self.tsc_hz,
-            );
-        }
-        s
+        self.shared.stats()
     }
 
     /// `ctl fdb`: the forwarding table.
     pub fn fdb_dump(&self) -> String {
-        let now = self.epoch.elapsed().as_secs() as u32;
+        let sh = &self.shared;
+        let now = sh.epoch.elapsed().as_secs() as u32;
+        let ports = sh.control().ports.clone();
         let mut s = String::from("port  vlan  mac                age\n");
-        for e in self.fdb.entries(now) {
-            let name = self.ports.get(e.port as usize).map_or("?", |p| p.name());
+        for e in sh.fdb.entries(now) {
+            let name = ports
+                .get(e.port as usize)
+                .and_then(Option::as_ref)
+                .map_or("?", |p| p.name());
             let _ = writeln!(s, "{name:<5} {:<5} {}  {}", e.vlan, e.mac, e.age_secs);
         }
         s
+    }
+
+    /// `ctl fdb-flush`: empties the forwarding table; returns how many entries went.
+    pub fn fdb_flush(&self) -> usize {
+        self.shared.fdb_flush()
     }
 }
 

@@ -28,11 +28,11 @@
 
 use crate::fdb::{Fdb, Learned, PortNo};
 use crate::frame::{self, FrameError};
-use crate::sched::RxqId;
+use crate::plan::{EndGuard, Mailbox, PollPlan, MAX_PORTS};
 use crate::stats::{cycles, PmdStats};
 use pmd::port::{PortStats, Traffic, TxLane, BURST};
 use pmd::rcu::RcuThread;
-use pmd::{Mbuf, MempoolCache, Port};
+use pmd::{Mbuf, MempoolCache};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,8 +94,10 @@ pub struct PmdContext {
     /// This thread's right to transmit (sole when it is the only PMD thread: no tx lock).
     pub lane: TxLane,
     pub core: Option<usize>,
-    pub ports: Arc<[Arc<dyn Port>]>,
-    pub rxqs: Vec<RxqId>,
+    /// Where the control plane leaves this thread's next plan.
+    pub mailbox: Arc<Mailbox>,
+    /// The ports and rx queues this thread runs now (taken from `mailbox`).
+    pub plan: Arc<PollPlan>,
     pub fdb: Arc<Fdb>,
     pub cache: MempoolCache,
     pub stats: Arc<PmdStats>,
@@ -105,7 +107,8 @@ pub struct PmdContext {
     pub epoch: Instant,
     pub tx_stall: Duration,
     pub tsc_hz: u64,
-    /// This thread's traffic per port, published to `stats` every few iterations.
+    /// This thread's traffic per port number (`MAX_PORTS` of them), published to
+    /// `stats` every few iterations.
     pub traffic: Vec<Traffic>,
 }
 
@@ -116,9 +119,11 @@ pub fn run(mut cx: PmdContext) {
             tracing::warn!(core, "could not pin PMD thread to core");
         }
     }
-    tracing::info!(pmd = cx.index, core = ?cx.core, rxqs = ?cx.rxqs, "PMD thread polling");
-    let nports = cx.ports.len();
-    let mut txq: Vec<TxQueue> = (0..nports).map(|_| TxQueue::new()).collect();
+    let _end = EndGuard(cx.mailbox.clone());
+    tracing::info!(pmd = cx.index, core = ?cx.core, "PMD thread polling");
+    // Every port number has its queue from the start: a port added later costs this
+    // thread no allocation.
+    let mut txq: Vec<TxQueue> = (0..MAX_PORTS).map(|_| TxQueue::new()).collect();
     let mut burst: [Option<Mbuf>; BURST] = Default::default();
     let stall_cycles = (cx.tx_stall.as_secs_f64() * cx.tsc_hz as f64) as u64;
     let (mut busy, mut idle, mut packets, mut iters, mut bp) = (0u64, 0u64, 0u64, 0u64, 0u64);
@@ -127,33 +132,42 @@ pub fn run(mut cx: PmdContext) {
     while !cx.stop.load(Relaxed) {
         if iters & (QUIESCE_EVERY - 1) == 0 {
             cx.rcu.quiescent();
+            if cx.mailbox.changed(cx.plan.gen) {
+                reload(&mut cx, &mut txq);
+            }
             publish(&cx);
         }
         if iters & 1023 == 0 {
             now_secs = cx.epoch.elapsed().as_secs() as u32;
         }
+        let nports = cx.plan.ports.len();
         let mut did = 0usize;
         // 1. Output queues that are still backed up from earlier bursts.
-        for (p, t) in txq.iter_mut().enumerate() {
+        for (p, t) in txq[..nports].iter_mut().enumerate() {
             if t.len() > 0 {
                 did += flush(&mut cx, t, p, last, stall_cycles);
             }
         }
         // 2. Receive and switch; before each burst, stop if an output queue has no
         // room for one (a burst adds at most one frame per input frame to a queue).
-        if backed_up(&txq) {
+        if backed_up(&txq[..nports]) {
             bp += 1;
             settle(&mut cx, 0);
         } else {
-            for i in 0..cx.rxqs.len() {
-                if backed_up(&txq) {
+            // Each busy queue is charged the cycles since the previous stamp (the
+            // empty polls before it included): one cycle-counter read per busy queue.
+            let mut stamp = last;
+            for i in 0..cx.plan.rxqs.len() {
+                if backed_up(&txq[..nports]) {
                     bp += 1;
                     settle(&mut cx, i);
                     break;
                 }
-                let (port, q) = cx.rxqs[i];
-                let n =
-                    cx.ports[port].rx_burst(q, &mut cx.cache, &mut burst, &mut cx.traffic[port]);
+                let (port, q) = (cx.plan.rxqs[i].port, cx.plan.rxqs[i].queue);
+                let Some(rx) = cx.plan.port(port) else {
+                    continue;
+                };
+                let n = rx.rx_burst(q, &mut cx.cache, &mut burst, &mut cx.traffic[port]);
                 if n == 0 {
                     continue;
                 }
@@ -164,11 +178,14 @@ pub fn run(mut cx: PmdContext) {
                     let m = slot.take().expect("rx_burst filled it");
                     switch_one(&mut cx, &mut txq, port, m, now_secs, &mut memo);
                 }
-                for (p, t) in txq.iter_mut().enumerate() {
+                for (p, t) in txq[..nports].iter_mut().enumerate() {
                     if t.len() > 0 {
                         flush(&mut cx, t, p, last, stall_cycles);
                     }
                 }
+                let t = cycles();
+                cx.plan.rxqs[i].load.add(t.wrapping_sub(stamp));
+                stamp = t;
             }
         }
         let now = cycles();
@@ -187,7 +204,8 @@ pub fn run(mut cx: PmdContext) {
         s.backpressure.store(bp, Relaxed);
     }
     // Give back every frame still queued.
-    for (p, t) in txq.iter_mut().enumerate() {
+    let nports = cx.plan.ports.len();
+    for (p, t) in txq[..nports].iter_mut().enumerate() {
         drop_queue(&mut cx, t, p, |s| &s.drop_tx_down);
     }
     publish(&cx);
@@ -195,9 +213,45 @@ pub fn run(mut cx: PmdContext) {
     tracing::info!(pmd = cx.index, "PMD thread stopped");
 }
 
+/// Takes up the plan waiting in the mailbox. A port number whose port left (or now
+/// names another port) has its queued frames freed (counted as `drop_tx_down` of the
+/// port that left) and this thread's counters for it reset; then the thread
+/// acknowledges the plan's generation. The old plan's `Arc` is not the last one (the
+/// control plane keeps it until this acknowledgement): nothing is freed here.
+fn reload(cx: &mut PmdContext, txq: &mut [TxQueue]) {
+    let new = cx.mailbox.take();
+    let n = cx.plan.ports.len().max(new.ports.len());
+    for (p, t) in txq[..n].iter_mut().enumerate() {
+        let same = match (cx.plan.port(p), new.port(p)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            continue;
+        }
+        if cx.plan.port(p).is_some() {
+            drop_queue(cx, t, p, |s| &s.drop_tx_down);
+        }
+        t.congested = false;
+        cx.traffic[p] = Traffic::default();
+        cx.stats.traffic[p].publish(&cx.traffic[p]);
+    }
+    let gen = new.gen;
+    tracing::debug!(
+        pmd = cx.index,
+        gen,
+        rxqs = new.rxqs.len(),
+        "PMD thread took up a new poll list"
+    );
+    cx.plan = new;
+    cx.mailbox.ack(gen);
+}
+
 /// Publishes this thread's per-port traffic for the control plane.
 fn publish(cx: &PmdContext) {
-    for (t, out) in cx.traffic.iter().zip(cx.stats.traffic.iter()) {
+    let n = cx.plan.ports.len();
+    for (t, out) in cx.traffic[..n].iter().zip(cx.stats.traffic.iter()) {
         out.publish(t);
     }
 }
@@ -205,9 +259,10 @@ fn publish(cx: &PmdContext) {
 /// While backpressure keeps rx queues `from..` from being polled, lets their ports
 /// finish what earlier bursts left owed (interrupts to the guest).
 fn settle(cx: &mut PmdContext, from: usize) {
-    for i in from..cx.rxqs.len() {
-        let (port, q) = cx.rxqs[i];
-        cx.ports[port].settle(q);
+    for rxq in &cx.plan.rxqs[from..] {
+        if let Some(p) = cx.plan.port(rxq.port) {
+            p.settle(rxq.queue);
+        }
     }
 }
 
@@ -240,11 +295,15 @@ fn switch_one(
     now: u32,
     memo: &mut Memo,
 ) {
-    let ports = &cx.ports;
+    let plan = &cx.plan;
+    let Some(inp) = plan.port(in_port) else {
+        cx.cache.free(m); // unreachable: a polled port is in the plan
+        return;
+    };
     let l2 = match frame::parse(m.data()) {
         Ok(l2) => l2,
         Err(FrameError::Runt) => {
-            PortStats::add(&ports[in_port].stats().drop_runt, 1);
+            PortStats::add(&inp.stats().drop_runt, 1);
             cx.cache.free(m);
             return;
         }
@@ -255,7 +314,7 @@ fn switch_one(
         let src = l2.src();
         if !src.is_multicast() {
             match cx.fdb.learn(src, vlan, in_port as PortNo, now) {
-                Learned::Refused => PortStats::add(&ports[in_port].stats().learn_refused, 1),
+                Learned::Refused => PortStats::add(&inp.stats().learn_refused, 1),
                 Learned::Known => memo.src = src_w,
                 Learned::New | Learned::Moved => {
                     memo.src = src_w;
@@ -280,21 +339,21 @@ fn switch_one(
         memo.out = out;
         out
     };
-    match out {
-        Some(p) if p as usize == in_port => {
-            PortStats::add(&ports[in_port].stats().drop_hairpin, 1);
+    match out.map(usize::from) {
+        Some(p) if p == in_port => {
+            PortStats::add(&inp.stats().drop_hairpin, 1);
             cx.cache.free(m);
         }
-        Some(p) if (p as usize) < ports.len() => {
-            let p = p as usize;
-            if !ports[p].is_up() {
-                PortStats::add(&ports[p].stats().drop_tx_down, 1);
+        // A number without a port: it left and its entries are being flushed.
+        Some(p) => match plan.port(p) {
+            Some(op) if !op.is_up() => {
+                PortStats::add(&op.stats().drop_tx_down, 1);
                 cx.cache.free(m);
-            } else {
-                enqueue_out(cx, txq, p, m);
             }
-        }
-        _ => flood(cx, txq, in_port, m),
+            Some(_) => enqueue_out(cx, txq, p, m),
+            None => flood(cx, txq, in_port, m),
+        },
+        None => flood(cx, txq, in_port, m),
     }
 }
 
@@ -323,17 +382,19 @@ fn push(t: &mut TxQueue, m: Mbuf) -> Result<(), Mbuf> {
 #[inline]
 fn enqueue_out(cx: &mut PmdContext, txq: &mut [TxQueue], p: usize, m: Mbuf) {
     if let Err(m) = push(&mut txq[p], m) {
-        PortStats::add(&cx.ports[p].stats().drop_tx_full, 1);
+        if let Some(port) = cx.plan.port(p) {
+            PortStats::add(&port.stats().drop_tx_full, 1);
+        }
         cx.cache.free(m);
     }
 }
 
 /// Sends a copy to every other port that is up; the last one gets the original.
 fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf) {
-    let n = cx.ports.len();
+    let n = cx.plan.ports.len();
     let mut last_target = None;
     for p in 0..n {
-        if p == in_port || !cx.ports[p].is_up() {
+        if p == in_port || !cx.plan.port(p).is_some_and(|port| port.is_up()) {
             continue;
         }
         if let Some(prev) = last_target.replace(p) {
@@ -343,7 +404,11 @@ fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf) {
                     cx.traffic[prev].tx_flood += 1;
                     enqueue_out(cx, txq, prev, c);
                 }
-                None => PortStats::add(&cx.ports[prev].stats().drop_no_mbuf, 1),
+                None => {
+                    if let Some(port) = cx.plan.port(prev) {
+                        PortStats::add(&port.stats().drop_no_mbuf, 1);
+                    }
+                }
             }
         }
     }
@@ -361,7 +426,10 @@ fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf) {
 /// once what a congested one has no room for.
 #[inline]
 fn flush(cx: &mut PmdContext, t: &mut TxQueue, p: usize, now: u64, stall_cycles: u64) -> usize {
-    let port = &cx.ports[p];
+    let Some(port) = cx.plan.port(p) else {
+        drop_queue(cx, t, p, |s| &s.drop_tx_down);
+        return 0;
+    };
     if !port.is_up() {
         drop_queue(cx, t, p, |s| &s.drop_tx_down);
         return 0;
@@ -426,7 +494,9 @@ fn drop_queue(
             cx.cache.free(m);
         }
     }
-    PortStats::add(ctr(cx.ports[p].stats()), t.len() as u64);
+    if let Some(port) = cx.plan.port(p) {
+        PortStats::add(ctr(port.stats()), t.len() as u64);
+    }
     t.head = 0;
     t.end = 0;
     t.stalled_since = 0;

@@ -1,0 +1,379 @@
+//! The ports of a running service and changes to them at run time: `ctl add-port`,
+//! `ctl del-port` and `ctl reload` (also SIGHUP), turned into opens, closes and the
+//! switch's `add_ports`/`remove_ports`.
+//!
+//! The file is the source of truth: `reload` makes the running ports match the file
+//! (new ports opened, removed ports closed, changed ports closed and opened again,
+//! unchanged ports untouched). `add-port` and `del-port` change the running switch
+//! only, not the file, for orchestrators (libvirt hooks, nova, a CNI plugin) that
+//! keep their own record; a later `reload` undoes them unless the file says the same.
+//! A refused change changes nothing.
+
+use pmd::nic::af_packet::{AfPacketPort, PacketConfig};
+use pmd::nic::af_xdp::{AfXdpPort, XdpConfig};
+use pmd::nic::tap::{TapConfig, TapPort};
+use pmd::rcu::Rcu;
+use pmd::vhost::{VhostConfig, VhostUserPort};
+use pmd::{Mempool, Port};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use switch::{Switch, SwitchError};
+use vswitch::config::{Config, ConfigError, PortConfig, PortKind};
+
+/// Why a change was refused (nothing changed) or failed.
+#[derive(Debug)]
+pub enum ChangeError {
+    Config(ConfigError),
+    /// A key outside `[[port]]` differs from the running switch's.
+    NeedsRestart {
+        key: &'static str,
+    },
+    NoSuchPort(String),
+    /// A port could not be opened (after any rollback, nothing changed).
+    Open {
+        port: String,
+        msg: String,
+    },
+    Switch(SwitchError),
+}
+
+impl fmt::Display for ChangeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChangeError::Config(e) => write!(f, "{e}"),
+            ChangeError::NeedsRestart { key } => write!(
+                f,
+                "key '{key}' differs from the running switch's: it takes effect only on restart"
+            ),
+            ChangeError::NoSuchPort(n) => write!(f, "no port named {n:?}"),
+            ChangeError::Open { port, msg } => write!(f, "port {port:?}: {msg}"),
+            ChangeError::Switch(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<SwitchError> for ChangeError {
+    fn from(e: SwitchError) -> ChangeError {
+        ChangeError::Switch(e)
+    }
+}
+
+impl From<ConfigError> for ChangeError {
+    fn from(e: ConfigError) -> ChangeError {
+        ChangeError::Config(e)
+    }
+}
+
+/// An open port: what the switch forwards through, and the vhost-user side again
+/// (it is shut down before the PMD threads stop, see `service::run`).
+pub struct OpenPort {
+    pub cfg: PortConfig,
+    pub port: Arc<dyn Port>,
+    vhost: Option<Arc<VhostUserPort>>,
+}
+
+impl OpenPort {
+    /// Opens the port `p` describes.
+    pub fn open(p: &PortConfig, pool: &Arc<Mempool>, rcu: &Arc<Rcu>) -> Result<OpenPort, String> {
+        let (port, vhost): (Arc<dyn Port>, _) = match &p.kind {
+            PortKind::VhostUser {
+                path,
+                mode,
+                max_memory,
+            } => {
+                let vc = VhostConfig {
+                    name: p.name.clone(),
+                    path: path.clone(),
+                    mode: *mode,
+                    queues: p.queues,
+                    max_memory: *max_memory,
+                };
+                let v = Arc::new(VhostUserPort::open(vc, rcu.clone())?);
+                (v.clone(), Some(v))
+            }
+            PortKind::AfXdp {
+                iface,
+                xdp_mode,
+                zero_copy,
+            } => {
+                let xc = XdpConfig {
+                    name: p.name.clone(),
+                    iface: iface.clone(),
+                    queues: p.queues,
+                    xdp_mode: *xdp_mode,
+                    zero_copy: *zero_copy,
+                };
+                let x = AfXdpPort::open(xc, pool.clone()).map_err(|e| e.to_string())?;
+                (Arc::new(x), None)
+            }
+            PortKind::AfPacket { iface } => {
+                let pc = PacketConfig {
+                    name: p.name.clone(),
+                    iface: iface.clone(),
+                };
+                (
+                    Arc::new(AfPacketPort::open(pc).map_err(|e| e.to_string())?),
+                    None,
+                )
+            }
+            PortKind::Tap { iface } => {
+                let tc = TapConfig {
+                    name: p.name.clone(),
+                    iface: iface.clone(),
+                };
+                (
+                    Arc::new(TapPort::open(tc).map_err(|e| e.to_string())?),
+                    None,
+                )
+            }
+        };
+        tracing::info!(port = %p.name, kind = ?p.kind, queues = p.queues, "port open");
+        Ok(OpenPort {
+            cfg: p.clone(),
+            port,
+            vhost,
+        })
+    }
+
+    /// Takes a vhost-user port's rings down and ends its control thread (the guest
+    /// sees the link drop); other ports need nothing before they are dropped.
+    pub fn shut_down(&self) {
+        if let Some(v) = &self.vhost {
+            v.shutdown();
+        }
+    }
+}
+
+impl Drop for OpenPort {
+    fn drop(&mut self) {
+        self.shut_down();
+        tracing::info!(port = %self.cfg.name, "port closed");
+    }
+}
+
+/// Opens every port of `cfg`, in order; on an error, closes what it opened and says
+/// which port failed.
+pub fn open_all(
+    cfg: &Config,
+    pool: &Arc<Mempool>,
+    rcu: &Arc<Rcu>,
+) -> Result<Vec<OpenPort>, ChangeError> {
+    open_each(&cfg.ports, pool, rcu)
+}
+
+fn open_each(
+    ports: &[PortConfig],
+    pool: &Arc<Mempool>,
+    rcu: &Arc<Rcu>,
+) -> Result<Vec<OpenPort>, ChangeError> {
+    let mut open = Vec::new();
+    for p in ports {
+        match OpenPort::open(p, pool, rcu) {
+            Ok(o) => open.push(o),
+            Err(msg) => {
+                // Dropping what opened so far closes sockets and detaches XDP programs.
+                drop(open);
+                return Err(ChangeError::Open {
+                    port: p.name.clone(),
+                    msg,
+                });
+            }
+        }
+    }
+    Ok(open)
+}
+
+/// The running ports and the configuration they came from.
+pub struct Ports {
+    pool: Arc<Mempool>,
+    rcu: Arc<Rcu>,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// The running configuration: the file as last loaded, with run-time changes.
+    cfg: Config,
+    /// In the order of `cfg.ports`.
+    open: Vec<OpenPort>,
+}
+
+/// What a reload does to the ports.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub removed: Vec<String>,
+    pub added: Vec<PortConfig>,
+    pub changed: Vec<PortConfig>,
+    pub unchanged: usize,
+}
+
+/// Compares the ports of the running configuration with those of a new one, by name.
+pub fn diff(old: &[PortConfig], new: &[PortConfig]) -> Diff {
+    let mut d = Diff::default();
+    for o in old {
+        if !new.iter().any(|n| n.name == o.name) {
+            d.removed.push(o.name.clone());
+        }
+    }
+    for n in new {
+        match old.iter().find(|o| o.name == n.name) {
+            None => d.added.push(n.clone()),
+            Some(o) if o != n => d.changed.push(n.clone()),
+            Some(_) => d.unchanged += 1,
+        }
+    }
+    d
+}
+
+/// The first key outside `[[port]]` whose value differs: a reload cannot apply it.
+fn restart_key(old: &Config, new: &Config) -> Option<&'static str> {
+    let keys: [(&'static str, bool); 8] = [
+        ("switch.pmd_cores", old.pmd_cores != new.pmd_cores),
+        (
+            "switch.control_socket",
+            old.control_socket != new.control_socket,
+        ),
+        ("switch.tx_stall_ms", old.tx_stall_ms != new.tx_stall_ms),
+        ("mempool.mbufs", old.mbufs != new.mbufs),
+        ("mempool.hugepages", old.hugepages != new.hugepages),
+        ("fdb.capacity", old.fdb_capacity != new.fdb_capacity),
+        ("fdb.aging_secs", old.aging_secs != new.aging_secs),
+        ("fdb.max_per_port", old.max_per_port != new.max_per_port),
+    ];
+    keys.into_iter().find(|k| k.1).map(|k| k.0)
+}
+
+impl Ports {
+    /// Opens the ports of `cfg` and adds them to `sw`.
+    pub fn start(
+        sw: &Switch,
+        cfg: Config,
+        pool: Arc<Mempool>,
+        rcu: Arc<Rcu>,
+    ) -> Result<Ports, ChangeError> {
+        let open = open_all(&cfg, &pool, &rcu)?;
+        sw.add_ports(open.iter().map(|o| o.port.clone()).collect())?;
+        Ok(Ports {
+            pool,
+            rcu,
+            state: Mutex::new(State { cfg, open }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `ctl add-port NAME key=value...`: the same keys and checks as a `[[port]]` table.
+    pub fn add(&self, sw: &Switch, name: &str, args: &[&str]) -> Result<String, ChangeError> {
+        let mut st = self.state();
+        let pc = st.cfg.port_from_args(name, args)?;
+        let o = OpenPort::open(&pc, &self.pool, &self.rcu).map_err(|msg| ChangeError::Open {
+            port: pc.name.clone(),
+            msg,
+        })?;
+        let n = sw.add_ports(vec![o.port.clone()])?;
+        st.cfg.ports.push(pc);
+        st.open.push(o);
+        Ok(format!("added port {name:?} as port {}\n", n[0]))
+    }
+
+    /// `ctl del-port NAME`.
+    pub fn del(&self, sw: &Switch, name: &str) -> Result<String, ChangeError> {
+        let mut st = self.state();
+        let Some(i) = st.open.iter().position(|o| o.cfg.name == name) else {
+            return Err(ChangeError::NoSuchPort(name.to_string()));
+        };
+        sw.remove_ports(&[name])?;
+        let o = st.open.remove(i);
+        st.cfg.ports.retain(|p| p.name != name);
+        drop(o);
+        Ok(format!("removed port {name:?}\n"))
+    }
+
+    /// `ctl reload` and SIGHUP: makes the ports match the file.
+    pub fn reload(&self, sw: &Switch) -> Result<String, ChangeError> {
+        let mut st = self.state();
+        let new = Config::load(&st.cfg.file)?;
+        if let Some(key) = restart_key(&st.cfg, &new) {
+            return Err(ChangeError::NeedsRestart { key });
+        }
+        let d = diff(&st.cfg.ports, &new.ports);
+        check_ifaces(&d.added)?;
+        check_ifaces(&d.changed)?;
+        let leaving: Vec<&str> = d
+            .removed
+            .iter()
+            .map(String::as_str)
+            .chain(d.changed.iter().map(|p| p.name.as_str()))
+            .collect();
+        // Old ports close first: a changed port reuses its own socket path or interface.
+        let (closed, kept): (Vec<OpenPort>, Vec<OpenPort>) = std::mem::take(&mut st.open)
+            .into_iter()
+            .partition(|o| leaving.contains(&o.cfg.name.as_str()));
+        st.open = kept;
+        if !leaving.is_empty() {
+            if let Err(e) = sw.remove_ports(&leaving) {
+                st.open.extend(closed);
+                return Err(e.into());
+            }
+        }
+        let closed_cfg: Vec<PortConfig> = closed.iter().map(|o| o.cfg.clone()).collect();
+        drop(closed);
+        let incoming: Vec<PortConfig> = d.added.iter().chain(&d.changed).cloned().collect();
+        let opened = match open_each(&incoming, &self.pool, &self.rcu) {
+            Ok(o) => o,
+            Err(e) => {
+                self.roll_back(sw, &mut st, &closed_cfg);
+                return Err(e);
+            }
+        };
+        sw.add_ports(opened.iter().map(|o| o.port.clone()).collect())?;
+        st.open.extend(opened);
+        // Keep the file's order.
+        st.open
+            .sort_by_key(|o| new.ports.iter().position(|p| p.name == o.cfg.name));
+        st.cfg = new;
+        Ok(format!(
+            "reloaded {}: {} added, {} removed, {} changed, {} unchanged\n",
+            st.cfg.file.display(),
+            d.added.len(),
+            d.removed.len(),
+            d.changed.len(),
+            d.unchanged
+        ))
+    }
+
+    /// Opens the ports a failed reload closed again (best effort: an error is logged).
+    fn roll_back(&self, sw: &Switch, st: &mut State, closed: &[PortConfig]) {
+        match open_each(closed, &self.pool, &self.rcu) {
+            Ok(again) => match sw.add_ports(again.iter().map(|o| o.port.clone()).collect()) {
+                Ok(_) => st.open.extend(again),
+                Err(e) => tracing::error!(error = %e, "reload roll-back: ports not re-added"),
+            },
+            Err(e) => tracing::error!(error = %e, "reload roll-back: ports not re-opened"),
+        }
+        st.open
+            .sort_by_key(|o| st.cfg.ports.iter().position(|p| p.name == o.cfg.name));
+    }
+
+    /// Shuts the vhost-user ports down (before the PMD threads stop: taking rings
+    /// down waits for their quiescent states).
+    pub fn shut_down(&self) {
+        for o in self.state().open.iter() {
+            o.shut_down();
+        }
+    }
+}
+
+/// A NIC port's interface must exist before anything changes (a tap port makes its own).
+fn check_ifaces(ports: &[PortConfig]) -> Result<(), ChangeError> {
+    for p in ports {
+        if let PortKind::AfXdp { iface, .. } | PortKind::AfPacket { iface } = &p.kind {
+            pmd::nic::ifindex(iface).map_err(|e| ChangeError::Open {
+                port: p.name.clone(),
+                msg: e.to_string(),
+            })?;
+        }
+    }
+    Ok(())
+}

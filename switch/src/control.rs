@@ -1,0 +1,446 @@
+//! The control plane's side of a running switch: adding and removing ports while
+//! PMD threads run, placing rx queues on PMD threads by load, the housekeeping thread
+//! (table aging, load sampling, automatic re-placement), and the text of `ctl show`
+//! and `ctl stats`.
+//!
+//! Every change follows one rule: build the new poll lists, publish them to every PMD
+//! thread's mailbox, wait until each took them up (see [`crate::plan`]), and only then
+//! flush, close or hand back what left. A queue that moves between threads is first
+//! taken from its old thread and only then given to its new one, so that no two
+//! threads ever poll it at once.
+
+use crate::fdb::{Fdb, PortNo};
+use crate::load::Window;
+use crate::plan::{Mailbox, PollPlan, PortTable, Rxq, RxqLoad, MAX_PORTS};
+use crate::sched::{self, RxqId};
+use crate::stats::PmdStats;
+use crate::{SwitchConfig, SwitchError};
+use pmd::Port;
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long the control plane waits for a PMD thread to take up a new poll list.
+const PLAN_WAIT: Duration = Duration::from_secs(5);
+/// How often the housekeeping thread samples loads (and ages the table).
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// Automatic re-placement happens only when the busiest thread is at least this busy
+/// (percent of its cycles) and the new placement lowers its load by at least
+/// `AUTO_IMPROVEMENT` percent (OVS's `pmd-auto-lb-load-threshold` and
+/// `-improvement-threshold` defaults).
+const AUTO_BUSY_PCT: u64 = 95;
+const AUTO_IMPROVEMENT: u64 = 25;
+
+/// One PMD thread as the control plane sees it.
+pub(crate) struct Pmd {
+    pub core: usize,
+    pub stats: Arc<PmdStats>,
+    pub mailbox: Arc<Mailbox>,
+    /// Samples of the thread's cycles (busy and idle).
+    pub window: Window,
+}
+
+impl Pmd {
+    fn total_cycles(&self) -> u64 {
+        self.stats.busy_cycles.load(Ordering::Relaxed)
+            + self.stats.idle_cycles.load(Ordering::Relaxed)
+    }
+}
+
+/// The ports and the poll lists, as the control plane last published them. Changed
+/// only under `Shared::control`, a lock no PMD thread takes.
+pub(crate) struct Control {
+    /// By port number.
+    pub ports: Vec<Option<Arc<dyn Port>>>,
+    /// The rx queues of each PMD thread.
+    pub assign: Vec<Vec<Rxq>>,
+    pub gen: u64,
+}
+
+/// What the switch's threads share with its handle.
+pub(crate) struct Shared {
+    pub cfg: SwitchConfig,
+    pub fdb: Arc<Fdb>,
+    pub pmds: Vec<Pmd>,
+    pub control: Mutex<Control>,
+    pub stop: Arc<AtomicBool>,
+    pub epoch: Instant,
+    pub tsc_hz: u64,
+}
+
+impl Shared {
+    pub fn control(&self) -> MutexGuard<'_, Control> {
+        self.control.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes the poll lists in `c` to every PMD thread and waits until each runs them.
+    fn publish(&self, c: &mut Control) -> Result<(), SwitchError> {
+        c.gen += 1;
+        let used = c
+            .ports
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |i| i + 1);
+        let table: PortTable = c.ports[..used].to_vec().into();
+        let old: Vec<Arc<PollPlan>> = self
+            .pmds
+            .iter()
+            .zip(&c.assign)
+            .map(|(pmd, rxqs)| {
+                pmd.mailbox.publish(Arc::new(PollPlan {
+                    gen: c.gen,
+                    ports: table.clone(),
+                    rxqs: rxqs.clone(),
+                }))
+            })
+            .collect();
+        for pmd in &self.pmds {
+            pmd.mailbox.wait(c.gen, PLAN_WAIT)?;
+        }
+        // Only now: no PMD thread holds these plans any more.
+        drop(old);
+        Ok(())
+    }
+
+    /// The per-port share of the forwarding table, when not configured: the capacity
+    /// divided by the number of ports.
+    fn update_fdb_share(&self, c: &Control) {
+        if self.cfg.fdb_per_port == 0 {
+            let n = c.ports.iter().flatten().count().max(1);
+            self.fdb.set_per_port_limit(self.fdb.capacity() / n);
+        }
+    }
+
+    pub fn add_ports(&self, new: Vec<Arc<dyn Port>>) -> Result<Vec<usize>, SwitchError> {
+        let mut c = self.control();
+        for (i, p) in new.iter().enumerate() {
+            let name = p.name();
+            if c.ports.iter().flatten().any(|q| q.name() == name)
+                || new[..i].iter().any(|q| q.name() == name)
+            {
+                return Err(SwitchError::DuplicateName(name.to_string()));
+            }
+        }
+        let free = c.ports.iter().filter(|p| p.is_none()).count() + MAX_PORTS - c.ports.len();
+        if new.len() > free {
+            return Err(SwitchError::TooManyPorts { max: MAX_PORTS });
+        }
+        // What each thread carries now: (measured load, queues).
+        let mut load: Vec<(u64, usize)> = c
+            .assign
+            .iter()
+            .map(|qs| (qs.iter().map(|q| q.load.window.delta()).sum(), qs.len()))
+            .collect();
+        let mut numbers = Vec::new();
+        for port in new {
+            let n = match c.ports.iter().position(Option::is_none) {
+                Some(n) => n,
+                None => {
+                    c.ports.push(None);
+                    c.ports.len() - 1
+                }
+            };
+            for q in 0..port.rx_queues() {
+                let t = sched::least_loaded(&load);
+                load[t].1 += 1;
+                c.assign[t].push(Rxq {
+                    port: n,
+                    queue: q,
+                    load: Arc::new(RxqLoad::default()),
+                });
+            }
+            tracing::info!(port = port.name(), number = n, "port joins the switch");
+            c.ports[n] = Some(port);
+            numbers.push(n);
+        }
+        for qs in c.assign.iter_mut() {
+            qs.sort_by_key(|q| (q.port, q.queue));
+        }
+        self.update_fdb_share(&c);
+        self.publish(&mut c)?;
+        Ok(numbers)
+    }
+
+    pub fn remove_ports(&self, names: &[&str]) -> Result<Vec<Arc<dyn Port>>, SwitchError> {
+        let mut c = self.control();
+        let mut numbers = Vec::new();
+        for name in names {
+            match c
+                .ports
+                .iter()
+                .position(|p| p.as_ref().is_some_and(|p| p.name() == *name))
+            {
+                Some(n) if !numbers.contains(&n) => numbers.push(n),
+                Some(_) => {}
+                None => return Err(SwitchError::NoSuchPort(name.to_string())),
+            }
+        }
+        let gone: Vec<(usize, Arc<dyn Port>)> = numbers
+            .iter()
+            .filter_map(|&n| Some((n, c.ports[n].take()?)))
+            .collect();
+        for qs in c.assign.iter_mut() {
+            qs.retain(|q| !numbers.contains(&q.port));
+        }
+        self.publish(&mut c)?;
+        // No PMD thread polls or sends to them now: their entries can go, and their
+        // numbers can be given again.
+        for (n, port) in &gone {
+            let flushed = self.fdb.flush_port(*n as PortNo);
+            tracing::info!(
+                port = port.name(),
+                number = n,
+                flushed,
+                "port leaves the switch"
+            );
+        }
+        while c.ports.last().is_some_and(Option::is_none) {
+            c.ports.pop();
+        }
+        self.update_fdb_share(&c);
+        Ok(gone.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// Places every queue afresh by load. With `auto`, only if the busiest thread is
+    /// busy enough and the new placement relieves it enough; returns `None` then if
+    /// nothing was done.
+    pub fn rebalance(&self, auto: bool) -> Result<Option<String>, SwitchError> {
+        let mut c = self.control();
+        let loads: HashMap<RxqId, Arc<RxqLoad>> = c
+            .assign
+            .iter()
+            .flatten()
+            .map(|q| ((q.port, q.queue), q.load.clone()))
+            .collect();
+        let load_of = |id: RxqId| loads.get(&id).map_or(0, |l| l.window.delta());
+        let current: Vec<Vec<RxqId>> = c
+            .assign
+            .iter()
+            .map(|qs| qs.iter().map(|q| (q.port, q.queue)).collect())
+            .collect();
+        let all: Vec<(RxqId, u64)> = loads.keys().map(|&id| (id, load_of(id))).collect();
+        let target = sched::by_cycles(&all, self.pmds.len());
+        let (before, after) = (
+            sched::max_load(&current, load_of),
+            sched::max_load(&target, load_of),
+        );
+        if auto {
+            let busiest = self
+                .pmds
+                .iter()
+                .zip(&current)
+                .map(|(p, qs)| pct(qs.iter().map(|&q| load_of(q)).sum(), p.window.delta()))
+                .fold(0.0, f64::max);
+            let gain = before.saturating_sub(after);
+            if busiest < AUTO_BUSY_PCT as f64
+                || gain * 100 < before * AUTO_IMPROVEMENT
+                || before == 0
+            {
+                return Ok(None);
+            }
+        }
+        let mut report = String::new();
+        let name = |c: &Control, p: usize| {
+            c.ports[p]
+                .as_ref()
+                .map_or("?".to_string(), |p| p.name().to_string())
+        };
+        for (t, qs) in target.iter().enumerate() {
+            for &id in qs {
+                if let Some(from) = current.iter().position(|cur| cur.contains(&id)) {
+                    if from != t {
+                        let _ = writeln!(
+                            report,
+                            "rxq {}:{} core {} -> core {} ({} cycles)",
+                            name(&c, id.0),
+                            id.1,
+                            self.pmds[from].core,
+                            self.pmds[t].core,
+                            load_of(id)
+                        );
+                    }
+                }
+            }
+        }
+        if report.is_empty() {
+            let _ = writeln!(
+                report,
+                "no rxq moves (busiest core carries {before} cycles)"
+            );
+            return Ok(Some(report));
+        }
+        // Step 1: every moving queue leaves its old thread; step 2: it joins its new one.
+        for (t, qs) in c.assign.iter_mut().enumerate() {
+            qs.retain(|q| target[t].contains(&(q.port, q.queue)));
+        }
+        self.publish(&mut c)?;
+        c.assign = target
+            .iter()
+            .map(|qs| {
+                qs.iter()
+                    .map(|&(port, queue)| Rxq {
+                        port,
+                        queue,
+                        load: loads[&(port, queue)].clone(),
+                    })
+                    .collect()
+            })
+            .collect();
+        self.publish(&mut c)?;
+        let _ = writeln!(
+            report,
+            "busiest core: {before} -> {after} cycles over the load window"
+        );
+        tracing::info!(
+            auto,
+            moves = report.lines().count() - 1,
+            before,
+            after,
+            "rx queues re-placed by load"
+        );
+        Ok(Some(report))
+    }
+
+    /// Ages the table, samples loads every [`SAMPLE_EVERY`], and re-places queues when
+    /// automatic re-placement is on; until `stop`.
+    pub fn housekeeping(&self) {
+        let mut next_sample = Instant::now();
+        let mut next_auto = self.cfg.auto_rebalance.map(|d| Instant::now() + d);
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+            let n = self.fdb.age(self.epoch.elapsed().as_secs() as u32);
+            if n > 0 {
+                tracing::debug!(aged = n, "forwarding table entries aged out");
+            }
+            let now = Instant::now();
+            if now >= next_sample {
+                next_sample = now + SAMPLE_EVERY;
+                self.sample();
+            }
+            if let (Some(at), Some(every)) = (next_auto, self.cfg.auto_rebalance) {
+                if now >= at {
+                    next_auto = Some(now + every);
+                    if let Err(e) = self.rebalance(true) {
+                        tracing::warn!(error = %e, "automatic rx queue re-placement failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn sample(&self) {
+        let c = self.control();
+        for (pmd, qs) in self.pmds.iter().zip(&c.assign) {
+            pmd.window.sample(pmd.total_cycles());
+            for q in qs {
+                q.load.window.sample(q.load.cycles());
+            }
+        }
+    }
+}
+
+/// `part` as a percentage of `whole` (0 when `whole` is 0).
+fn pct(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / whole as f64
+    }
+}
+
+impl Shared {
+    pub fn show(&self) -> String {
+        let c = self.control();
+        let mut s = String::new();
+        for (i, p) in c.ports.iter().enumerate() {
+            if let Some(p) = p {
+                let _ = writeln!(
+                    s,
+                    "port {i} {}: {} up={}",
+                    p.name(),
+                    p.describe(),
+                    p.is_up()
+                );
+            }
+        }
+        let name = |p: usize| c.ports[p].as_ref().map_or("?", |p| p.name());
+        for (pmd, qs) in self.pmds.iter().zip(&c.assign) {
+            let q: Vec<String> = qs
+                .iter()
+                .map(|q| format!("{}:{}", name(q.port), q.queue))
+                .collect();
+            let _ = writeln!(s, "pmd core {}: rxqs [{}]", pmd.core, q.join(" "));
+        }
+        for (pmd, qs) in self.pmds.iter().zip(&c.assign) {
+            let total = pmd.window.delta();
+            for q in qs {
+                let _ = writeln!(
+                    s,
+                    "rxq {}:{}: core {} share={:.1}%",
+                    name(q.port),
+                    q.queue,
+                    pmd.core,
+                    pct(q.load.window.delta(), total)
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "fdb: {} of {} entries, aging {} s",
+            self.fdb.len(),
+            self.fdb.capacity(),
+            self.fdb.aging_secs()
+        );
+        s
+    }
+
+    pub fn stats(&self) -> String {
+        let c = self.control();
+        let mut s = String::new();
+        for (i, p) in c.ports.iter().enumerate() {
+            let Some(p) = p else { continue };
+            let mut t = pmd::Traffic::default();
+            for pmd in &self.pmds {
+                t.add(&pmd.stats.traffic[i].read());
+            }
+            let kv: Vec<String> = p
+                .stats()
+                .snapshot(&t)
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let _ = writeln!(s, "port {}: {}", p.name(), kv.join(" "));
+        }
+        for p in &self.pmds {
+            let st = &p.stats;
+            let (b, i) = (
+                st.busy_cycles.load(Ordering::Relaxed),
+                st.idle_cycles.load(Ordering::Relaxed),
+            );
+            let _ = writeln!(
+                s,
+                "pmd core {}: packets={} busy_cycles={} idle_cycles={} busy_pct={:.1} cycles_per_packet={:.1} iterations={} backpressure={} tsc_hz={}",
+                p.core,
+                st.packets.load(Ordering::Relaxed),
+                b,
+                i,
+                pct(b, b + i),
+                st.cycles_per_packet(),
+                st.iterations.load(Ordering::Relaxed),
+                st.backpressure.load(Ordering::Relaxed),
+                self.tsc_hz,
+            );
+        }
+        s
+    }
+
+    /// Empties the forwarding table of every port; returns how many entries went.
+    pub fn fdb_flush(&self) -> usize {
+        let c = self.control();
+        (0..c.ports.len())
+            .map(|p| self.fdb.flush_port(p as PortNo))
+            .sum()
+    }
+}
