@@ -200,6 +200,45 @@ impl Switch {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `vswitch ctl ARGS...` that may be refused: (exit code, stdout then stderr).
+    pub fn ctl_try(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(bin())
+            .args(["ctl", "--socket"])
+            .arg(&self.ctl)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// `vswitch ctl ARGS...` that must succeed; returns its output.
+    #[track_caller]
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let (code, out) = self.ctl_try(args);
+        assert_eq!(code, 0, "ctl {args:?} failed: {out}");
+        out
+    }
+
+    /// What the switch process holds: open fds, memory mappings, threads.
+    pub fn resources(&self) -> Resources {
+        let pid = self.pid();
+        let count = |p: String| std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0);
+        Resources {
+            fds: count(format!("/proc/{pid}/fd")),
+            maps: std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                .map(|s| s.lines().count())
+                .unwrap_or(0),
+            threads: count(format!("/proc/{pid}/task")),
+        }
+    }
+
     /// Counters of `port` from `ctl stats`.
     pub fn port_stats(&self, port: &str) -> HashMap<String, u64> {
         let s = self.ctl("stats");
@@ -274,6 +313,14 @@ impl Drop for Switch {
             let _ = self.child.wait();
         }
     }
+}
+
+/// What a switch process holds (see [`Switch::resources`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    pub fds: usize,
+    pub maps: usize,
+    pub threads: usize,
 }
 
 /// An interactive dpdk-testpmd with two virtio-user ports (the guest side).

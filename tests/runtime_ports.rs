@@ -1,0 +1,392 @@
+//! Ports that come and go while the switch forwards: `ctl add-port`, `ctl del-port`
+//! and `ctl reload` (and SIGHUP) against dpdk-testpmd, the kernel (TAP devices, veth
+//! pairs for AF_PACKET) and QEMU guests.
+
+mod common;
+use common::guest::{images, num, Guest};
+use common::netns::{must, sh};
+use common::*;
+use std::time::{Duration, Instant};
+
+/// Sets a sysctl for the length of a test and puts the old value back on drop.
+struct Sysctl {
+    key: &'static str,
+    old: String,
+}
+
+impl Sysctl {
+    fn set(key: &'static str, value: &str) -> Sysctl {
+        let old = must("sysctl", &["-n", key]).trim().to_string();
+        must("sysctl", &["-qw", &format!("{key}={value}")]);
+        Sysctl { key, old }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = sh("sysctl", &["-qw", &format!("{}={}", self.key, self.old)]);
+    }
+}
+
+/// Veth pairs in the host namespace, both ends down (AF_PACKET ports that carry nothing).
+struct Veths(Vec<String>);
+
+impl Veths {
+    fn new(prefix: &str, n: usize) -> Veths {
+        let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+        for v in &names {
+            let _ = sh("ip", &["link", "del", v]);
+            must(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    v,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &format!("{v}p"),
+                ],
+            );
+        }
+        Veths(names)
+    }
+}
+
+impl Drop for Veths {
+    fn drop(&mut self) {
+        for v in &self.0 {
+            let _ = sh("ip", &["link", "del", v]);
+        }
+    }
+}
+
+/// The `ctl add-port` arguments of the churn's port `i` (of 50): vhost-user server
+/// and client, TAP and AF_PACKET.
+fn churn_port(dir: &Scratch, veths: &Veths, tag: &str, i: usize) -> Vec<String> {
+    let name = format!("{tag}{i}");
+    let kv: Vec<String> = match i % 5 {
+        0 | 1 => vec![
+            "driver=vhost-user".into(),
+            format!("path={}", dir.path(&format!("{name}.sock")).display()),
+            "mode=server".into(),
+            format!("queues={}", 1 + i % 2),
+        ],
+        2 => vec![
+            "driver=vhost-user".into(),
+            format!("path={}", dir.path(&format!("{name}.sock")).display()),
+            "mode=client".into(),
+        ],
+        3 => vec!["driver=tap".into(), format!("iface={tag}tap{i}")],
+        _ => vec![
+            "driver=af-packet".into(),
+            format!("iface={}", veths.0[i / 5]),
+        ],
+    };
+    std::iter::once(name).chain(kv).collect()
+}
+
+#[test]
+fn fifty_ports_come_and_go_under_traffic_losing_nothing() {
+    which("dpdk-testpmd");
+    // The kernel sends IPv6 autoconfiguration frames on a TAP device the switch sets
+    // up; they would be flooded to testpmd and spoil its exact counts.
+    let _v6 = Sysctl::set("net.ipv6.conf.default.disable_ipv6", "1");
+    let veths = Veths::new("vsrt", 10);
+    let dir = Scratch::new("churn");
+    let cfg = write_config(&dir, &server_ports(&["vm1", "vm2"]), "");
+    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
+    let mut tp = Testpmd::start(&dir, ["vm1", "vm2"], false, "churn");
+    wait_both_up(&sw);
+    traffic_round(&sw, &mut tp, 2, || {});
+    let before = sw.resources();
+    let free_before = mempool_free(&sw);
+
+    const ROUNDS: usize = 3;
+    const PORTS: usize = 50;
+    let mut churn_secs = 0.0;
+    let moved = traffic_round(&sw, &mut tp, 0, || {
+        let t0 = Instant::now();
+        for round in 0..ROUNDS {
+            for i in 0..PORTS {
+                let args = churn_port(&dir, &veths, "ch", i);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                sw.ctl_ok(&[&["add-port"], &args[..]].concat());
+            }
+            let show = sw.ctl("show");
+            assert_eq!(
+                show.lines().filter(|l| l.starts_with("port ")).count(),
+                PORTS + 2,
+                "round {round}:\n{show}"
+            );
+            assert!(dir.path("ch0.sock").exists(), "server socket not made");
+            for i in 0..PORTS {
+                sw.ctl_ok(&["del-port", &format!("ch{i}")]);
+            }
+            assert!(!dir.path("ch0.sock").exists(), "server socket left behind");
+        }
+        churn_secs = t0.elapsed().as_secs_f64();
+    });
+    eprintln!(
+        "{} ports added and removed in {churn_secs:.1} s while {moved} frames crossed without a loss",
+        ROUNDS * PORTS
+    );
+    let show = sw.ctl("show");
+    assert_eq!(
+        show.lines().filter(|l| l.starts_with("port ")).count(),
+        2,
+        "{show}"
+    );
+    // Ports' threads and sockets are gone, their mappings released.
+    let t0 = Instant::now();
+    let mut after = sw.resources();
+    while after != before && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(200));
+        after = sw.resources();
+    }
+    eprintln!("switch before the churn: {before:?}, after: {after:?}");
+    assert_eq!(after, before, "the churn leaked");
+    let free_after = mempool_free(&sw);
+    eprintln!("free mbufs before the churn: {free_before}, after: {free_after}");
+    assert_eq!(free_after, free_before, "mbufs leaked");
+    for i in 0..PORTS {
+        assert!(!std::path::Path::new(&format!("/sys/class/net/chtap{i}")).exists());
+    }
+    tp.quit();
+    let log = sw.stop();
+    assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
+}
+
+/// The pool's free count from `ctl show`.
+fn mempool_free(sw: &Switch) -> u64 {
+    let show = sw.ctl("show");
+    let line = show
+        .lines()
+        .find(|l| l.starts_with("mempool:"))
+        .unwrap_or_else(|| panic!("no mempool line:\n{show}"));
+    num(line, "free=")
+}
+
+#[test]
+fn reload_adds_removes_and_changes_ports_and_leaves_the_rest_forwarding() {
+    which("dpdk-testpmd");
+    let _v6 = Sysctl::set("net.ipv6.conf.default.disable_ipv6", "1");
+    let dir = Scratch::new("reload");
+    let vhost = |name: &str, extra: &str| {
+        format!(
+            "[[port]]\nname = \"{name}\"\ndriver = \"vhost-user\"\npath = \"{}\"\n{extra}\n",
+            dir.path(&format!("{name}.sock")).display()
+        )
+    };
+    let tap = |name: &str| format!("[[port]]\nname = \"{name}\"\ndriver = \"tap\"\n\n");
+    let first = [
+        vhost("vm1", ""),
+        vhost("vm2", ""),
+        tap("rlgone"),
+        vhost("changed", "queues = 1"),
+    ]
+    .concat();
+    let cfg = write_config_ports(&dir, &first);
+    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
+    let mut tp = Testpmd::start(&dir, ["vm1", "vm2"], false, "reload");
+    wait_both_up(&sw);
+    traffic_round(&sw, &mut tp, 2, || {});
+
+    // A refused reload changes nothing: an unknown key, then a key that needs a restart.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("driver = \"tap\"", "driver = \"tap\"\nbogus = 1"),
+    )
+    .unwrap();
+    let show0 = sw.ctl("show");
+    let (code, out) = sw.ctl_try(&["reload"]);
+    eprintln!("reload of a bad file: exit {code}: {}", out.trim());
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("vswitch.toml") && out.contains("bogus"),
+        "{out}"
+    );
+    std::fs::write(&cfg, text.replace("pmd_cores = [", "pmd_cores = [0, ")).unwrap();
+    let (code, out) = sw.ctl_try(&["reload"]);
+    eprintln!("reload with new PMD cores: exit {code}: {}", out.trim());
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("switch.pmd_cores"), "{out}");
+    assert_eq!(port_lines(&sw.ctl("show")), port_lines(&show0));
+
+    // The edit: one port added, one removed, one changed (now two queues).
+    let second = [
+        vhost("vm1", ""),
+        vhost("vm2", ""),
+        vhost("changed", "queues = 2"),
+        tap("rlnew"),
+    ]
+    .concat();
+    let cfg = write_config_ports(&dir, &second);
+    let mut reply = String::new();
+    traffic_round(&sw, &mut tp, 2, || {
+        reply = sw.ctl_ok(&["reload"]);
+    });
+    eprintln!("{}", reply.trim());
+    assert!(
+        reply.contains("1 added, 1 removed, 1 changed, 2 unchanged"),
+        "{reply}"
+    );
+    let show = sw.ctl("show");
+    assert!(
+        show.contains(" rlnew: ") && !show.contains(" rlgone: "),
+        "{show}"
+    );
+    assert!(
+        show.contains("rxq changed:0:") && show.contains("rxq changed:1:"),
+        "{show}"
+    );
+    assert!(std::path::Path::new("/sys/class/net/rlnew").exists());
+    assert!(!std::path::Path::new("/sys/class/net/rlgone").exists());
+
+    // SIGHUP does the same: back to the first file.
+    let cfg2 = write_config_ports(&dir, &first);
+    assert_eq!(cfg, cfg2);
+    must("kill", &["-HUP", &sw.pid().to_string()]);
+    sw.wait_show(
+        "the first file's ports after SIGHUP",
+        Duration::from_secs(10),
+        |s| s.contains(" rlgone: ") && !s.contains(" rlnew: "),
+    );
+    assert!(sw.log().contains("SIGHUP: reloaded"), "{}", sw.log());
+    traffic_round(&sw, &mut tp, 2, || {});
+    tp.quit();
+    let log = sw.stop();
+    assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
+}
+
+fn port_lines(show: &str) -> Vec<String> {
+    show.lines()
+        .filter(|l| l.starts_with("port "))
+        .map(|l| l.split(':').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_guest_added_at_run_time_pings_and_after_del_port_gets_nothing() {
+    let img = images();
+    let dir = Scratch::new("addvm");
+    let cfg = write_config(&dir, &server_ports(&["vm1"]), "tx_stall_ms = 1000");
+    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
+    let a = Guest::boot(
+        "guest-a",
+        dir.path("vm1.sock"),
+        "52:54:00:00:00:0a",
+        "vsw.ip=10.0.0.1/24 vsw.role=idle vsw.secs=300",
+        &img,
+    );
+    a.wait_line("VSW-READY", Duration::from_secs(300));
+    let sock = dir.path("vm3.sock");
+    let reply = sw.ctl_ok(&[
+        "add-port",
+        "vm3",
+        "driver=vhost-user",
+        &format!("path={}", sock.display()),
+    ]);
+    eprintln!("{}", reply.trim());
+    // B pings A twice a second for 60 s; the port goes away once pings flow.
+    let b = Guest::boot(
+        "guest-b",
+        sock.clone(),
+        "52:54:00:00:00:0b",
+        "vsw.ip=10.0.0.2/24 vsw.role=ping vsw.peer=10.0.0.1 vsw.count=120 vsw.interval=0.5 vsw.wait=240",
+        &img,
+    );
+    b.wait_line("VSW-PEER-UP", Duration::from_secs(300));
+    std::thread::sleep(Duration::from_secs(5));
+    let stats = sw.port_stats("vm3");
+    assert!(
+        stats["rx_packets"] > 5 && stats["tx_packets"] > 5,
+        "{stats:?}"
+    );
+    sw.ctl_ok(&["del-port", "vm3"]);
+    let gone_at = Instant::now();
+    assert!(!sock.exists(), "vm3's socket is still there");
+    let show = sw.ctl("show");
+    assert!(!show.contains(" vm3: "), "{show}");
+    assert!(!sw.ctl("fdb").contains("52:54:00:00:00:0b"));
+    let ping = b.wait_line("VSW-PING", Duration::from_secs(120));
+    let (sent, received) = (num(&ping, "sent="), num(&ping, "received="));
+    eprintln!(
+        "guest B, added at run time: {ping} ({:.0} s of pings after del-port got no reply)",
+        gone_at.elapsed().as_secs_f64()
+    );
+    // About 10 replies came before del-port; none of the rest (over 100 pings) after it.
+    assert!(received >= 5 && received <= 30, "{ping}");
+    assert!(sent >= 100, "{ping}");
+    // A is still served.
+    assert!(sw.ctl("show").contains("port 0 vm1"));
+    let log = sw.stop();
+    assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
+    drop(a);
+}
+
+#[test]
+fn rebalance_spreads_busy_queues_by_measured_cycles() {
+    which("dpdk-testpmd");
+    let dir = Scratch::new("rebal");
+    // Added in this order, with no load yet, the queues alternate between the two PMD
+    // threads: both busy ports (vm1, vm2) land on the first, both idle ones on the second.
+    let ports = server_ports(&["vm1", "idle1", "vm2", "idle2"]);
+    let cfg = write_config_cores(&dir, &ports, "", &[0, 1]);
+    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
+    let show = sw.ctl("show");
+    assert!(
+        show.contains("pmd core 0: rxqs [vm1:0 vm2:0]")
+            && show.contains("pmd core 1: rxqs [idle1:0 idle2:0]"),
+        "{show}"
+    );
+    let mut tp = Testpmd::start(&dir, ["vm1", "vm2"], false, "rebal");
+    sw.wait_show("vm1 and vm2 up", Duration::from_secs(30), |s| {
+        s.lines()
+            .filter(|l| (l.contains(" vm1: ") || l.contains(" vm2: ")) && l.ends_with("up=true"))
+            .count()
+            == 2
+    });
+    let mut report = String::new();
+    traffic_round(&sw, &mut tp, 8, || {
+        // Let the load window fill (samples once a second).
+        std::thread::sleep(Duration::from_secs(5));
+        let show = sw.ctl("show");
+        eprintln!("before rebalance:\n{show}");
+        let share = |q: &str| {
+            let l = show
+                .lines()
+                .find(|l| l.starts_with(&format!("rxq {q}:")))
+                .unwrap();
+            l.rsplit("share=")
+                .next()
+                .unwrap()
+                .trim_end_matches('%')
+                .parse::<f64>()
+                .unwrap()
+        };
+        assert!(share("vm1:0") > 1.0 && share("vm2:0") > 1.0, "{show}");
+        assert!(share("idle1:0") < 1.0, "{show}");
+        report = sw.ctl_ok(&["rebalance"]);
+    });
+    eprintln!("ctl rebalance:\n{report}");
+    assert!(report.contains("core 0 -> core 1"), "{report}");
+    let show = sw.ctl("show");
+    eprintln!("after rebalance:\n{show}");
+    let core_of = |q: &str| {
+        show.lines()
+            .find(|l| l.starts_with(&format!("rxq {q}:")))
+            .unwrap()
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(core_of("vm1:0"), core_of("vm2:0"), "{show}");
+    // Traffic still flows, losslessly, on the new placement.
+    traffic_round(&sw, &mut tp, 2, || {});
+    tp.quit();
+    sw.stop();
+}
