@@ -17,6 +17,7 @@ use pmd::vhost::{VhostConfig, VhostUserPort};
 use pmd::{Mempool, Port};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
+use switch::vlan::PortVlan;
 use switch::{Switch, SwitchError};
 use vswitch::config::{Config, ConfigError, PortConfig, PortKind};
 
@@ -151,6 +152,18 @@ impl Drop for OpenPort {
     }
 }
 
+/// What the switch needs of open ports: each port with its VLAN settings.
+fn members(open: &[OpenPort]) -> Vec<(Arc<dyn Port>, PortVlan)> {
+    open.iter()
+        .map(|o| (o.port.clone(), port_vlan(&o.cfg)))
+        .collect()
+}
+
+/// The switch's VLAN settings for a port.
+fn port_vlan(_p: &PortConfig) -> PortVlan {
+    PortVlan::default()
+}
+
 /// Opens every port of `cfg`, in order; on an error, closes what it opened and says
 /// which port failed.
 pub fn open_all(
@@ -251,7 +264,7 @@ impl Ports {
         rcu: Arc<Rcu>,
     ) -> Result<Ports, ChangeError> {
         let open = open_all(&cfg, &pool, &rcu)?;
-        sw.add_ports(open.iter().map(|o| o.port.clone()).collect())?;
+        sw.add_ports(members(&open))?;
         Ok(Ports {
             pool,
             rcu,
@@ -271,7 +284,7 @@ impl Ports {
             port: pc.name.clone(),
             msg,
         })?;
-        let n = sw.add_ports(vec![o.port.clone()])?;
+        let n = sw.add_ports(members(std::slice::from_ref(&o)))?;
         st.cfg.ports.push(pc);
         st.open.push(o);
         Ok(format!("added port {name:?} as port {}\n", n[0]))
@@ -327,7 +340,7 @@ impl Ports {
                 return Err(e);
             }
         };
-        sw.add_ports(opened.iter().map(|o| o.port.clone()).collect())?;
+        sw.add_ports(members(&opened))?;
         st.open.extend(opened);
         // Keep the file's order.
         st.open
@@ -346,7 +359,7 @@ impl Ports {
     /// Opens the ports a failed reload closed again (best effort: an error is logged).
     fn roll_back(&self, sw: &Switch, st: &mut State, closed: &[PortConfig]) {
         match open_each(closed, &self.pool, &self.rcu) {
-            Ok(again) => match sw.add_ports(again.iter().map(|o| o.port.clone()).collect()) {
+            Ok(again) => match sw.add_ports(members(&again)) {
                 Ok(_) => st.open.extend(again),
                 Err(e) => tracing::error!(error = %e, "reload roll-back: ports not re-added"),
             },

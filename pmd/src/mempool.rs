@@ -83,6 +83,40 @@ impl Mbuf {
         self.len = len.min(BUF_SIZE - self.data_off as usize) as u16;
         self.data_mut()
     }
+    /// Grows the data by `n` bytes at the front (new bytes unspecified): into the
+    /// headroom, or, when there is not enough, by moving the data back. `false`, and
+    /// nothing changed, if the buffer has no room for `n` more bytes.
+    #[inline]
+    pub fn prepend(&mut self, n: usize) -> bool {
+        let (off, len) = (self.data_off as usize, self.len as usize);
+        if off >= n {
+            self.data_off -= n as u16;
+        } else if len + n <= BUF_SIZE {
+            // Move the data back by n - off and start it at the buffer's first byte.
+            let shift = n - off;
+            let whole = self.set_whole(off + len + shift);
+            whole.copy_within(off..off + len, off + shift);
+            self.data_off = 0;
+        } else {
+            return false;
+        }
+        self.len += n as u16;
+        true
+    }
+    /// Removes `n` bytes (at most the length) from the front of the data.
+    #[inline]
+    pub fn trim_front(&mut self, n: usize) {
+        let n = n.min(self.len as usize) as u16;
+        self.data_off += n;
+        self.len -= n;
+    }
+    /// The first `len` bytes of the whole buffer, headroom included, writable.
+    fn set_whole(&mut self, len: usize) -> &mut [u8] {
+        debug_assert!(len <= BUF_SIZE);
+        // SAFETY: buf points at BUF_SIZE bytes owned exclusively by this handle, and
+        // len <= BUF_SIZE (checked by the caller).
+        unsafe { std::slice::from_raw_parts_mut(self.buf.as_ptr(), len.min(BUF_SIZE)) }
+    }
     #[inline]
     pub fn len(&self) -> usize {
         self.len as usize
@@ -294,6 +328,25 @@ impl Drop for MempoolCache {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn prepend_uses_headroom_then_moves_the_data() {
+        let pool = Mempool::new(1024, HugepagePolicy::Off).unwrap();
+        let mut m = pool.alloc().unwrap();
+        m.set_len(4).copy_from_slice(&[1, 2, 3, 4]);
+        assert!(m.prepend(HEADROOM));
+        assert_eq!(m.len(), HEADROOM + 4);
+        assert_eq!(&m.data()[HEADROOM..], &[1, 2, 3, 4]);
+        m.trim_front(HEADROOM - 2);
+        assert_eq!(m.data(), &[0, 0, 1, 2, 3, 4][..]);
+        m.trim_front(2);
+        // No headroom left beyond 126 bytes: 130 more need the data moved.
+        assert!(m.prepend(HEADROOM + 2));
+        assert_eq!(&m.data()[HEADROOM + 2..], &[1, 2, 3, 4]);
+        assert!(!m.prepend(BUF_SIZE), "more than the buffer holds");
+        assert_eq!(&m.data()[HEADROOM + 2..], &[1, 2, 3, 4]);
+        pool.free(m);
+    }
 
     #[test]
     fn alloc_all_then_free_all() {

@@ -180,6 +180,9 @@ pub struct PortStats {
     pub learn_refused: AtomicU64,
     /// Queues marked broken because the guest broke the virtio rules.
     pub guest_errors: AtomicU64,
+    /// Frames the port's VLAN mode refused: received in a VLAN it does not carry (or
+    /// tagged on an access port), or unicast to it in such a VLAN.
+    pub drop_vlan: AtomicU64,
 }
 
 impl PortStats {
@@ -209,6 +212,7 @@ impl PortStats {
             ("drop_runt", Self::get(&self.drop_runt)),
             ("learn_refused", Self::get(&self.learn_refused)),
             ("guest_errors", Self::get(&self.guest_errors)),
+            ("drop_vlan", Self::get(&self.drop_vlan)),
         ]
     }
 }

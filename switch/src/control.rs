@@ -14,6 +14,7 @@ use crate::load::Window;
 use crate::plan::{Mailbox, PollPlan, PortTable, Rxq, RxqLoad, MAX_PORTS};
 use crate::sched::{self, RxqId};
 use crate::stats::PmdStats;
+use crate::vlan::PortVlan;
 use crate::{SwitchConfig, SwitchError};
 use pmd::Port;
 use std::collections::HashMap;
@@ -54,6 +55,8 @@ impl Pmd {
 pub(crate) struct Control {
     /// By port number.
     pub ports: Vec<Option<Arc<dyn Port>>>,
+    /// The VLAN settings of each port number (plain trunk for a free number).
+    pub vlans: Vec<PortVlan>,
     /// The rx queues of each PMD thread.
     pub assign: Vec<Vec<Rxq>>,
     pub gen: u64,
@@ -84,6 +87,8 @@ impl Shared {
             .rposition(Option::is_some)
             .map_or(0, |i| i + 1);
         let table: PortTable = c.ports[..used].to_vec().into();
+        let vlans: Arc<[PortVlan]> = c.vlans[..used].to_vec().into();
+        let vlan_on = vlans.iter().any(|v| !v.is_plain());
         let old: Vec<Arc<PollPlan>> = self
             .pmds
             .iter()
@@ -92,6 +97,8 @@ impl Shared {
                 pmd.mailbox.publish(Arc::new(PollPlan {
                     gen: c.gen,
                     ports: table.clone(),
+                    vlans: vlans.clone(),
+                    vlan_on,
                     rxqs: rxqs.clone(),
                 }))
             })
@@ -113,12 +120,15 @@ impl Shared {
         }
     }
 
-    pub fn add_ports(&self, new: Vec<Arc<dyn Port>>) -> Result<Vec<usize>, SwitchError> {
+    pub fn add_ports(
+        &self,
+        new: Vec<(Arc<dyn Port>, PortVlan)>,
+    ) -> Result<Vec<usize>, SwitchError> {
         let mut c = self.control();
-        for (i, p) in new.iter().enumerate() {
+        for (i, (p, _)) in new.iter().enumerate() {
             let name = p.name();
             if c.ports.iter().flatten().any(|q| q.name() == name)
-                || new[..i].iter().any(|q| q.name() == name)
+                || new[..i].iter().any(|q| q.0.name() == name)
             {
                 return Err(SwitchError::DuplicateName(name.to_string()));
             }
@@ -134,14 +144,16 @@ impl Shared {
             .map(|qs| (qs.iter().map(|q| q.load.window.delta()).sum(), qs.len()))
             .collect();
         let mut numbers = Vec::new();
-        for port in new {
+        for (port, vlan) in new {
             let n = match c.ports.iter().position(Option::is_none) {
                 Some(n) => n,
                 None => {
                     c.ports.push(None);
+                    c.vlans.push(PortVlan::default());
                     c.ports.len() - 1
                 }
             };
+            c.vlans[n] = vlan;
             for q in 0..port.rx_queues() {
                 let t = sched::least_loaded(&load);
                 load[t].1 += 1;
@@ -196,8 +208,12 @@ impl Shared {
                 "port leaves the switch"
             );
         }
+        for (n, _) in &gone {
+            c.vlans[*n] = PortVlan::default();
+        }
         while c.ports.last().is_some_and(Option::is_none) {
             c.ports.pop();
+            c.vlans.pop();
         }
         self.update_fdb_share(&c);
         Ok(gone.into_iter().map(|(_, p)| p).collect())

@@ -18,6 +18,8 @@ pub struct L2<'a> {
     /// The VLAN id (12 bits) of an 802.1Q tag; 0 when untagged, or when the tag is cut
     /// off (fewer than 18 bytes).
     pub vlan: u16,
+    /// Whether the frame has a (whole) 802.1Q tag.
+    pub tagged: bool,
 }
 
 impl L2<'_> {
@@ -54,12 +56,13 @@ pub fn parse(frame: &[u8]) -> Result<L2<'_>, FrameError> {
     let Some((hdr, _)) = frame.split_first_chunk::<MIN_LEN>() else {
         return Err(FrameError::Runt);
     };
-    let vlan = if hdr[12] == 0x81 && hdr[13] == 0x00 && frame.len() >= 18 {
+    let tagged = hdr[12] == 0x81 && hdr[13] == 0x00 && frame.len() >= 18;
+    let vlan = if tagged {
         u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff
     } else {
         0
     };
-    Ok(L2 { hdr, vlan })
+    Ok(L2 { hdr, vlan, tagged })
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod pmd_loop;
 pub mod sched;
 pub mod stats;
+pub mod vlan;
 
 use control::{Control, Pmd, Shared};
 use fdb::Fdb;
@@ -142,6 +143,7 @@ impl Switch {
             cfg: cfg.clone(),
             control: Mutex::new(Control {
                 ports: Vec::new(),
+                vlans: Vec::new(),
                 assign: vec![Vec::new(); pmds.len()],
                 gen: 0,
             }),
@@ -176,11 +178,14 @@ impl Switch {
             .collect()
     }
 
-    /// Adds ports at run time: each gets the lowest free port number, and its rx
+    /// Adds ports at run time, each with its VLAN settings: each gets the lowest free port number, and its rx
     /// queues go to the least loaded PMD threads. Returns once every PMD thread polls
     /// them. Refused as a whole (nothing changes) if a name is taken or too few port
     /// numbers are free.
-    pub fn add_ports(&self, new: Vec<Arc<dyn Port>>) -> Result<Vec<usize>, SwitchError> {
+    pub fn add_ports(
+        &self,
+        new: Vec<(Arc<dyn Port>, vlan::PortVlan)>,
+    ) -> Result<Vec<usize>, SwitchError> {
         self.shared.add_ports(new)
     }
 

@@ -13,6 +13,7 @@
 //! may close it — the same grace-period rule the vhost-user rings follow.
 
 use crate::load::Window;
+use crate::vlan::PortVlan;
 use arc_swap::ArcSwap;
 use pmd::Port;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed};
@@ -59,6 +60,11 @@ pub struct Rxq {
 pub struct PollPlan {
     pub gen: u64,
     pub ports: PortTable,
+    /// Each port's VLAN settings, by port number (as `ports`).
+    pub vlans: Arc<[PortVlan]>,
+    /// Whether any port is more than a plain trunk: otherwise frames pass untouched
+    /// and the VLAN step is skipped.
+    pub vlan_on: bool,
     pub rxqs: Vec<Rxq>,
 }
 
@@ -67,6 +73,8 @@ impl PollPlan {
         PollPlan {
             gen: 0,
             ports: Arc::from(Vec::new()),
+            vlans: Arc::from(Vec::new()),
+            vlan_on: false,
             rxqs: Vec::new(),
         }
     }

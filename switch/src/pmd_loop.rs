@@ -30,10 +30,11 @@ use crate::fdb::{Fdb, Learned, PortNo};
 use crate::frame::{self, FrameError};
 use crate::plan::{EndGuard, Mailbox, PollPlan, MAX_PORTS};
 use crate::stats::{cycles, PmdStats};
+use crate::vlan::{self, Egress};
 use pmd::port::{PortStats, Traffic, TxLane, BURST};
 use pmd::rcu::RcuThread;
 use pmd::{Mbuf, MempoolCache};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -308,7 +309,18 @@ fn switch_one(
             return;
         }
     };
-    let vlan = l2.vlan;
+    let vlan = if plan.vlan_on {
+        match plan.vlans[in_port].ingress(l2.tagged.then_some(l2.vlan)) {
+            Some(v) => v,
+            None => {
+                PortStats::add(&inp.stats().drop_vlan, 1);
+                cx.cache.free(m);
+                return;
+            }
+        }
+    } else {
+        l2.vlan
+    };
     let src_w = word(l2.src_bytes(), vlan);
     if src_w != memo.src {
         let src = l2.src();
@@ -350,11 +362,36 @@ fn switch_one(
                 PortStats::add(&op.stats().drop_tx_down, 1);
                 cx.cache.free(m);
             }
-            Some(_) => enqueue_out(cx, txq, p, m),
-            None => flood(cx, txq, in_port, m),
+            Some(_) => send_to(cx, txq, p, m, vlan),
+            None => flood(cx, txq, in_port, m, vlan),
         },
-        None => flood(cx, txq, in_port, m),
+        None => flood(cx, txq, in_port, m, vlan),
     }
+}
+
+/// Queues a frame of VLAN `vlan` for port `p`, tagged as the port's VLAN mode says:
+/// dropped and counted if the port does not carry the VLAN (`drop_vlan`) or a tag
+/// does not fit (`drop_oversize`).
+#[inline]
+fn send_to(cx: &mut PmdContext, txq: &mut [TxQueue], p: usize, mut m: Mbuf, vlan: u16) {
+    if cx.plan.vlan_on {
+        let e = cx.plan.vlans[p].egress(vlan);
+        let refused: Option<fn(&PortStats) -> &AtomicU64> = if e == Egress::Drop {
+            Some(|s| &s.drop_vlan)
+        } else if !vlan::retag(&mut m, e) {
+            Some(|s| &s.drop_oversize)
+        } else {
+            None
+        };
+        if let Some(ctr) = refused {
+            if let Some(port) = cx.plan.port(p) {
+                PortStats::add(ctr(port.stats()), 1);
+            }
+            cx.cache.free(m);
+            return;
+        }
+    }
+    enqueue_out(cx, txq, p, m);
 }
 
 /// Whether an output queue that still applies backpressure has less than a burst of room.
@@ -389,12 +426,16 @@ fn enqueue_out(cx: &mut PmdContext, txq: &mut [TxQueue], p: usize, m: Mbuf) {
     }
 }
 
-/// Sends a copy to every other port that is up; the last one gets the original.
-fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf) {
+/// Sends a copy to every other port that is up and carries VLAN `vlan`; the last
+/// one gets the original.
+fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf, vlan: u16) {
     let n = cx.plan.ports.len();
     let mut last_target = None;
     for p in 0..n {
-        if p == in_port || !cx.plan.port(p).is_some_and(|port| port.is_up()) {
+        if p == in_port
+            || !cx.plan.port(p).is_some_and(|port| port.is_up())
+            || (cx.plan.vlan_on && cx.plan.vlans[p].egress(vlan) == Egress::Drop)
+        {
             continue;
         }
         if let Some(prev) = last_target.replace(p) {
@@ -402,7 +443,7 @@ fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf) {
                 Some(mut c) => {
                     c.set_len(m.len()).copy_from_slice(m.data());
                     cx.traffic[prev].tx_flood += 1;
-                    enqueue_out(cx, txq, prev, c);
+                    send_to(cx, txq, prev, c, vlan);
                 }
                 None => {
                     if let Some(port) = cx.plan.port(prev) {
@@ -415,7 +456,7 @@ fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf) {
     match last_target {
         Some(p) => {
             cx.traffic[p].tx_flood += 1;
-            enqueue_out(cx, txq, p, m);
+            send_to(cx, txq, p, m, vlan);
         }
         None => cx.cache.free(m), // nowhere to go (every other port is down): not a drop of a port
     }
@@ -483,12 +524,7 @@ fn flush(cx: &mut PmdContext, t: &mut TxQueue, p: usize, now: u64, stall_cycles:
 }
 
 /// Frees every frame on the queue, counting them in `ctr`.
-fn drop_queue(
-    cx: &mut PmdContext,
-    t: &mut TxQueue,
-    p: usize,
-    ctr: fn(&PortStats) -> &std::sync::atomic::AtomicU64,
-) {
+fn drop_queue(cx: &mut PmdContext, t: &mut TxQueue, p: usize, ctr: fn(&PortStats) -> &AtomicU64) {
     for s in t.pkts[t.head..t.end].iter_mut() {
         if let Some(m) = s.take() {
             cx.cache.free(m);
