@@ -164,6 +164,7 @@ fn open_port(
             path,
             mode,
             max_memory,
+            ..
         } => {
             let vc = VhostConfig {
                 name: p.name.clone(),
