@@ -15,6 +15,8 @@ mod error;
 mod port;
 mod raw;
 mod sockets;
+#[cfg(test)]
+mod tests;
 mod vlan;
 
 pub use error::{ConfigError, Origin};
