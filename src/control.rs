@@ -9,7 +9,9 @@
 //! [`WORKERS`] workers for at most [`CONN_DEADLINE`] (request and reply together), and
 //! never delays shutdown by more than that.
 
+use pmd::sockperm::SocketPerms;
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -185,7 +187,21 @@ fn write_reply(s: &mut UnixStream, mut reply: &[u8], deadline: Instant) -> Resul
     Ok(())
 }
 
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// Binds the control socket at `path`, giving it the group and mode of `perms`. A
+/// missing directory is made (mode 0755: the socket's own mode decides who may
+/// connect), as for the default `/run/vswitch`.
+pub fn bind(path: &Path, perms: &SocketPerms) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)?;
+            // The process umask (0o077) narrowed the mode: set it as meant.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+            tracing::info!(dir = %dir.display(), "made the control socket's directory");
+        }
+    }
     if path.exists() {
         // A socket left by a switch that did not stop cleanly; refuse if one still answers.
         if UnixStream::connect(path).is_ok() {
@@ -201,6 +217,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     }
     let l = UnixListener::bind(path)?;
     l.set_nonblocking(true)?;
+    perms.apply(path)?;
     Ok(l)
 }
 

@@ -19,7 +19,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use switch::vlan::PortVlan;
 use switch::{Switch, SwitchError};
-use vswitch::config::{Config, ConfigError, PortConfig, PortKind};
+use vswitch::config::{Config, ConfigError, PortConfig, PortKind, VlanMode};
 
 /// Why a change was refused (nothing changed) or failed.
 #[derive(Debug)]
@@ -81,6 +81,7 @@ impl OpenPort {
                 path,
                 mode,
                 max_memory,
+                socket_perms,
             } => {
                 let vc = VhostConfig {
                     name: p.name.clone(),
@@ -88,6 +89,7 @@ impl OpenPort {
                     mode: *mode,
                     queues: p.queues,
                     max_memory: *max_memory,
+                    socket_perms: *socket_perms,
                 };
                 let v = Arc::new(VhostUserPort::open(vc, rcu.clone())?);
                 (v.clone(), Some(v))
@@ -160,8 +162,15 @@ fn members(open: &[OpenPort]) -> Vec<(Arc<dyn Port>, PortVlan)> {
 }
 
 /// The switch's VLAN settings for a port.
-fn port_vlan(_p: &PortConfig) -> PortVlan {
-    PortVlan::default()
+fn port_vlan(p: &PortConfig) -> PortVlan {
+    use switch::vlan::VlanMode as Native;
+    let v = &p.vlan;
+    match v.mode {
+        VlanMode::Trunk => PortVlan::trunk(&v.trunks),
+        VlanMode::Access => PortVlan::access(v.tag),
+        VlanMode::NativeTagged => PortVlan::native(Native::NativeTagged, v.tag, &v.trunks),
+        VlanMode::NativeUntagged => PortVlan::native(Native::NativeUntagged, v.tag, &v.trunks),
+    }
 }
 
 /// Opens every port of `cfg`, in order; on an error, closes what it opened and says
@@ -285,7 +294,7 @@ impl Ports {
             msg,
         })?;
         let n = sw.add_ports(members(std::slice::from_ref(&o)))?;
-        st.cfg.ports.push(pc);
+        st.cfg = st.cfg.with_port(pc);
         st.open.push(o);
         Ok(format!("added port {name:?} as port {}\n", n[0]))
     }
@@ -298,7 +307,9 @@ impl Ports {
         };
         sw.remove_ports(&[name])?;
         let o = st.open.remove(i);
-        st.cfg.ports.retain(|p| p.name != name);
+        if let Some(c) = st.cfg.without_port(name) {
+            st.cfg = c;
+        }
         drop(o);
         Ok(format!("removed port {name:?}\n"))
     }
@@ -370,9 +381,16 @@ impl Ports {
     }
 
     /// Shuts the vhost-user ports down (before the PMD threads stop: taking rings
-    /// down waits for their quiescent states).
+    /// down waits for their quiescent states): all are told first, then each is
+    /// waited for, so that stopping costs one port's time, not the sum.
     pub fn shut_down(&self) {
-        for o in self.state().open.iter() {
+        let st = self.state();
+        for o in st.open.iter() {
+            if let Some(v) = &o.vhost {
+                v.begin_shutdown();
+            }
+        }
+        for o in st.open.iter() {
             o.shut_down();
         }
     }

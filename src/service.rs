@@ -40,7 +40,9 @@ pub fn run(cfg: Config) -> ExitCode {
         hugepages = pool.is_huge(),
         "mbuf pool ready"
     );
-    let ctl = match control::bind(&cfg.control_socket) {
+    // Sockets are owner-only from their creation until given their configured mode.
+    pmd::sockperm::restrict_umask();
+    let ctl = match control::bind(&cfg.control_socket, &cfg.socket_perms) {
         Ok(l) => l,
         Err(e) => {
             eprintln!(

@@ -250,6 +250,186 @@ fn bad_configs_exit_2_with_file_key_and_value() {
         &["key 'path' is missing"],
     );
 
+    // Socket permissions: [switch] socket_group/socket_mode, a port's override.
+    expect_error(
+        &d,
+        "unknown-group",
+        &format!("{b}socket_group = \"no-such-group-vswitch\"\n{p1}"),
+        &[
+            "key 'switch.socket_group' = \"no-such-group-vswitch\"",
+            "no such group",
+        ],
+    );
+    expect_error(
+        &d,
+        "bad-gid",
+        &format!("{b}socket_group = -5\n{p1}"),
+        &["key 'switch.socket_group' = -5", "a gid must be"],
+    );
+    expect_error(
+        &d,
+        "bad-group-type",
+        &format!("{b}socket_group = [1]\n{p1}"),
+        &["socket_group", "a group name or a numeric gid"],
+    );
+    expect_error(
+        &d,
+        "socket-mode-decimal",
+        &format!("{b}socket_mode = 660\n{p1}"),
+        &["key 'switch.socket_mode' = 0o1224", "within 0o777", "octal"],
+    );
+    expect_error(
+        &d,
+        "socket-mode-no-owner",
+        &format!("{b}socket_mode = 0o066\n{p1}"),
+        &["key 'switch.socket_mode' = 0o066", "owner read and write"],
+    );
+    expect_error(
+        &d,
+        "port-socket-mode",
+        &format!("{b}{p1}socket_mode = 0o1000\n"),
+        &[
+            "[[port]] #1 (\"a\")",
+            "key 'socket_mode' = 0o1000",
+            "within 0o777",
+        ],
+    );
+    expect_error(
+        &d,
+        "port-unknown-group",
+        &format!("{b}{p1}socket_group = \"no-such-group-vswitch\"\n"),
+        &[
+            "key 'socket_group' = \"no-such-group-vswitch\"",
+            "no such group",
+        ],
+    );
+    expect_error(
+        &d,
+        "client-socket-mode",
+        &format!("{b}{p1}mode = \"client\"\nsocket_mode = 0o600\n"),
+        &[
+            "key 'socket_mode' = 0o600",
+            "does not apply to mode \"client\"",
+        ],
+    );
+    expect_error(
+        &d,
+        "client-socket-group",
+        &format!("{b}{p1}mode = \"client\"\nsocket_group = \"root\"\n"),
+        &[
+            "key 'socket_group' = \"root\"",
+            "does not apply to mode \"client\"",
+        ],
+    );
+    expect_error(
+        &d,
+        "nic-socket-mode",
+        &format!(
+            "{b}{}",
+            nic("af-packet", "iface = \"eth0\"\nsocket_mode = 0o600")
+        ),
+        &["key 'socket_mode' does not apply to driver \"af-packet\" (only to vhost-user)"],
+    );
+    expect_error(
+        &d,
+        "tap-socket-group",
+        &format!("{b}{}", nic("tap", "socket_group = \"root\"")),
+        &["key 'socket_group' does not apply to driver \"tap\" (only to vhost-user)"],
+    );
+
+    // VLAN modes.
+    expect_error(
+        &d,
+        "bad-vlan-mode",
+        &format!("{b}{p1}vlan_mode = \"hybrid\"\n"),
+        &["key 'vlan_mode' = \"hybrid\"", "\"native-untagged\""],
+    );
+    expect_error(
+        &d,
+        "access-no-tag",
+        &format!("{b}{p1}vlan_mode = \"access\"\n"),
+        &["key 'tag' is missing", "vlan_mode \"access\""],
+    );
+    expect_error(
+        &d,
+        "native-no-tag",
+        &format!("{b}{p1}vlan_mode = \"native-tagged\"\n"),
+        &["key 'tag' is missing", "vlan_mode \"native-tagged\""],
+    );
+    expect_error(
+        &d,
+        "trunk-tag",
+        &format!("{b}{p1}tag = 10\n"),
+        &["key 'tag' = 10", "does not apply to vlan_mode \"trunk\""],
+    );
+    expect_error(
+        &d,
+        "tag-range",
+        &format!("{b}{p1}vlan_mode = \"access\"\ntag = 4095\n"),
+        &["key 'tag' = 4095", "1..=4094"],
+    );
+    expect_error(
+        &d,
+        "access-trunks",
+        &format!("{b}{p1}vlan_mode = \"access\"\ntag = 10\ntrunks = [10, 20]\n"),
+        &[
+            "key 'trunks' = [10, 20]",
+            "does not apply to vlan_mode \"access\"",
+        ],
+    );
+    expect_error(
+        &d,
+        "trunk-range",
+        &format!("{b}{p1}trunks = [10, 4096]\n"),
+        &["key 'trunks' = [10, 4096]", "VLAN 4096 is not 0..=4095"],
+    );
+    expect_error(
+        &d,
+        "trunk-twice",
+        &format!("{b}{p1}trunks = [10, 20, 10]\n"),
+        &["key 'trunks' = [10, 20, 10]", "VLAN 10 twice"],
+    );
+    expect_error(
+        &d,
+        "native-trunk-0",
+        &format!("{b}{p1}vlan_mode = \"native-untagged\"\ntag = 5\ntrunks = [0, 5]\n"),
+        &["key 'trunks' = [0, 5]", "VLAN 0"],
+    );
+    expect_error(
+        &d,
+        "trunks-type",
+        &format!("{b}{p1}trunks = \"10,20\"\n"),
+        &["key 'trunks' = \"10,20\"", "expected an array"],
+    );
+
+    // The control socket's directory is made at start; other directories must exist.
+    let run_dir = d.path("run/vswitch");
+    let ok = format!(
+        "[switch]\npmd_cores = [0]\ncontrol_socket = \"{0}/ctl.sock\"\n\
+         [[port]]\nname = \"a\"\ndriver = \"vhost-user\"\npath = \"{0}/a.sock\"\n",
+        run_dir.display()
+    );
+    let (code, out) = check(&d, "ctl-dir-missing.toml", &ok);
+    assert_eq!(code, 0, "{out}");
+    assert!(!run_dir.exists(), "check created a directory");
+    expect_error(
+        &d,
+        "other-dir-missing",
+        &ok.replace(
+            &format!("{}/a.sock", run_dir.display()),
+            "/nonexistent/dir/a.sock",
+        ),
+        &["key 'path' = \"/nonexistent/dir/a.sock\"", "does not exist"],
+    );
+
+    // Every new key in a good configuration.
+    let good = format!(
+        "{b}socket_group = \"root\"\nsocket_mode = 0o660\n{p1}socket_mode = 0o600\n\
+         vlan_mode = \"native-tagged\"\ntag = 5\ntrunks = [6, 7]\n{p2}vlan_mode = \"access\"\ntag = 6\n"
+    );
+    let (code, out) = check(&d, "new-keys.toml", &good);
+    assert_eq!(code, 0, "{out}");
+
     // A missing file is an error too.
     let out = Command::new(bin())
         .args(["check", "--config", "/nonexistent.toml"])

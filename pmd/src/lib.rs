@@ -13,6 +13,7 @@ pub mod prefetch;
 pub mod ratelimit;
 pub mod rcu;
 pub mod sigbus;
+pub mod sockperm;
 pub mod tsc;
 pub mod vhost;
 

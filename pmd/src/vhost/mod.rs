@@ -48,6 +48,8 @@ pub struct VhostConfig {
     pub queues: usize,
     /// Most bytes of guest memory the frontend may have this port map.
     pub max_memory: u64,
+    /// Group and mode of a server-mode socket (unused in client mode).
+    pub socket_perms: crate::sockperm::SocketPerms,
 }
 
 /// Where a virtqueue is, in one place.
@@ -204,6 +206,11 @@ impl VhostUserPort {
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Tells the control thread to stop, without waiting for it (see [`Self::shutdown`]).
+    pub fn begin_shutdown(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
     }
 
     /// Stops the control thread: rings are taken down, the connection closed and a

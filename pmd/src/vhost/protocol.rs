@@ -254,6 +254,14 @@ pub(super) fn spawn(sh: Arc<Shared>) -> Result<JoinHandle<()>, String> {
             })?;
             l.set_nonblocking(true)
                 .map_err(|e| format!("port {}: {e}", sh.cfg.name))?;
+            sh.cfg.socket_perms.apply(&sh.cfg.path).map_err(|e| {
+                let _ = std::fs::remove_file(&sh.cfg.path);
+                format!(
+                    "port {}: cannot set the group and mode of {}: {e}",
+                    sh.cfg.name,
+                    sh.cfg.path.display()
+                )
+            })?;
             Some(l)
         }
         Mode::Client => None,
@@ -915,6 +923,7 @@ impl Session {
                 mode: Mode::Server,
                 queues,
                 max_memory: super::mem::DEFAULT_MAX_GUEST_MEMORY,
+                socket_perms: crate::sockperm::SocketPerms::default(),
             },
             rcu: Rcu::new(),
             stats: PortStats::default(),
