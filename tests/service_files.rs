@@ -2,13 +2,15 @@
 //! scratch root (binary, unit, example configuration, hugepage sysctl) without touching
 //! the host, keeps an operator's configuration, and honours --prefix; systemd accepts
 //! the installed unit (`systemd-analyze verify`, with no warning); the example
-//! configuration passes `vswitch check` and runs.
+//! configuration passes `vswitch check` and runs; the unit's reload commands apply an
+//! edit and refuse one that does not parse.
 
 mod common;
 use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -48,6 +50,37 @@ fn mode(p: &Path) -> u32 {
         .permissions()
         .mode()
         & 0o7777
+}
+
+/// The unit's `ExecReload=` commands, pointed at a test's binary, config and switch.
+struct Reload<'a> {
+    unit: &'a str,
+    binary: &'a str,
+    config: &'a Path,
+    pid: u32,
+}
+
+impl Reload<'_> {
+    /// Runs them in order as systemd does, stopping at the first that fails; whether
+    /// all succeeded.
+    fn run(&self) -> bool {
+        let cmds: Vec<String> = self
+            .unit
+            .lines()
+            .filter_map(|l| l.strip_prefix("ExecReload="))
+            .map(|c| {
+                c.replace("/usr/local/bin/vswitch", self.binary)
+                    .replace("/etc/vswitch/vswitch.toml", self.config.to_str().unwrap())
+                    .replace("$MAINPID", &self.pid.to_string())
+            })
+            .collect();
+        assert!(!cmds.is_empty(), "no ExecReload= in the unit");
+        cmds.iter().all(|c| {
+            let st = Command::new("sh").args(["-c", c]).status().unwrap();
+            eprintln!("ExecReload={c}: {st}");
+            st.success()
+        })
+    }
 }
 
 /// `systemd-analyze verify` on `unit`: (success, what it printed).
@@ -189,6 +222,36 @@ fn install_script_stages_a_unit_systemd_accepts_and_a_config_that_runs() {
         "show:\n{show}"
     );
     assert!(run_dir.join("vm1.sock").exists());
+
+    // `systemctl reload`: the unit's ExecReload= commands, run as systemd runs them
+    // (in order, stopping at the first that fails). An added port appears; a file that
+    // does not parse fails the reload before the signal, and the switch keeps its ports.
+    let reload = Reload {
+        unit: &unit_text,
+        binary: &built,
+        config: &local,
+        pid: sw.pid(),
+    };
+    let config = std::fs::read_to_string(&local).unwrap();
+    let with_vm3 = format!(
+        "{config}\n[[port]]\nname = \"vm3\"\ndriver = \"vhost-user\"\npath = \"{}\"\n",
+        run_dir.join("vm3.sock").display()
+    );
+    std::fs::write(&local, &with_vm3).unwrap();
+    assert!(reload.run(), "reload failed");
+    sw.wait_show("vm3 added by the reload", Duration::from_secs(10), |s| {
+        s.contains("vm3: driver=vhost-user mode=server")
+    });
+    std::fs::write(&local, format!("{with_vm3}colour = \"blue\"\n")).unwrap();
+    assert!(!reload.run(), "a reload of a bad file succeeded");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sw.ctl("show").contains("vm3: driver=vhost-user"));
+    let log = sw.log();
+    assert_eq!(
+        log.matches("SIGHUP").count(),
+        1,
+        "the bad file reached the switch:\n{log}"
+    );
     let log = sw.stop();
     assert!(log.contains("free_mbufs=16384"), "log:\n{log}");
 
