@@ -2,7 +2,7 @@
 //! reading the VSW- lines its /init prints (see tests/guest/README.md).
 
 use super::{capture, which};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,7 +34,80 @@ pub struct BootOpts<'a> {
     pub mem_path: Option<&'a str>,
 }
 
+/// Who listens on a guest's vhost-user socket.
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SocketRole {
+    /// QEMU connects and retries every second (`reconnect-ms=1000`): the switch's
+    /// port is in server mode.
+    #[default]
+    QemuConnects,
+    /// QEMU creates the socket and listens (`server=on,wait=off`): the switch's port
+    /// is in client mode.
+    QemuListens,
+}
+
+/// A guest to boot with [`Guest::launch`].
+pub struct GuestSpec<'a> {
+    /// Tag of its console lines in the test's output.
+    pub name: &'static str,
+    /// Its vhost-user socket.
+    pub sock: PathBuf,
+    pub mac: &'a str,
+    /// Kernel command line for its /init (`vsw.ip=... vsw.role=...`).
+    pub append: &'a str,
+    /// Directory from [`images`].
+    pub images: &'a Path,
+    pub socket: SocketRole,
+    /// Guest RAM in a file under this directory instead of a memfd.
+    pub mem_path: Option<&'a str>,
+}
+
 impl Guest {
+    /// Boots a guest as `spec` says (console collected, QEMU killed on drop).
+    pub fn launch(spec: &GuestSpec) -> Guest {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/guest/qemu-guest.sh");
+        let mut cmd = Command::new("bash");
+        cmd.arg(script);
+        if let Some(p) = spec.mem_path {
+            cmd.args(["--mem-path", p]);
+        }
+        if spec.socket == SocketRole::QemuListens {
+            cmd.arg("--server");
+        }
+        let mut child = cmd
+            .arg("--sock")
+            .arg(&spec.sock)
+            .arg("--images")
+            .arg(spec.images)
+            .args(["--mac", spec.mac, "--append", spec.append])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start qemu");
+        let out = capture(&mut child, spec.name);
+        Guest {
+            name: spec.name,
+            child,
+            out,
+        }
+    }
+
+    /// Everything the guest and QEMU have printed so far (whole lines).
+    pub fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// The console as it grows, for a thread that watches it.
+    pub fn console(&self) -> Arc<Mutex<String>> {
+        self.out.clone()
+    }
+
+    /// Whether QEMU is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     pub fn boot(
         name: &'static str,
         sock: PathBuf,
