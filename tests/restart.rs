@@ -318,6 +318,7 @@ fn guests_keep_their_traffic_across_switch_restart_and_crash() {
         images: &img,
         socket: SocketRole::QemuListens,
         mem_path: None,
+        user: None,
     });
     let mut b = Guest::launch(&GuestSpec {
         name: "guest-b",
@@ -327,6 +328,7 @@ fn guests_keep_their_traffic_across_switch_restart_and_crash() {
         images: &img,
         socket: SocketRole::QemuListens,
         mem_path: None,
+        user: None,
     });
     // QEMU creates its listening socket at once, then waits for a backend.
     let t0 = Instant::now();

@@ -60,13 +60,28 @@ pub struct GuestSpec<'a> {
     pub socket: SocketRole,
     /// Guest RAM in a file under this directory instead of a memfd.
     pub mem_path: Option<&'a str>,
+    /// Run QEMU as this user (with the user's groups) instead of root.
+    pub user: Option<&'a str>,
 }
 
 impl Guest {
     /// Boots a guest as `spec` says (console collected, QEMU killed on drop).
     pub fn launch(spec: &GuestSpec) -> Guest {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/guest/qemu-guest.sh");
-        let mut cmd = Command::new("bash");
+        let mut cmd = match spec.user {
+            Some(u) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={u}"),
+                    &format!("--regid={u}"),
+                    "--init-groups",
+                    "--",
+                    "bash",
+                ]);
+                c
+            }
+            None => Command::new("bash"),
+        };
         cmd.arg(script);
         if let Some(p) = spec.mem_path {
             cmd.args(["--mem-path", p]);
@@ -126,25 +141,16 @@ impl Guest {
         images: &PathBuf,
         opts: &BootOpts,
     ) -> Guest {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/guest/qemu-guest.sh");
-        let mut cmd = Command::new("bash");
-        cmd.arg(script);
-        if let Some(p) = opts.mem_path {
-            cmd.args(["--mem-path", p]);
-        }
-        let mut child = cmd
-            .arg("--sock")
-            .arg(&sock)
-            .arg("--images")
-            .arg(images)
-            .args(["--mac", mac, "--append", append])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start qemu");
-        let out = capture(&mut child, name);
-        Guest { name, child, out }
+        Guest::launch(&GuestSpec {
+            name,
+            sock,
+            mac,
+            append,
+            images,
+            socket: SocketRole::QemuConnects,
+            mem_path: opts.mem_path,
+            user: None,
+        })
     }
 
     /// Waits for a console line starting with `prefix`; returns it.

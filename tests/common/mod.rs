@@ -235,6 +235,18 @@ impl Switch {
             maps: std::fs::read_to_string(format!("/proc/{pid}/maps"))
                 .map(|s| s.lines().count())
                 .unwrap_or(0),
+            // Mappings of a file or socket: guest memory, hugepages, NIC rings.
+            named_maps: std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                .map(|s| {
+                    s.lines()
+                        .filter(|l| {
+                            l.split_whitespace()
+                                .nth(5)
+                                .is_some_and(|p| !p.starts_with('['))
+                        })
+                        .count()
+                })
+                .unwrap_or(0),
             threads: count(format!("/proc/{pid}/task")),
         }
     }
@@ -319,7 +331,10 @@ impl Drop for Switch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resources {
     pub fds: usize,
+    /// All mappings; thread stacks and malloc arenas that the C library keeps for
+    /// reuse after threads end count here too.
     pub maps: usize,
+    pub named_maps: usize,
     pub threads: usize,
 }
 
