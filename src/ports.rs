@@ -248,8 +248,17 @@ pub fn diff(old: &[PortConfig], new: &[PortConfig]) -> Diff {
 
 /// The first key outside `[[port]]` whose value differs: a reload cannot apply it.
 fn restart_key(old: &Config, new: &Config) -> Option<&'static str> {
-    let keys: [(&'static str, bool); 8] = [
+    let keys: [(&'static str, bool); 11] = [
         ("switch.pmd_cores", old.pmd_cores != new.pmd_cores),
+        (
+            "switch.socket_group",
+            old.socket_perms.gid != new.socket_perms.gid,
+        ),
+        (
+            "switch.socket_mode",
+            old.socket_perms.mode != new.socket_perms.mode,
+        ),
+        ("switch.pmd_auto_lb", old.pmd_auto_lb != new.pmd_auto_lb),
         (
             "switch.control_socket",
             old.control_socket != new.control_socket,

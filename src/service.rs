@@ -60,7 +60,10 @@ pub fn run(cfg: Config) -> ExitCode {
         fdb_per_port: cfg.max_per_port,
         aging_secs: cfg.aging_secs,
         tx_stall: Duration::from_millis(cfg.tx_stall_ms),
-        auto_rebalance: None,
+        auto_rebalance: cfg.pmd_auto_lb.map(|a| switch::AutoRebalance {
+            every: Duration::from_secs(a.interval_secs),
+            busy_pct: a.load_threshold,
+        }),
     };
     let mut sw = Switch::start(&scfg, pool.clone(), rcu.clone());
     let (file, ctl_path) = (cfg.file.clone(), cfg.control_socket.clone());

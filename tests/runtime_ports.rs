@@ -348,14 +348,14 @@ fn a_guest_added_at_run_time_pings_and_after_del_port_gets_nothing() {
     drop(a);
 }
 
-#[test]
-fn rebalance_spreads_busy_queues_by_measured_cycles() {
+/// A switch with two PMD threads (cores 0 and 1) whose first thread polls both busy
+/// ports (vm1 and vm2, testpmd's) and whose second polls two idle ones: added in this
+/// order with no load yet, the queues alternate between the threads. `extra` is more
+/// of `[switch]`.
+fn busy_pair_on_one_thread(dir: &Scratch, extra: &str) -> (Switch, Testpmd) {
     which("dpdk-testpmd");
-    let dir = Scratch::new("rebal");
-    // Added in this order, with no load yet, the queues alternate between the two PMD
-    // threads: both busy ports (vm1, vm2) land on the first, both idle ones on the second.
     let ports = server_ports(&["vm1", "idle1", "vm2", "idle2"]);
-    let cfg = write_config_cores(&dir, &ports, "", &[0, 1]);
+    let cfg = write_config_cores(dir, &ports, extra, &[0, 1]);
     let sw = Switch::start(&cfg, dir.path("ctl.sock"));
     let show = sw.ctl("show");
     assert!(
@@ -363,13 +363,31 @@ fn rebalance_spreads_busy_queues_by_measured_cycles() {
             && show.contains("pmd core 1: rxqs [idle1:0 idle2:0]"),
         "{show}"
     );
-    let mut tp = Testpmd::start(&dir, ["vm1", "vm2"], false, "rebal");
+    let tp = Testpmd::start(dir, ["vm1", "vm2"], false, "rebal");
     sw.wait_show("vm1 and vm2 up", Duration::from_secs(30), |s| {
         s.lines()
             .filter(|l| (l.contains(" vm1: ") || l.contains(" vm2: ")) && l.ends_with("up=true"))
             .count()
             == 2
     });
+    (sw, tp)
+}
+
+/// The core that `ctl show` puts rx queue `q` (e.g. "vm1:0") on.
+fn core_of(show: &str, q: &str) -> String {
+    show.lines()
+        .find(|l| l.starts_with(&format!("rxq {q}:")))
+        .unwrap_or_else(|| panic!("no rxq {q}:\n{show}"))
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn rebalance_spreads_busy_queues_by_measured_cycles() {
+    let dir = Scratch::new("rebal");
+    let (sw, mut tp) = busy_pair_on_one_thread(&dir, "");
     let mut report = String::new();
     traffic_round(&sw, &mut tp, 8, || {
         // Let the load window fill (samples once a second).
@@ -396,18 +414,35 @@ fn rebalance_spreads_busy_queues_by_measured_cycles() {
     assert!(report.contains("core 0 -> core 1"), "{report}");
     let show = sw.ctl("show");
     eprintln!("after rebalance:\n{show}");
-    let core_of = |q: &str| {
-        show.lines()
-            .find(|l| l.starts_with(&format!("rxq {q}:")))
-            .unwrap()
-            .split_whitespace()
-            .nth(3)
-            .unwrap()
-            .to_string()
-    };
-    assert_ne!(core_of("vm1:0"), core_of("vm2:0"), "{show}");
+    assert_ne!(core_of(&show, "vm1:0"), core_of(&show, "vm2:0"), "{show}");
     // Traffic still flows, losslessly, on the new placement.
     traffic_round(&sw, &mut tp, 2, || {});
+    tp.quit();
+    sw.stop();
+}
+
+#[test]
+fn pmd_auto_lb_moves_a_busy_queue_on_its_own() {
+    let dir = Scratch::new("autolb");
+    // The threshold is low: testpmd shares the two cores, so no PMD thread is 95% busy.
+    let (sw, mut tp) = busy_pair_on_one_thread(
+        &dir,
+        "pmd_auto_lb = true\npmd_auto_lb_interval_secs = 3\npmd_auto_lb_load_threshold = 10",
+    );
+    traffic_round(&sw, &mut tp, 10, || {
+        sw.wait_show(
+            "the busy queues on two cores",
+            Duration::from_secs(10),
+            |s| core_of(s, "vm1:0") != core_of(s, "vm2:0"),
+        );
+    });
+    let log = sw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("rx queues re-placed by load"))
+        .unwrap_or_else(|| panic!("no re-placement logged:\n{log}"));
+    eprintln!("{line}");
+    assert!(line.contains("auto=true"), "{line}");
     tp.quit();
     sw.stop();
 }

@@ -41,6 +41,8 @@ pub struct Config {
     /// default of server-mode vhost-user sockets.
     pub socket_perms: SocketPerms,
     pub tx_stall_ms: u64,
+    /// `[switch] pmd_auto_lb`: re-place rx queues by load on its own; `None` when off.
+    pub pmd_auto_lb: Option<AutoLb>,
     pub mbufs: u32,
     pub hugepages: HugepagePolicy,
     pub fdb_capacity: usize,
@@ -151,6 +153,7 @@ impl Config {
             control_socket: sw.control_socket,
             socket_perms: sw.socket_perms,
             tx_stall_ms: sw.tx_stall_ms,
+            pmd_auto_lb: sw.pmd_auto_lb,
             mbufs,
             hugepages,
             fdb_capacity,
@@ -234,6 +237,17 @@ struct SwitchSection {
     control_socket: PathBuf,
     socket_perms: SocketPerms,
     tx_stall_ms: u64,
+    pmd_auto_lb: Option<AutoLb>,
+}
+
+/// Automatic re-placement of rx queues (OVS's `pmd-auto-lb`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AutoLb {
+    /// `pmd_auto_lb_interval_secs`: how often it is considered (default 60).
+    pub interval_secs: u64,
+    /// `pmd_auto_lb_load_threshold`: only when the busiest PMD thread spends at least
+    /// this percentage of its cycles on its queues (default 95, as OVS).
+    pub load_threshold: u8,
 }
 
 fn switch_section(raw: RawSwitch) -> Result<SwitchSection, String> {
@@ -253,11 +267,28 @@ fn switch_section(raw: RawSwitch) -> Result<SwitchSection, String> {
             "key 'switch.tx_stall_ms' = {tx_stall_ms}: must be 1..=10000"
         ));
     }
+    let interval = raw.pmd_auto_lb_interval_secs.unwrap_or(60);
+    if !(1..=86_400).contains(&interval) {
+        return Err(format!(
+            "key 'switch.pmd_auto_lb_interval_secs' = {interval}: must be 1..=86400"
+        ));
+    }
+    let threshold = raw.pmd_auto_lb_load_threshold.unwrap_or(95);
+    if !(0..=100).contains(&threshold) {
+        return Err(format!(
+            "key 'switch.pmd_auto_lb_load_threshold' = {threshold}: must be 0..=100 (percent)"
+        ));
+    }
+    let pmd_auto_lb = raw.pmd_auto_lb.unwrap_or(false).then_some(AutoLb {
+        interval_secs: interval as u64,
+        load_threshold: threshold as u8,
+    });
     Ok(SwitchSection {
         pmd_cores,
         control_socket,
         socket_perms,
         tx_stall_ms,
+        pmd_auto_lb,
     })
 }
 

@@ -27,11 +27,9 @@ use std::time::{Duration, Instant};
 const PLAN_WAIT: Duration = Duration::from_secs(5);
 /// How often the housekeeping thread samples loads (and ages the table).
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
-/// Automatic re-placement happens only when the busiest thread is at least this busy
-/// (percent of its cycles) and the new placement lowers its load by at least
-/// `AUTO_IMPROVEMENT` percent (OVS's `pmd-auto-lb-load-threshold` and
-/// `-improvement-threshold` defaults).
-const AUTO_BUSY_PCT: u64 = 95;
+/// Automatic re-placement happens only when the new placement lowers the busiest
+/// thread's load by at least this percentage (OVS's `pmd-auto-lb-improvement-threshold`
+/// default), besides that thread being busy enough (`AutoRebalance::busy_pct`).
 const AUTO_IMPROVEMENT: u64 = 25;
 
 /// One PMD thread as the control plane sees it.
@@ -219,10 +217,10 @@ impl Shared {
         Ok(gone.into_iter().map(|(_, p)| p).collect())
     }
 
-    /// Places every queue afresh by load. With `auto`, only if the busiest thread is
-    /// busy enough and the new placement relieves it enough; returns `None` then if
-    /// nothing was done.
-    pub fn rebalance(&self, auto: bool) -> Result<Option<String>, SwitchError> {
+    /// Places every queue afresh by load. With `auto` (a busy percentage), only if the
+    /// busiest thread is at least that busy and the new placement relieves it enough;
+    /// returns `None` then if nothing was done.
+    pub fn rebalance(&self, auto: Option<u8>) -> Result<Option<String>, SwitchError> {
         let mut c = self.control();
         let loads: HashMap<RxqId, Arc<RxqLoad>> = c
             .assign
@@ -242,7 +240,7 @@ impl Shared {
             sched::max_load(&current, load_of),
             sched::max_load(&target, load_of),
         );
-        if auto {
+        if let Some(busy_pct) = auto {
             let busiest = self
                 .pmds
                 .iter()
@@ -250,10 +248,7 @@ impl Shared {
                 .map(|(p, qs)| pct(qs.iter().map(|&q| load_of(q)).sum(), p.window.delta()))
                 .fold(0.0, f64::max);
             let gain = before.saturating_sub(after);
-            if busiest < AUTO_BUSY_PCT as f64
-                || gain * 100 < before * AUTO_IMPROVEMENT
-                || before == 0
-            {
+            if busiest < busy_pct as f64 || gain * 100 < before * AUTO_IMPROVEMENT || before == 0 {
                 return Ok(None);
             }
         }
@@ -310,7 +305,7 @@ impl Shared {
             "busiest core: {before} -> {after} cycles over the load window"
         );
         tracing::info!(
-            auto,
+            auto = auto.is_some(),
             moves = report.lines().count() - 1,
             before,
             after,
@@ -323,7 +318,7 @@ impl Shared {
     /// automatic re-placement is on; until `stop`.
     pub fn housekeeping(&self) {
         let mut next_sample = Instant::now();
-        let mut next_auto = self.cfg.auto_rebalance.map(|d| Instant::now() + d);
+        let mut next_auto = self.cfg.auto_rebalance.map(|a| Instant::now() + a.every);
         while !self.stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(200));
             let n = self.fdb.age(self.epoch.elapsed().as_secs() as u32);
@@ -335,10 +330,10 @@ impl Shared {
                 next_sample = now + SAMPLE_EVERY;
                 self.sample();
             }
-            if let (Some(at), Some(every)) = (next_auto, self.cfg.auto_rebalance) {
+            if let (Some(at), Some(a)) = (next_auto, self.cfg.auto_rebalance) {
                 if now >= at {
-                    next_auto = Some(now + every);
-                    if let Err(e) = self.rebalance(true) {
+                    next_auto = Some(now + a.every);
+                    if let Err(e) = self.rebalance(Some(a.busy_pct)) {
                         tracing::warn!(error = %e, "automatic rx queue re-placement failed");
                     }
                 }

@@ -39,9 +39,19 @@ pub struct SwitchConfig {
     pub aging_secs: u32,
     /// How long an output queue may make no progress before its frames are dropped.
     pub tx_stall: Duration,
-    /// Re-place rx queues by load on its own, checked this often (`None`: only on
-    /// `rebalance`), as OVS's `pmd-auto-lb`.
-    pub auto_rebalance: Option<Duration>,
+    /// Re-place rx queues by load on its own (`None`: only on `rebalance`), as OVS's
+    /// `pmd-auto-lb`.
+    pub auto_rebalance: Option<AutoRebalance>,
+}
+
+/// When the switch re-places rx queues on its own.
+#[derive(Clone, Copy, Debug)]
+pub struct AutoRebalance {
+    /// How often it looks.
+    pub every: Duration,
+    /// Only when the busiest PMD thread spends at least this percentage of its cycles
+    /// on its queues (and the new placement relieves it by a quarter or more).
+    pub busy_pct: u8,
 }
 
 /// Why a change to the ports was refused (nothing changed) or did not complete.
@@ -200,7 +210,7 @@ impl Switch {
     /// Places every rx queue afresh by its measured load (`ctl rebalance`); returns a
     /// report of what moved.
     pub fn rebalance(&self) -> Result<String, SwitchError> {
-        self.shared.rebalance(false).map(|r| r.unwrap_or_default())
+        self.shared.rebalance(None).map(|r| r.unwrap_or_default())
     }
 
     /// Stops and joins the PMD threads (every queued frame is freed).
