@@ -4,18 +4,30 @@
 //! Runs a fixed number of 32-frame bursts of one step, named by the first argument:
 //! `dequeue` (guest tx ring -> mbufs), `enqueue` (mbufs -> guest rx ring) or `switch`
 //! (parse the Ethernet header, learn + look up in the forwarding table), each in its own `#[inline(never)]`
-//! function so that `benches/ring-cost` can count that function alone.
+//! function so that `benches/ring-cost` can count that function alone; or `loop`
+//! (the PMD loop itself, `switch::pmd_loop::run`, between two ports in memory whose
+//! rx and tx the count leaves out) and `loop-vlan` (the same with both ports access
+//! ports of one VLAN, so that every frame goes through the VLAN step).
 //! Frames are 64 bytes after a 12-byte virtio-net header; rings have 256 entries.
 
 use pmd::hugepage::HugepagePolicy;
+use pmd::port::{PortStats, Traffic, TxLane};
+use pmd::rcu::Rcu;
 use pmd::vhost::driver::{DriverMem, DriverRing, F_WRITE};
 use pmd::vhost::mem::GuestMemory;
 use pmd::vhost::virtq::{LiveRing, RingFeatures};
+use pmd::Port;
 use pmd::{Mbuf, Mempool, MempoolCache};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use switch::fdb::Fdb;
 use switch::frame;
+use switch::plan::{Mailbox, PollPlan, Rxq, RxqLoad, MAX_PORTS};
+use switch::pmd_loop::{self, PmdContext};
+use switch::stats::PmdStats;
+use switch::vlan::PortVlan;
 
 const GPA: u64 = 0x1_0000_0000;
 const UVA: u64 = 0x7f00_0000_0000;
@@ -95,6 +107,115 @@ fn switch_bursts(bursts: usize, fdb: &Fdb, frames: &[[u8; FRAME]]) {
     }
 }
 
+/// A port in memory for the `loop` step: each rx burst is 32 copies of one frame,
+/// each tx burst frees what it is given; after `bursts` rx bursts it stops the loop.
+struct MemPort {
+    name: &'static str,
+    frame: [u8; FRAME],
+    left: AtomicUsize,
+    stop: Arc<AtomicBool>,
+    stats: PortStats,
+}
+
+impl Port for MemPort {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn rx_queues(&self) -> usize {
+        1
+    }
+    fn rx_burst(
+        &self,
+        _q: usize,
+        cache: &mut MempoolCache,
+        out: &mut [Option<Mbuf>],
+        tr: &mut Traffic,
+    ) -> usize {
+        if self.left.fetch_sub(1, Relaxed) == 0 {
+            self.stop.store(true, Relaxed);
+            self.left.store(0, Relaxed);
+            return 0;
+        }
+        for o in out.iter_mut() {
+            let mut m = cache.alloc().expect("pool holds enough");
+            m.set_len(FRAME).copy_from_slice(&self.frame);
+            *o = Some(m);
+        }
+        tr.rx_packets += out.len() as u64;
+        out.len()
+    }
+    fn tx_burst(
+        &self,
+        _lane: &TxLane,
+        cache: &mut MempoolCache,
+        pkts: &mut [Option<Mbuf>],
+        tr: &mut Traffic,
+    ) -> usize {
+        for p in pkts.iter_mut() {
+            cache.free(p.take().expect("queued frames are there"));
+        }
+        tr.tx_packets += pkts.len() as u64;
+        pkts.len()
+    }
+    fn is_up(&self) -> bool {
+        true
+    }
+    fn stats(&self) -> &PortStats {
+        &self.stats
+    }
+    fn describe(&self) -> String {
+        String::new()
+    }
+}
+
+/// Runs the PMD loop over two in-memory ports for `bursts` bursts of each.
+fn loop_bursts(bursts: usize, pool: Arc<Mempool>, vlan: PortVlan) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = |name, dst: [u8; 6], src: [u8; 6]| {
+        let mut frame = [0u8; FRAME];
+        frame[..6].copy_from_slice(&dst);
+        frame[6..12].copy_from_slice(&src);
+        Arc::new(MemPort {
+            name,
+            frame,
+            left: AtomicUsize::new(bursts),
+            stop: stop.clone(),
+            stats: PortStats::default(),
+        }) as Arc<dyn Port>
+    };
+    let (a, b) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let ports: Vec<Option<Arc<dyn Port>>> = vec![Some(port("a", b, a)), Some(port("b", a, b))];
+    let rxq = |port| Rxq {
+        port,
+        queue: 0,
+        load: Arc::new(RxqLoad::default()),
+    };
+    let plan = Arc::new(PollPlan {
+        gen: 0,
+        ports: ports.into(),
+        vlan_on: !vlan.is_plain(),
+        vlans: vec![vlan.clone(), vlan].into(),
+        rxqs: vec![rxq(0), rxq(1)],
+    });
+    let rcu = Rcu::new();
+    let cx = PmdContext {
+        index: 0,
+        lane: TxLane::for_pmds(1).pop().unwrap(),
+        core: None,
+        mailbox: Arc::new(Mailbox::new(plan.clone())),
+        fdb: Arc::new(Fdb::new(4096, MAX_PORTS, 2048, 300)),
+        cache: MempoolCache::new(pool),
+        stats: Arc::new(PmdStats::new(MAX_PORTS)),
+        rcu: rcu.register(),
+        stop,
+        epoch: Instant::now(),
+        tx_stall: Duration::from_millis(100),
+        tsc_hz: 1_000_000_000,
+        traffic: vec![Traffic::default(); MAX_PORTS],
+    };
+    pmd_loop::run(cx, plan);
+}
+
 fn main() {
     let step = std::env::args().nth(1).unwrap_or_default();
     let bursts: usize = std::env::args()
@@ -140,8 +261,10 @@ fn main() {
                 .collect();
             switch_bursts(bursts, &fdb, &frames);
         }
+        "loop" => loop_bursts(bursts, pool.clone(), PortVlan::default()),
+        "loop-vlan" => loop_bursts(bursts, pool.clone(), PortVlan::access(10)),
         _ => {
-            eprintln!("usage: ring_cost dequeue|enqueue|switch [BURSTS]");
+            eprintln!("usage: ring_cost dequeue|enqueue|switch|loop|loop-vlan [BURSTS]");
             std::process::exit(2);
         }
     }

@@ -125,7 +125,6 @@ impl Switch {
                 lane,
                 core: Some(core),
                 mailbox: mailbox.clone(),
-                plan,
                 fdb: fdb.clone(),
                 cache: MempoolCache::new(pool.clone()),
                 stats: stats.clone(),
@@ -139,7 +138,7 @@ impl Switch {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("pmd-{core}"))
-                    .spawn(move || pmd_loop::run(cx))
+                    .spawn(move || pmd_loop::run(cx, plan))
                     .expect("spawn PMD thread"),
             );
             pmds.push(Pmd {

@@ -97,8 +97,6 @@ pub struct PmdContext {
     pub core: Option<usize>,
     /// Where the control plane leaves this thread's next plan.
     pub mailbox: Arc<Mailbox>,
-    /// The ports and rx queues this thread runs now (taken from `mailbox`).
-    pub plan: Arc<PollPlan>,
     pub fdb: Arc<Fdb>,
     pub cache: MempoolCache,
     pub stats: Arc<PmdStats>,
@@ -113,8 +111,10 @@ pub struct PmdContext {
     pub traffic: Vec<Traffic>,
 }
 
-/// Runs the loop until `stop` is set.
-pub fn run(mut cx: PmdContext) {
+/// Runs the loop until `stop` is set, starting with `plan` (the plan the mailbox was
+/// made with). The plan is kept apart from `cx` and lent to each step: the compiler
+/// then keeps the port table at hand for a whole burst.
+pub fn run(mut cx: PmdContext, mut plan: Arc<PollPlan>) {
     if let Some(core) = cx.core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
             tracing::warn!(core, "could not pin PMD thread to core");
@@ -133,59 +133,60 @@ pub fn run(mut cx: PmdContext) {
     while !cx.stop.load(Relaxed) {
         if iters & (QUIESCE_EVERY - 1) == 0 {
             cx.rcu.quiescent();
-            if cx.mailbox.changed(cx.plan.gen) {
-                reload(&mut cx, &mut txq);
+            if cx.mailbox.changed(plan.gen) {
+                plan = reload(&mut cx, &mut txq, &plan);
             }
-            publish(&cx);
+            publish(&cx, &plan);
         }
         if iters & 1023 == 0 {
             now_secs = cx.epoch.elapsed().as_secs() as u32;
         }
-        let nports = cx.plan.ports.len();
+        let plan: &PollPlan = &plan;
+        let nports = plan.ports.len();
         let mut did = 0usize;
         // 1. Output queues that are still backed up from earlier bursts.
         for (p, t) in txq[..nports].iter_mut().enumerate() {
             if t.len() > 0 {
-                did += flush(&mut cx, t, p, last, stall_cycles);
+                did += flush(&mut cx, plan, t, p, last, stall_cycles);
             }
         }
         // 2. Receive and switch; before each burst, stop if an output queue has no
         // room for one (a burst adds at most one frame per input frame to a queue).
         if backed_up(&txq[..nports]) {
             bp += 1;
-            settle(&mut cx, 0);
+            settle(plan, 0);
         } else {
             // Each busy queue is charged the cycles since the previous stamp (the
             // empty polls before it included): one cycle-counter read per busy queue.
             let mut stamp = last;
-            for i in 0..cx.plan.rxqs.len() {
+            for (i, rxq) in plan.rxqs.iter().enumerate() {
                 if backed_up(&txq[..nports]) {
                     bp += 1;
-                    settle(&mut cx, i);
+                    settle(plan, i);
                     break;
                 }
-                let (port, q) = (cx.plan.rxqs[i].port, cx.plan.rxqs[i].queue);
-                let Some(rx) = cx.plan.port(port) else {
+                let port = rxq.port;
+                let Some(rx) = plan.port(port) else {
                     continue;
                 };
-                let n = rx.rx_burst(q, &mut cx.cache, &mut burst, &mut cx.traffic[port]);
+                let n = rx.rx_burst(rxq.queue, &mut cx.cache, &mut burst, &mut cx.traffic[port]);
                 if n == 0 {
                     continue;
                 }
                 packets += n as u64;
                 did += n;
-                let mut memo = Memo::default();
-                for slot in burst[..n].iter_mut() {
-                    let m = slot.take().expect("rx_burst filled it");
-                    switch_one(&mut cx, &mut txq, port, m, now_secs, &mut memo);
+                if plan.vlan_on {
+                    switch_burst::<true>(&mut cx, plan, &mut txq, port, &mut burst[..n], now_secs);
+                } else {
+                    switch_burst::<false>(&mut cx, plan, &mut txq, port, &mut burst[..n], now_secs);
                 }
                 for (p, t) in txq[..nports].iter_mut().enumerate() {
                     if t.len() > 0 {
-                        flush(&mut cx, t, p, last, stall_cycles);
+                        flush(&mut cx, plan, t, p, last, stall_cycles);
                     }
                 }
                 let t = cycles();
-                cx.plan.rxqs[i].load.add(t.wrapping_sub(stamp));
+                rxq.load.add(t.wrapping_sub(stamp));
                 stamp = t;
             }
         }
@@ -205,11 +206,10 @@ pub fn run(mut cx: PmdContext) {
         s.backpressure.store(bp, Relaxed);
     }
     // Give back every frame still queued.
-    let nports = cx.plan.ports.len();
-    for (p, t) in txq[..nports].iter_mut().enumerate() {
-        drop_queue(&mut cx, t, p, |s| &s.drop_tx_down);
+    for (p, t) in txq[..plan.ports.len()].iter_mut().enumerate() {
+        drop_queue(&mut cx, &plan, t, p, |s| &s.drop_tx_down);
     }
-    publish(&cx);
+    publish(&cx, &plan);
     cx.rcu.offline();
     tracing::info!(pmd = cx.index, "PMD thread stopped");
 }
@@ -219,11 +219,11 @@ pub fn run(mut cx: PmdContext) {
 /// port that left) and this thread's counters for it reset; then the thread
 /// acknowledges the plan's generation. The old plan's `Arc` is not the last one (the
 /// control plane keeps it until this acknowledgement): nothing is freed here.
-fn reload(cx: &mut PmdContext, txq: &mut [TxQueue]) {
+fn reload(cx: &mut PmdContext, txq: &mut [TxQueue], old: &PollPlan) -> Arc<PollPlan> {
     let new = cx.mailbox.take();
-    let n = cx.plan.ports.len().max(new.ports.len());
+    let n = old.ports.len().max(new.ports.len());
     for (p, t) in txq[..n].iter_mut().enumerate() {
-        let same = match (cx.plan.port(p), new.port(p)) {
+        let same = match (old.port(p), new.port(p)) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             (None, None) => true,
             _ => false,
@@ -231,8 +231,8 @@ fn reload(cx: &mut PmdContext, txq: &mut [TxQueue]) {
         if same {
             continue;
         }
-        if cx.plan.port(p).is_some() {
-            drop_queue(cx, t, p, |s| &s.drop_tx_down);
+        if old.port(p).is_some() {
+            drop_queue(cx, old, t, p, |s| &s.drop_tx_down);
         }
         t.congested = false;
         cx.traffic[p] = Traffic::default();
@@ -245,13 +245,13 @@ fn reload(cx: &mut PmdContext, txq: &mut [TxQueue]) {
         rxqs = new.rxqs.len(),
         "PMD thread took up a new poll list"
     );
-    cx.plan = new;
     cx.mailbox.ack(gen);
+    new
 }
 
 /// Publishes this thread's per-port traffic for the control plane.
-fn publish(cx: &PmdContext) {
-    let n = cx.plan.ports.len();
+fn publish(cx: &PmdContext, plan: &PollPlan) {
+    let n = plan.ports.len();
     for (t, out) in cx.traffic[..n].iter().zip(cx.stats.traffic.iter()) {
         out.publish(t);
     }
@@ -259,9 +259,9 @@ fn publish(cx: &PmdContext) {
 
 /// While backpressure keeps rx queues `from..` from being polled, lets their ports
 /// finish what earlier bursts left owed (interrupts to the guest).
-fn settle(cx: &mut PmdContext, from: usize) {
-    for rxq in &cx.plan.rxqs[from..] {
-        if let Some(p) = cx.plan.port(rxq.port) {
+fn settle(plan: &PollPlan, from: usize) {
+    for rxq in &plan.rxqs[from..] {
+        if let Some(p) = plan.port(rxq.port) {
             p.settle(rxq.queue);
         }
     }
@@ -287,33 +287,48 @@ fn word(mac: &[u8], vlan: u16) -> u64 {
         | u64::from_be_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])
 }
 
+/// Switches a burst received on `in_port`. `VLAN`: whether some port has a VLAN mode
+/// (`PollPlan::vlan_on`), decided once per burst so that a switch of plain trunks
+/// carries no VLAN test per frame.
 #[inline]
-fn switch_one(
+fn switch_burst<const VLAN: bool>(
     cx: &mut PmdContext,
+    plan: &PollPlan,
+    txq: &mut [TxQueue],
+    in_port: usize,
+    burst: &mut [Option<Mbuf>],
+    now: u32,
+) {
+    let mut memo = Memo::default();
+    for slot in burst.iter_mut() {
+        let m = slot.take().expect("rx_burst filled it");
+        switch_one::<VLAN>(cx, plan, txq, in_port, m, now, &mut memo);
+    }
+}
+
+#[inline(always)]
+fn switch_one<const VLAN: bool>(
+    cx: &mut PmdContext,
+    plan: &PollPlan,
     txq: &mut [TxQueue],
     in_port: usize,
     m: Mbuf,
     now: u32,
     memo: &mut Memo,
 ) {
-    let plan = &cx.plan;
-    let Some(inp) = plan.port(in_port) else {
-        cx.cache.free(m); // unreachable: a polled port is in the plan
-        return;
-    };
     let l2 = match frame::parse(m.data()) {
         Ok(l2) => l2,
         Err(FrameError::Runt) => {
-            PortStats::add(&inp.stats().drop_runt, 1);
+            count(plan, in_port, |s| &s.drop_runt);
             cx.cache.free(m);
             return;
         }
     };
-    let vlan = if plan.vlan_on {
+    let vlan = if VLAN {
         match plan.vlans[in_port].ingress(l2.tagged.then_some(l2.vlan)) {
             Some(v) => v,
             None => {
-                PortStats::add(&inp.stats().drop_vlan, 1);
+                count(plan, in_port, |s| &s.drop_vlan);
                 cx.cache.free(m);
                 return;
             }
@@ -326,7 +341,7 @@ fn switch_one(
         let src = l2.src();
         if !src.is_multicast() {
             match cx.fdb.learn(src, vlan, in_port as PortNo, now) {
-                Learned::Refused => PortStats::add(&inp.stats().learn_refused, 1),
+                Learned::Refused => count(plan, in_port, |s| &s.learn_refused),
                 Learned::Known => memo.src = src_w,
                 Learned::New | Learned::Moved => {
                     memo.src = src_w;
@@ -353,7 +368,7 @@ fn switch_one(
     };
     match out.map(usize::from) {
         Some(p) if p == in_port => {
-            PortStats::add(&inp.stats().drop_hairpin, 1);
+            count(plan, in_port, |s| &s.drop_hairpin);
             cx.cache.free(m);
         }
         // A number without a port: it left and its entries are being flushed.
@@ -362,36 +377,61 @@ fn switch_one(
                 PortStats::add(&op.stats().drop_tx_down, 1);
                 cx.cache.free(m);
             }
-            Some(_) => send_to(cx, txq, p, m, vlan),
-            None => flood(cx, txq, in_port, m, vlan),
+            Some(_) => send_to::<VLAN>(cx, plan, txq, p, m, vlan),
+            None => flood::<VLAN>(cx, plan, txq, in_port, m, vlan),
         },
-        None => flood(cx, txq, in_port, m, vlan),
+        None => flood::<VLAN>(cx, plan, txq, in_port, m, vlan),
     }
 }
 
-/// Queues a frame of VLAN `vlan` for port `p`, tagged as the port's VLAN mode says:
+/// Counts one event of port `p` (a drop: off the fast path).
+#[cold]
+#[inline(never)]
+fn count(plan: &PollPlan, p: usize, ctr: fn(&PortStats) -> &AtomicU64) {
+    if let Some(port) = plan.port(p) {
+        PortStats::add(ctr(port.stats()), 1);
+    }
+}
+
+/// Queues a frame of VLAN `vlan` for port `p`, tagged as the port's VLAN mode says.
+#[inline(always)]
+fn send_to<const VLAN: bool>(
+    cx: &mut PmdContext,
+    plan: &PollPlan,
+    txq: &mut [TxQueue],
+    p: usize,
+    m: Mbuf,
+    vlan: u16,
+) {
+    if VLAN {
+        send_vlan(cx, plan, txq, p, m, vlan);
+    } else {
+        enqueue_out(cx, plan, txq, p, m);
+    }
+}
+
+/// `send_to` when some port has a VLAN mode: the tag pushed, popped or rewritten;
 /// dropped and counted if the port does not carry the VLAN (`drop_vlan`) or a tag
 /// does not fit (`drop_oversize`).
-#[inline]
-fn send_to(cx: &mut PmdContext, txq: &mut [TxQueue], p: usize, mut m: Mbuf, vlan: u16) {
-    if cx.plan.vlan_on {
-        let e = cx.plan.vlans[p].egress(vlan);
-        let refused: Option<fn(&PortStats) -> &AtomicU64> = if e == Egress::Drop {
-            Some(|s| &s.drop_vlan)
-        } else if !vlan::retag(&mut m, e) {
-            Some(|s| &s.drop_oversize)
-        } else {
-            None
-        };
-        if let Some(ctr) = refused {
-            if let Some(port) = cx.plan.port(p) {
-                PortStats::add(ctr(port.stats()), 1);
-            }
-            cx.cache.free(m);
-            return;
-        }
+#[inline(never)]
+fn send_vlan(
+    cx: &mut PmdContext,
+    plan: &PollPlan,
+    txq: &mut [TxQueue],
+    p: usize,
+    mut m: Mbuf,
+    vlan: u16,
+) {
+    let e = plan.vlans[p].egress(vlan);
+    if e == Egress::Drop {
+        count(plan, p, |s| &s.drop_vlan);
+        cx.cache.free(m);
+    } else if !vlan::retag(&mut m, e) {
+        count(plan, p, |s| &s.drop_oversize);
+        cx.cache.free(m);
+    } else {
+        enqueue_out(cx, plan, txq, p, m);
     }
-    enqueue_out(cx, txq, p, m);
 }
 
 /// Whether an output queue that still applies backpressure has less than a burst of room.
@@ -417,24 +457,29 @@ fn push(t: &mut TxQueue, m: Mbuf) -> Result<(), Mbuf> {
 
 /// `push`, counting and freeing a frame that does not fit.
 #[inline]
-fn enqueue_out(cx: &mut PmdContext, txq: &mut [TxQueue], p: usize, m: Mbuf) {
+fn enqueue_out(cx: &mut PmdContext, plan: &PollPlan, txq: &mut [TxQueue], p: usize, m: Mbuf) {
     if let Err(m) = push(&mut txq[p], m) {
-        if let Some(port) = cx.plan.port(p) {
-            PortStats::add(&port.stats().drop_tx_full, 1);
-        }
+        count(plan, p, |s| &s.drop_tx_full);
         cx.cache.free(m);
     }
 }
 
 /// Sends a copy to every other port that is up and carries VLAN `vlan`; the last
 /// one gets the original.
-fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf, vlan: u16) {
-    let n = cx.plan.ports.len();
+fn flood<const VLAN: bool>(
+    cx: &mut PmdContext,
+    plan: &PollPlan,
+    txq: &mut [TxQueue],
+    in_port: usize,
+    m: Mbuf,
+    vlan: u16,
+) {
+    let n = plan.ports.len();
     let mut last_target = None;
     for p in 0..n {
         if p == in_port
-            || !cx.plan.port(p).is_some_and(|port| port.is_up())
-            || (cx.plan.vlan_on && cx.plan.vlans[p].egress(vlan) == Egress::Drop)
+            || !plan.port(p).is_some_and(|port| port.is_up())
+            || (VLAN && plan.vlans[p].egress(vlan) == Egress::Drop)
         {
             continue;
         }
@@ -443,12 +488,10 @@ fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf, vlan
                 Some(mut c) => {
                     c.set_len(m.len()).copy_from_slice(m.data());
                     cx.traffic[prev].tx_flood += 1;
-                    send_to(cx, txq, prev, c, vlan);
+                    send_to::<VLAN>(cx, plan, txq, prev, c, vlan);
                 }
                 None => {
-                    if let Some(port) = cx.plan.port(prev) {
-                        PortStats::add(&port.stats().drop_no_mbuf, 1);
-                    }
+                    count(plan, prev, |s| &s.drop_no_mbuf);
                 }
             }
         }
@@ -456,7 +499,7 @@ fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf, vlan
     match last_target {
         Some(p) => {
             cx.traffic[p].tx_flood += 1;
-            send_to(cx, txq, p, m, vlan);
+            send_to::<VLAN>(cx, plan, txq, p, m, vlan);
         }
         None => cx.cache.free(m), // nowhere to go (every other port is down): not a drop of a port
     }
@@ -466,13 +509,20 @@ fn flood(cx: &mut PmdContext, txq: &mut [TxQueue], in_port: usize, m: Mbuf, vlan
 /// (see the module doc): drops the queue of a guest that is too slow, and drops at
 /// once what a congested one has no room for.
 #[inline]
-fn flush(cx: &mut PmdContext, t: &mut TxQueue, p: usize, now: u64, stall_cycles: u64) -> usize {
-    let Some(port) = cx.plan.port(p) else {
-        drop_queue(cx, t, p, |s| &s.drop_tx_down);
+fn flush(
+    cx: &mut PmdContext,
+    plan: &PollPlan,
+    t: &mut TxQueue,
+    p: usize,
+    now: u64,
+    stall_cycles: u64,
+) -> usize {
+    let Some(port) = plan.port(p) else {
+        drop_queue(cx, plan, t, p, |s| &s.drop_tx_down);
         return 0;
     };
     if !port.is_up() {
-        drop_queue(cx, t, p, |s| &s.drop_tx_down);
+        drop_queue(cx, plan, t, p, |s| &s.drop_tx_down);
         return 0;
     }
     let sent = port.tx_burst(
@@ -494,7 +544,7 @@ fn flush(cx: &mut PmdContext, t: &mut TxQueue, p: usize, now: u64, stall_cycles:
     if t.congested {
         if t.len() > 0 {
             // No waiting for a guest that stalled before: what it has no room for goes.
-            drop_queue(cx, t, p, |s| &s.drop_tx_full);
+            drop_queue(cx, plan, t, p, |s| &s.drop_tx_full);
         } else if t.taken >= TXQ_CAP {
             // A whole queue's worth taken without a drop: back to lossless waiting.
             t.congested = false;
@@ -517,20 +567,26 @@ fn flush(cx: &mut PmdContext, t: &mut TxQueue, p: usize, now: u64, stall_cycles:
             taken = t.taken,
             "output stalled past tx_stall; dropping"
         );
-        drop_queue(cx, t, p, |s| &s.drop_tx_full);
+        drop_queue(cx, plan, t, p, |s| &s.drop_tx_full);
         t.congested = true;
     }
     sent
 }
 
 /// Frees every frame on the queue, counting them in `ctr`.
-fn drop_queue(cx: &mut PmdContext, t: &mut TxQueue, p: usize, ctr: fn(&PortStats) -> &AtomicU64) {
+fn drop_queue(
+    cx: &mut PmdContext,
+    plan: &PollPlan,
+    t: &mut TxQueue,
+    p: usize,
+    ctr: fn(&PortStats) -> &AtomicU64,
+) {
     for s in t.pkts[t.head..t.end].iter_mut() {
         if let Some(m) = s.take() {
             cx.cache.free(m);
         }
     }
-    if let Some(port) = cx.plan.port(p) {
+    if let Some(port) = plan.port(p) {
         PortStats::add(ctr(port.stats()), t.len() as u64);
     }
     t.head = 0;
