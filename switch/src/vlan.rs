@@ -10,6 +10,10 @@
 //!   which the port always carries, and sends tagged.
 //! - `native-untagged`: as native-tagged, but the native VLAN is sent untagged.
 //!
+//! A native port never carries VLAN 0, even when it trunks every VLAN (`trunks` left
+//! empty), as in OVS: its untagged frames are the native VLAN's, so VLAN 0's frames
+//! (untagged on a trunk) would otherwise leave it untagged and land in the native VLAN.
+//!
 //! A frame dropped because of its VLAN is counted as `drop_vlan` of the port it came
 //! in on (ingress) or would have gone out of (a unicast frame to a port that does not
 //! carry its VLAN). A flood simply skips ports that do not carry the VLAN.
@@ -44,6 +48,12 @@ impl VlanSet {
             s.0[v / 64] |= 1 << (v % 64);
         }
         s
+    }
+    /// The set without VLAN `v`.
+    pub fn without(mut self, v: u16) -> VlanSet {
+        let v = (v & 0x0fff) as usize;
+        self.0[v / 64] &= !(1 << (v % 64));
+        self
     }
     #[inline(always)]
     pub fn contains(&self, v: u16) -> bool {
@@ -99,11 +109,13 @@ impl PortVlan {
         }
     }
     /// A native-tagged or native-untagged port with native VLAN `tag`, carrying
-    /// `trunks` too (all VLANs when empty).
+    /// `trunks` too (all VLANs when empty), never VLAN 0 (see the module doc).
     pub fn native(mode: VlanMode, tag: u16, trunks: &[u16]) -> PortVlan {
+        let p = PortVlan::trunk(trunks);
         PortVlan {
             tag,
-            ..PortVlan::trunk(trunks)
+            trunks: p.trunks.without(0),
+            ..p
         }
         .with_mode(mode)
     }
@@ -232,6 +244,27 @@ mod tests {
         assert_eq!(nu.egress(20), Egress::Untagged);
         assert_eq!(nu.egress(10), Egress::Tagged(10));
         assert!(PortVlan::default().is_plain() && !nu.is_plain());
+    }
+
+    #[test]
+    fn native_ports_never_carry_vlan_0() {
+        for mode in [VlanMode::NativeTagged, VlanMode::NativeUntagged] {
+            // Every VLAN (no `trunks`): all but VLAN 0.
+            let all = PortVlan::native(mode, 20, &[]);
+            assert_eq!(all.egress(0), Egress::Drop, "{mode:?}: VLAN 0 out");
+            assert_eq!(all.egress(30), Egress::Tagged(30));
+            assert_eq!(all.egress(4095), Egress::Tagged(4095));
+            assert_eq!(all.ingress(None), Some(20), "untagged in: the native VLAN");
+            assert_eq!(all.ingress(Some(0)), Some(20), "priority-tagged in");
+            assert_eq!(all.ingress(Some(30)), Some(30));
+            // A list with 0 in it (the configuration refuses one) does not carry it either.
+            let listed = PortVlan::native(mode, 20, &[0, 10]);
+            assert_eq!(listed.egress(0), Egress::Drop, "{mode:?}: VLAN 0 listed");
+            assert_eq!(listed.egress(10), Egress::Tagged(10));
+        }
+        // A trunk of every VLAN still carries VLAN 0, untagged.
+        assert_eq!(PortVlan::trunk(&[]).egress(0), Egress::Untagged);
+        assert_eq!(PortVlan::trunk(&[0, 10]).egress(0), Egress::Untagged);
     }
 
     #[test]

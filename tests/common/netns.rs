@@ -63,6 +63,13 @@ impl VethNs {
             ],
         );
         must("ip", &["link", "set", &inner, "netns", &ns]);
+        // No IPv6 on the host end either, set before it comes up: the host's kernel
+        // would otherwise send MLD reports and router solicitations out of it, into
+        // the namespace, where a capture counting frames would see them.
+        let v6 = format!("/proc/sys/net/ipv6/conf/{host}/disable_ipv6");
+        if std::path::Path::new(&v6).exists() {
+            std::fs::write(&v6, "1").unwrap_or_else(|e| panic!("{v6}: {e}"));
+        }
         must("ip", &["link", "set", &host, "up"]);
         // Only IPv4 in the namespace: no router solicitations or DAD in the counts.
         must(
