@@ -118,6 +118,9 @@ fn serve_conn(
     answer: &(dyn Fn(&str) -> String + Sync),
 ) -> Result<(), ConnError> {
     s.set_nonblocking(false)?;
+    // The client gets the same time again for the reply once it is made: the deadline
+    // bounds what a slow client costs, not how long a port change takes.
+    let budget = deadline.saturating_duration_since(Instant::now());
     let reply = match read_request(&mut s, deadline) {
         Ok(line) => {
             let line = line.trim();
@@ -134,7 +137,7 @@ fn serve_conn(
         Err(e @ (ConnError::TooLong | ConnError::NotUtf8)) => format!("error: {e}\n"),
         Err(e) => return Err(e),
     };
-    write_reply(&mut s, reply.as_bytes(), deadline)
+    write_reply(&mut s, reply.as_bytes(), Instant::now() + budget)
 }
 
 /// Time left before `deadline`, or `Deadline` if none.
@@ -224,7 +227,8 @@ pub fn bind(path: &Path, perms: &SocketPerms) -> std::io::Result<UnixListener> {
 /// The client side: sends `cmd`, returns the reply.
 pub fn request(path: &Path, cmd: &str) -> std::io::Result<String> {
     let mut s = UnixStream::connect(path)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // A reload may open and close many ports before it answers.
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     s.write_all(format!("{cmd}\n").as_bytes())?;
     s.shutdown(std::net::Shutdown::Write)?;
     let mut out = String::new();

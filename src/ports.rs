@@ -30,12 +30,18 @@ pub enum ChangeError {
         key: &'static str,
     },
     NoSuchPort(String),
-    /// A port could not be opened (after any rollback, nothing changed).
+    /// A port could not be opened.
     Open {
         port: String,
         msg: String,
     },
     Switch(SwitchError),
+    /// A reload failed part way; the ports it had closed were opened again, but for
+    /// those in `lost` (name, why): they stay closed until a reload or `add-port`.
+    RolledBack {
+        cause: Box<ChangeError>,
+        lost: Vec<(String, String)>,
+    },
 }
 
 impl fmt::Display for ChangeError {
@@ -49,6 +55,16 @@ impl fmt::Display for ChangeError {
             ChangeError::NoSuchPort(n) => write!(f, "no port named {n:?}"),
             ChangeError::Open { port, msg } => write!(f, "port {port:?}: {msg}"),
             ChangeError::Switch(e) => write!(f, "{e}"),
+            ChangeError::RolledBack { cause, lost } => {
+                write!(f, "{cause}; nothing changed")?;
+                for (name, why) in lost {
+                    write!(
+                        f,
+                        "; but port {name:?} could not be opened again ({why}): it stays closed until a reload or add-port"
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -298,32 +314,21 @@ impl Ports {
     pub fn add(&self, sw: &Switch, name: &str, args: &[&str]) -> Result<String, ChangeError> {
         let mut st = self.state();
         let pc = st.cfg.port_from_args(name, args)?;
-        let o = OpenPort::open(&pc, &self.pool, &self.rcu).map_err(|msg| ChangeError::Open {
-            port: pc.name.clone(),
-            msg,
-        })?;
-        let n = sw.add_ports(members(std::slice::from_ref(&o)))?;
-        st.cfg = st.cfg.with_port(pc);
-        st.open.push(o);
-        Ok(format!("added port {name:?} as port {}\n", n[0]))
+        let n = self.open_and_add(sw, &mut st, pc)?;
+        Ok(format!("added port {name:?} as port {n}\n"))
     }
 
     /// `ctl del-port NAME`.
     pub fn del(&self, sw: &Switch, name: &str) -> Result<String, ChangeError> {
         let mut st = self.state();
-        let Some(i) = st.open.iter().position(|o| o.cfg.name == name) else {
-            return Err(ChangeError::NoSuchPort(name.to_string()));
-        };
-        sw.remove_ports(&[name])?;
-        let o = st.open.remove(i);
-        if let Some(c) = st.cfg.without_port(name) {
-            st.cfg = c;
-        }
-        drop(o);
+        self.remove_and_close(sw, &mut st, &[name.to_string()])?;
         Ok(format!("removed port {name:?}\n"))
     }
 
-    /// `ctl reload` and SIGHUP: makes the ports match the file.
+    /// `ctl reload` and SIGHUP: makes the ports match the file. Leaving and changed
+    /// ports close first (a changed port reuses its own socket path or interface),
+    /// then new and changed ones open one by one; if one fails, those opened are
+    /// closed and the closed ones opened again.
     pub fn reload(&self, sw: &Switch) -> Result<String, ChangeError> {
         let mut st = self.state();
         let new = Config::load(&st.cfg.file)?;
@@ -333,38 +338,35 @@ impl Ports {
         let d = diff(&st.cfg.ports, &new.ports);
         check_ifaces(&d.added)?;
         check_ifaces(&d.changed)?;
-        let leaving: Vec<&str> = d
+        let leaving: Vec<String> = d
             .removed
             .iter()
-            .map(String::as_str)
-            .chain(d.changed.iter().map(|p| p.name.as_str()))
+            .cloned()
+            .chain(d.changed.iter().map(|p| p.name.clone()))
             .collect();
-        // Old ports close first: a changed port reuses its own socket path or interface.
-        let (closed, kept): (Vec<OpenPort>, Vec<OpenPort>) = std::mem::take(&mut st.open)
-            .into_iter()
-            .partition(|o| leaving.contains(&o.cfg.name.as_str()));
-        st.open = kept;
-        if !leaving.is_empty() {
-            if let Err(e) = sw.remove_ports(&leaving) {
-                st.open.extend(closed);
-                return Err(e.into());
+        let old: Vec<PortConfig> = st
+            .cfg
+            .ports
+            .iter()
+            .filter(|p| leaving.contains(&p.name))
+            .cloned()
+            .collect();
+        self.remove_and_close(sw, &mut st, &leaving)?;
+        let mut opened = Vec::new();
+        for pc in d.added.iter().chain(&d.changed) {
+            if let Err(e) = self.open_and_add(sw, &mut st, pc.clone()) {
+                let lost = self.roll_back(sw, &mut st, &opened, &old);
+                return Err(ChangeError::RolledBack {
+                    cause: Box::new(e),
+                    lost,
+                });
             }
+            opened.push(pc.name.clone());
         }
-        let closed_cfg: Vec<PortConfig> = closed.iter().map(|o| o.cfg.clone()).collect();
-        drop(closed);
-        let incoming: Vec<PortConfig> = d.added.iter().chain(&d.changed).cloned().collect();
-        let opened = match open_each(&incoming, &self.pool, &self.rcu) {
-            Ok(o) => o,
-            Err(e) => {
-                self.roll_back(sw, &mut st, &closed_cfg);
-                return Err(e);
-            }
-        };
-        sw.add_ports(members(&opened))?;
-        st.open.extend(opened);
         // Keep the file's order.
-        st.open
-            .sort_by_key(|o| new.ports.iter().position(|p| p.name == o.cfg.name));
+        let mut open = std::mem::take(&mut st.open);
+        open.sort_by_key(|o| new.ports.iter().position(|p| p.name == o.cfg.name));
+        st.open = open;
         st.cfg = new;
         Ok(format!(
             "reloaded {}: {} added, {} removed, {} changed, {} unchanged\n",
@@ -376,33 +378,98 @@ impl Ports {
         ))
     }
 
-    /// Opens the ports a failed reload closed again (best effort: an error is logged).
-    fn roll_back(&self, sw: &Switch, st: &mut State, closed: &[PortConfig]) {
-        match open_each(closed, &self.pool, &self.rcu) {
-            Ok(again) => match sw.add_ports(members(&again)) {
-                Ok(_) => st.open.extend(again),
-                Err(e) => tracing::error!(error = %e, "reload roll-back: ports not re-added"),
-            },
-            Err(e) => tracing::error!(error = %e, "reload roll-back: ports not re-opened"),
+    /// Opens a port and adds it to the switch and to the running state; returns its
+    /// port number. On an error nothing changed.
+    fn open_and_add(
+        &self,
+        sw: &Switch,
+        st: &mut State,
+        pc: PortConfig,
+    ) -> Result<usize, ChangeError> {
+        let o = OpenPort::open(&pc, &self.pool, &self.rcu).map_err(|msg| ChangeError::Open {
+            port: pc.name.clone(),
+            msg,
+        })?;
+        let n = sw.add_ports(members(std::slice::from_ref(&o)))?[0];
+        st.cfg = st.cfg.with_port(pc);
+        st.open.push(o);
+        Ok(n)
+    }
+
+    /// Takes ports out of the switch and the running state, and closes them.
+    fn remove_and_close(
+        &self,
+        sw: &Switch,
+        st: &mut State,
+        names: &[String],
+    ) -> Result<(), ChangeError> {
+        if names.is_empty() {
+            return Ok(());
         }
-        st.open
-            .sort_by_key(|o| st.cfg.ports.iter().position(|p| p.name == o.cfg.name));
+        if let Some(n) = names
+            .iter()
+            .find(|n| !st.open.iter().any(|o| &o.cfg.name == *n))
+        {
+            return Err(ChangeError::NoSuchPort(n.clone()));
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        sw.remove_ports(&refs)?;
+        let (closed, kept): (Vec<OpenPort>, Vec<OpenPort>) = std::mem::take(&mut st.open)
+            .into_iter()
+            .partition(|o| names.contains(&o.cfg.name));
+        st.open = kept;
+        st.cfg.ports.retain(|p| !names.contains(&p.name));
+        close_all(closed);
+        Ok(())
+    }
+
+    /// Undoes a reload that failed part way: closes the ports it `opened`, opens the
+    /// `closed` ones again. Returns those that could not be opened again (they stay out
+    /// of the running state, so that the next reload adds them).
+    fn roll_back(
+        &self,
+        sw: &Switch,
+        st: &mut State,
+        opened: &[String],
+        closed: &[PortConfig],
+    ) -> Vec<(String, String)> {
+        if let Err(e) = self.remove_and_close(sw, st, opened) {
+            tracing::error!(error = %e, "reload roll-back: ports not closed");
+        }
+        let mut lost = Vec::new();
+        for pc in closed {
+            if let Err(e) = self.open_and_add(sw, st, pc.clone()) {
+                tracing::error!(port = %pc.name, error = %e, "reload roll-back: port not opened again");
+                lost.push((pc.name.clone(), e.to_string()));
+            }
+        }
+        lost
     }
 
     /// Shuts the vhost-user ports down (before the PMD threads stop: taking rings
-    /// down waits for their quiescent states): all are told first, then each is
-    /// waited for, so that stopping costs one port's time, not the sum.
+    /// down waits for their quiescent states).
     pub fn shut_down(&self) {
-        let st = self.state();
-        for o in st.open.iter() {
-            if let Some(v) = &o.vhost {
-                v.begin_shutdown();
-            }
-        }
-        for o in st.open.iter() {
-            o.shut_down();
+        shut_down_all(&self.state().open);
+    }
+}
+
+/// Shuts vhost-user ports down: all are told first, then each is waited for, so that
+/// it costs one port's time, not the sum.
+fn shut_down_all(open: &[OpenPort]) {
+    for o in open {
+        if let Some(v) = &o.vhost {
+            v.begin_shutdown();
         }
     }
+    for o in open {
+        o.shut_down();
+    }
+}
+
+/// Closes ports (see [`shut_down_all`]).
+fn close_all(open: Vec<OpenPort>) {
+    shut_down_all(&open);
+    drop(open);
 }
 
 /// A NIC port's interface must exist before anything changes (a tap port makes its own).

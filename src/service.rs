@@ -154,10 +154,7 @@ fn answer(sw: &Switch, ports: &Ports, pool: &Mempool, line: &str) -> String {
         ("add-port", [name, kv @ ..]) => change(ports.add(sw, name, kv)),
         ("del-port", [name]) => change(ports.del(sw, name)),
         ("reload", []) => change(ports.reload(sw)),
-        ("rebalance", []) => match sw.rebalance() {
-            Ok(r) => r,
-            Err(e) => format!("error: rebalance: {e}\n"),
-        },
+        ("rebalance", []) => sw.rebalance(),
         _ => format!("error: {cmd}: {}\n", control::usage(cmd)),
     }
 }

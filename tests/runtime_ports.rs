@@ -236,6 +236,36 @@ fn reload_adds_removes_and_changes_ports_and_leaves_the_rest_forwarding() {
     assert!(out.contains("switch.pmd_cores"), "{out}");
     assert_eq!(port_lines(&sw.ctl("show")), port_lines(&show0));
 
+    // A reload that fails part way is undone: a port is added, then the changed port
+    // cannot open (its socket path is a directory), so the added one is closed and the
+    // old one opened again.
+    std::fs::create_dir(dir.path("adir")).unwrap();
+    let failing = [
+        vhost("vm1", ""),
+        vhost("vm2", ""),
+        tap("rlgone"),
+        tap("rlnew"),
+        format!(
+            "[[port]]\nname = \"changed\"\ndriver = \"vhost-user\"\npath = \"{}\"\n",
+            dir.path("adir").display()
+        ),
+    ]
+    .concat();
+    write_config_ports(&dir, &failing);
+    let (code, out) = sw.ctl_try(&["reload"]);
+    eprintln!("reload that fails part way: exit {code}: {}", out.trim());
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("nothing changed"), "{out}");
+    let show = sw.ctl("show");
+    let mut now = port_lines(&show);
+    let mut was = port_lines(&show0);
+    now.sort();
+    was.sort();
+    assert_eq!(now, was, "{show}");
+    assert!(show.contains("changed.sock"), "{show}");
+    assert!(dir.path("changed.sock").exists());
+    assert!(!std::path::Path::new("/sys/class/net/rlnew").exists());
+
     // The edit: one port added, one removed, one changed (now two queues).
     let second = [
         vhost("vm1", ""),
@@ -282,10 +312,19 @@ fn reload_adds_removes_and_changes_ports_and_leaves_the_rest_forwarding() {
     assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
 }
 
+/// The names of the ports in `ctl show`.
 fn port_lines(show: &str) -> Vec<String> {
     show.lines()
         .filter(|l| l.starts_with("port "))
-        .map(|l| l.split(':').next().unwrap().to_string())
+        .map(|l| {
+            l.split(':')
+                .next()
+                .unwrap()
+                .split(' ')
+                .nth(2)
+                .unwrap()
+                .to_string()
+        })
         .collect()
 }
 

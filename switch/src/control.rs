@@ -77,7 +77,7 @@ impl Shared {
     }
 
     /// Publishes the poll lists in `c` to every PMD thread and waits until each runs them.
-    fn publish(&self, c: &mut Control) -> Result<(), SwitchError> {
+    fn publish(&self, c: &mut Control) {
         c.gen += 1;
         let used = c
             .ports
@@ -102,11 +102,14 @@ impl Shared {
             })
             .collect();
         for pmd in &self.pmds {
-            pmd.mailbox.wait(c.gen, PLAN_WAIT)?;
+            // A PMD thread always comes round to its quiescent point unless it ended
+            // (then it no longer counts): keep waiting, and say so.
+            while let Err(e) = pmd.mailbox.wait(c.gen, PLAN_WAIT) {
+                tracing::warn!(core = pmd.core, "{e}; still waiting");
+            }
         }
         // Only now: no PMD thread holds these plans any more.
         drop(old);
-        Ok(())
     }
 
     /// The per-port share of the forwarding table, when not configured: the capacity
@@ -135,12 +138,16 @@ impl Shared {
         if new.len() > free {
             return Err(SwitchError::TooManyPorts { max: MAX_PORTS });
         }
-        // What each thread carries now: (measured load, queues).
+        // What each thread carries now: (measured load, queues). A new queue is
+        // expected to cost what an average queue costs now (its own load is unknown):
+        // so the queues of one new port spread over threads of unequal load too.
         let mut load: Vec<(u64, usize)> = c
             .assign
             .iter()
-            .map(|qs| (qs.iter().map(|q| q.load.window.delta()).sum(), qs.len()))
+            .map(|qs| (qs.iter().map(|q| q.load.window.rate()).sum(), qs.len()))
             .collect();
+        let queues: usize = load.iter().map(|l| l.1).sum();
+        let expected = (load.iter().map(|l| l.0).sum::<u64>() / queues.max(1) as u64).max(1);
         let mut numbers = Vec::new();
         for (port, vlan) in new {
             let n = match c.ports.iter().position(Option::is_none) {
@@ -154,6 +161,7 @@ impl Shared {
             c.vlans[n] = vlan;
             for q in 0..port.rx_queues() {
                 let t = sched::least_loaded(&load);
+                load[t].0 += expected;
                 load[t].1 += 1;
                 c.assign[t].push(Rxq {
                     port: n,
@@ -169,7 +177,7 @@ impl Shared {
             qs.sort_by_key(|q| (q.port, q.queue));
         }
         self.update_fdb_share(&c);
-        self.publish(&mut c)?;
+        self.publish(&mut c);
         Ok(numbers)
     }
 
@@ -194,7 +202,7 @@ impl Shared {
         for qs in c.assign.iter_mut() {
             qs.retain(|q| !numbers.contains(&q.port));
         }
-        self.publish(&mut c)?;
+        self.publish(&mut c);
         // No PMD thread polls or sends to them now: their entries can go, and their
         // numbers can be given again.
         for (n, port) in &gone {
@@ -220,7 +228,7 @@ impl Shared {
     /// Places every queue afresh by load. With `auto` (a busy percentage), only if the
     /// busiest thread is at least that busy and the new placement relieves it enough;
     /// returns `None` then if nothing was done.
-    pub fn rebalance(&self, auto: Option<u8>) -> Result<Option<String>, SwitchError> {
+    pub fn rebalance(&self, auto: Option<u8>) -> Option<String> {
         let mut c = self.control();
         let loads: HashMap<RxqId, Arc<RxqLoad>> = c
             .assign
@@ -228,7 +236,7 @@ impl Shared {
             .flatten()
             .map(|q| ((q.port, q.queue), q.load.clone()))
             .collect();
-        let load_of = |id: RxqId| loads.get(&id).map_or(0, |l| l.window.delta());
+        let load_of = |id: RxqId| loads.get(&id).map_or(0, |l| l.window.rate());
         let current: Vec<Vec<RxqId>> = c
             .assign
             .iter()
@@ -245,11 +253,11 @@ impl Shared {
                 .pmds
                 .iter()
                 .zip(&current)
-                .map(|(p, qs)| pct(qs.iter().map(|&q| load_of(q)).sum(), p.window.delta()))
+                .map(|(p, qs)| pct(qs.iter().map(|&q| load_of(q)).sum(), p.window.rate()))
                 .fold(0.0, f64::max);
             let gain = before.saturating_sub(after);
             if busiest < busy_pct as f64 || gain * 100 < before * AUTO_IMPROVEMENT || before == 0 {
-                return Ok(None);
+                return None;
             }
         }
         let mut report = String::new();
@@ -264,7 +272,7 @@ impl Shared {
                     if from != t {
                         let _ = writeln!(
                             report,
-                            "rxq {}:{} core {} -> core {} ({} cycles)",
+                            "rxq {}:{} core {} -> core {} ({} cycles/s)",
                             name(&c, id.0),
                             id.1,
                             self.pmds[from].core,
@@ -278,15 +286,15 @@ impl Shared {
         if report.is_empty() {
             let _ = writeln!(
                 report,
-                "no rxq moves (busiest core carries {before} cycles)"
+                "no rxq moves (busiest core carries {before} cycles/s)"
             );
-            return Ok(Some(report));
+            return Some(report);
         }
         // Step 1: every moving queue leaves its old thread; step 2: it joins its new one.
         for (t, qs) in c.assign.iter_mut().enumerate() {
             qs.retain(|q| target[t].contains(&(q.port, q.queue)));
         }
-        self.publish(&mut c)?;
+        self.publish(&mut c);
         c.assign = target
             .iter()
             .map(|qs| {
@@ -299,11 +307,8 @@ impl Shared {
                     .collect()
             })
             .collect();
-        self.publish(&mut c)?;
-        let _ = writeln!(
-            report,
-            "busiest core: {before} -> {after} cycles over the load window"
-        );
+        self.publish(&mut c);
+        let _ = writeln!(report, "busiest core: {before} -> {after} cycles/s");
         tracing::info!(
             auto = auto.is_some(),
             moves = report.lines().count() - 1,
@@ -311,7 +316,7 @@ impl Shared {
             after,
             "rx queues re-placed by load"
         );
-        Ok(Some(report))
+        Some(report)
     }
 
     /// Ages the table, samples loads every [`SAMPLE_EVERY`], and re-places queues when
@@ -333,9 +338,7 @@ impl Shared {
             if let (Some(at), Some(a)) = (next_auto, self.cfg.auto_rebalance) {
                 if now >= at {
                     next_auto = Some(now + a.every);
-                    if let Err(e) = self.rebalance(Some(a.busy_pct)) {
-                        tracing::warn!(error = %e, "automatic rx queue re-placement failed");
-                    }
+                    self.rebalance(Some(a.busy_pct));
                 }
             }
         }
@@ -385,7 +388,7 @@ impl Shared {
             let _ = writeln!(s, "pmd core {}: rxqs [{}]", pmd.core, q.join(" "));
         }
         for (pmd, qs) in self.pmds.iter().zip(&c.assign) {
-            let total = pmd.window.delta();
+            let total = pmd.window.rate();
             for q in qs {
                 let _ = writeln!(
                     s,
@@ -393,7 +396,7 @@ impl Shared {
                     name(q.port),
                     q.queue,
                     pmd.core,
-                    pct(q.load.window.delta(), total)
+                    pct(q.load.window.rate(), total)
                 );
             }
         }

@@ -19,7 +19,7 @@ pub mod vlan;
 use control::{Control, Pmd, Shared};
 use fdb::Fdb;
 use load::Window;
-use plan::{Mailbox, PlanError, PollPlan, MAX_PORTS};
+use plan::{Mailbox, PollPlan, MAX_PORTS};
 use pmd::rcu::Rcu;
 use pmd::{Mempool, MempoolCache, Port};
 use stats::PmdStats;
@@ -63,7 +63,6 @@ pub enum SwitchError {
     },
     DuplicateName(String),
     NoSuchPort(String),
-    Plan(PlanError),
 }
 
 impl std::fmt::Display for SwitchError {
@@ -72,14 +71,7 @@ impl std::fmt::Display for SwitchError {
             SwitchError::TooManyPorts { max } => write!(f, "the switch holds at most {max} ports"),
             SwitchError::DuplicateName(n) => write!(f, "a port named {n:?} exists"),
             SwitchError::NoSuchPort(n) => write!(f, "no port named {n:?}"),
-            SwitchError::Plan(e) => write!(f, "{e}"),
         }
-    }
-}
-
-impl From<PlanError> for SwitchError {
-    fn from(e: PlanError) -> SwitchError {
-        SwitchError::Plan(e)
     }
 }
 
@@ -208,8 +200,8 @@ impl Switch {
 
     /// Places every rx queue afresh by its measured load (`ctl rebalance`); returns a
     /// report of what moved.
-    pub fn rebalance(&self) -> Result<String, SwitchError> {
-        self.shared.rebalance(None).map(|r| r.unwrap_or_default())
+    pub fn rebalance(&self) -> String {
+        self.shared.rebalance(None).unwrap_or_default()
     }
 
     /// Stops and joins the PMD threads (every queued frame is freed).

@@ -15,6 +15,7 @@
 use crate::load::Window;
 use crate::vlan::PortVlan;
 use arc_swap::ArcSwap;
+use pmd::rcu::RcuThread;
 use pmd::Port;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed};
 use std::sync::Arc;
@@ -129,13 +130,14 @@ impl Mailbox {
     /// PMD thread: whether a plan newer than `gen` waits.
     #[inline(always)]
     pub fn changed(&self, gen: u64) -> bool {
-        self.gen.load(Relaxed) != gen
+        // Acquire pairs with `publish`'s release: a new generation seen, its plan is
+        // the one `take` loads (an older one would be acknowledged as what it is, and
+        // taken again).
+        self.gen.load(Acquire) != gen
     }
 
     /// PMD thread: the newest plan.
     pub fn take(&self) -> Arc<PollPlan> {
-        // Acquire pairs with `publish`'s store: the plan is at least that new.
-        let _ = self.gen.load(Acquire);
         self.plan.load_full()
     }
 
@@ -179,13 +181,18 @@ impl Mailbox {
     }
 }
 
-/// Ends a PMD thread's mailbox when the thread leaves its loop, by return or panic,
-/// so the control plane never waits for a thread that is gone.
-pub struct EndGuard(pub Arc<Mailbox>);
+/// Ends a PMD thread's mailbox and takes it out of the grace periods when the thread
+/// leaves its loop, by return or panic, so the control plane never waits for a thread
+/// that is gone.
+pub struct EndGuard {
+    pub mailbox: Arc<Mailbox>,
+    pub rcu: Arc<RcuThread>,
+}
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        self.0.end();
+        self.rcu.offline();
+        self.mailbox.end();
     }
 }
 
@@ -199,7 +206,10 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let (m2, s2) = (mb.clone(), stop.clone());
         let pmd = std::thread::spawn(move || {
-            let _end = EndGuard(m2.clone());
+            let _end = EndGuard {
+                mailbox: m2.clone(),
+                rcu: pmd::rcu::Rcu::new().register(),
+            };
             let mut cur = m2.take();
             m2.ack(cur.gen);
             while !s2.load(Relaxed) {

@@ -120,7 +120,15 @@ pub fn run(mut cx: PmdContext, mut plan: Arc<PollPlan>) {
             tracing::warn!(core, "could not pin PMD thread to core");
         }
     }
-    let _end = EndGuard(cx.mailbox.clone());
+    // However this thread ends (a panic included), the control plane stops waiting
+    // for it: its mailbox is ended and it leaves the grace periods.
+    let _end = EndGuard {
+        mailbox: cx.mailbox.clone(),
+        rcu: cx.rcu.clone(),
+    };
+    // The first load from an arc-swap cell sets up this thread's slot (an allocation):
+    // done here, not on the first plan change.
+    drop(cx.mailbox.take());
     tracing::info!(pmd = cx.index, core = ?cx.core, "PMD thread polling");
     // Every port number has its queue from the start: a port added later costs this
     // thread no allocation.
@@ -134,7 +142,7 @@ pub fn run(mut cx: PmdContext, mut plan: Arc<PollPlan>) {
         if iters & (QUIESCE_EVERY - 1) == 0 {
             cx.rcu.quiescent();
             if cx.mailbox.changed(plan.gen) {
-                plan = reload(&mut cx, &mut txq, &plan);
+                reload(&mut cx, &mut txq, &mut plan);
             }
             publish(&cx, &plan);
         }
@@ -216,11 +224,13 @@ pub fn run(mut cx: PmdContext, mut plan: Arc<PollPlan>) {
 
 /// Takes up the plan waiting in the mailbox. A port number whose port left (or now
 /// names another port) has its queued frames freed (counted as `drop_tx_down` of the
-/// port that left) and this thread's counters for it reset; then the thread
-/// acknowledges the plan's generation. The old plan's `Arc` is not the last one (the
-/// control plane keeps it until this acknowledgement): nothing is freed here.
-fn reload(cx: &mut PmdContext, txq: &mut [TxQueue], old: &PollPlan) -> Arc<PollPlan> {
+/// port that left) and this thread's counters for it reset; then the old plan is
+/// dropped and only then the new plan's generation acknowledged: the control plane
+/// keeps the old plan until that acknowledgement, so the reference dropped here is
+/// never the last one, and nothing is freed on this thread.
+fn reload(cx: &mut PmdContext, txq: &mut [TxQueue], plan: &mut Arc<PollPlan>) {
     let new = cx.mailbox.take();
+    let old: &PollPlan = plan;
     let n = old.ports.len().max(new.ports.len());
     for (p, t) in txq[..n].iter_mut().enumerate() {
         let same = match (old.port(p), new.port(p)) {
@@ -239,14 +249,8 @@ fn reload(cx: &mut PmdContext, txq: &mut [TxQueue], old: &PollPlan) -> Arc<PollP
         cx.stats.traffic[p].publish(&cx.traffic[p]);
     }
     let gen = new.gen;
-    tracing::debug!(
-        pmd = cx.index,
-        gen,
-        rxqs = new.rxqs.len(),
-        "PMD thread took up a new poll list"
-    );
+    *plan = new;
     cx.mailbox.ack(gen);
-    new
 }
 
 /// Publishes this thread's per-port traffic for the control plane.

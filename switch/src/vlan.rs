@@ -14,6 +14,9 @@
 //! empty), as in OVS: its untagged frames are the native VLAN's, so VLAN 0's frames
 //! (untagged on a trunk) would otherwise leave it untagged and land in the native VLAN.
 //!
+//! VLAN 0 (untagged or priority-tagged frames of trunks) leaves a trunk as it came, as
+//! every frame does in a switch of plain trunks.
+//!
 //! A frame dropped because of its VLAN is counted as `drop_vlan` of the port it came
 //! in on (ingress) or would have gone out of (a unicast frame to a port that does not
 //! carry its VLAN). A flood simply skips ports that do not carry the VLAN.
@@ -85,6 +88,9 @@ pub enum Egress {
     Drop,
     Untagged,
     Tagged(u16),
+    /// As it came: VLAN 0 out of a trunk, untagged or priority-tagged (what a switch of
+    /// plain trunks, which runs no VLAN step, does to every frame).
+    AsIs,
 }
 
 impl PortVlan {
@@ -151,7 +157,7 @@ impl PortVlan {
     pub fn egress(&self, v: u16) -> Egress {
         let tagged = |v: u16| {
             if v == 0 {
-                Egress::Untagged
+                Egress::AsIs
             } else {
                 Egress::Tagged(v)
             }
@@ -204,7 +210,7 @@ pub fn retag(m: &mut Mbuf, e: Egress) -> bool {
             d[14..16].copy_from_slice(&v.to_be_bytes());
             true
         }
-        (None, Egress::Untagged) | (_, Egress::Drop) => true,
+        (None, Egress::Untagged) | (_, Egress::Drop | Egress::AsIs) => true,
     }
 }
 
@@ -263,8 +269,8 @@ mod tests {
             assert_eq!(listed.egress(10), Egress::Tagged(10));
         }
         // A trunk of every VLAN still carries VLAN 0, untagged.
-        assert_eq!(PortVlan::trunk(&[]).egress(0), Egress::Untagged);
-        assert_eq!(PortVlan::trunk(&[0, 10]).egress(0), Egress::Untagged);
+        assert_eq!(PortVlan::trunk(&[]).egress(0), Egress::AsIs);
+        assert_eq!(PortVlan::trunk(&[0, 10]).egress(0), Egress::AsIs);
     }
 
     #[test]
