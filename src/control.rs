@@ -195,15 +195,7 @@ fn write_reply(s: &mut UnixStream, mut reply: &[u8], deadline: Instant) -> Resul
 /// connect), as for the default `/run/vswitch`.
 pub fn bind(path: &Path, perms: &SocketPerms) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.is_dir() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)?;
-            // The process umask (0o077) narrowed the mode: set it as meant.
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-            tracing::info!(dir = %dir.display(), "made the control socket's directory");
-        }
+        make_dirs(dir)?;
     }
     if path.exists() {
         // A socket left by a switch that did not stop cleanly; refuse if one still answers.
@@ -224,6 +216,21 @@ pub fn bind(path: &Path, perms: &SocketPerms) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
+/// Makes `dir` and any missing parents, each mode 0755 (the process umask, 0077,
+/// would leave them 0700 and keep the socket's group out).
+fn make_dirs(dir: &Path) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        .collect();
+    for d in missing.iter().rev() {
+        std::fs::DirBuilder::new().mode(0o755).create(d)?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+        tracing::info!(dir = %d.display(), "made the control socket's directory");
+    }
+    Ok(())
+}
+
 /// The client side: sends `cmd`, returns the reply.
 pub fn request(path: &Path, cmd: &str) -> std::io::Result<String> {
     let mut s = UnixStream::connect(path)?;
@@ -233,6 +240,13 @@ pub fn request(path: &Path, cmd: &str) -> std::io::Result<String> {
     s.shutdown(std::net::Shutdown::Write)?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
+    if out.is_empty() {
+        // The switch closed without answering: it did not take the request.
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the switch closed the connection without a reply",
+        ));
+    }
     Ok(out)
 }
 

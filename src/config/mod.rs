@@ -126,8 +126,8 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vswitch/vswitch.ctl";
 pub const DEFAULT_MAX_GUEST_MEMORY_GIB: i64 = 1024;
 /// The largest `max_guest_memory_gib` accepted (64 TiB: half the address space).
 pub const MAX_GUEST_MEMORY_GIB: i64 = 64 * 1024;
-/// Most ports a switch has.
-pub const MAX_PORTS: usize = 1024;
+/// Most ports a switch holds (its port numbers).
+pub const MAX_PORTS: usize = switch::plan::MAX_PORTS;
 
 impl Config {
     pub fn load(file: &Path) -> Result<Config, ConfigError> {

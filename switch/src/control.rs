@@ -450,11 +450,8 @@ impl Shared {
         s
     }
 
-    /// Empties the forwarding table of every port; returns how many entries went.
+    /// Empties the forwarding table; returns how many entries went.
     pub fn fdb_flush(&self) -> usize {
-        let c = self.control();
-        (0..c.ports.len())
-            .map(|p| self.fdb.flush_port(p as PortNo))
-            .sum()
+        self.fdb.flush_all()
     }
 }

@@ -410,6 +410,18 @@ impl Fdb {
         n
     }
 
+    /// Removes every entry; returns how many (one pass over the table).
+    pub fn flush_all(&self) -> usize {
+        let mut n = 0;
+        for s in self.slots.iter() {
+            let k = s.key.load(Acquire);
+            if k & OCCUPIED != 0 && k & BUSY == 0 && self.remove_slot(s, k) {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Removes every entry of `port` (the port went away).
     pub fn flush_port(&self, port: PortNo) -> usize {
         let mut n = 0;
@@ -465,6 +477,21 @@ mod tests {
     fn mac(i: u32) -> Mac {
         let b = i.to_be_bytes();
         Mac([0x02, 0, b[0], b[1], b[2], b[3]])
+    }
+
+    #[test]
+    fn flush_all_empties_the_table_and_its_counts() {
+        let t = Fdb::with_key(64, 4, 64, 300, (1, 3));
+        for i in 0..20u8 {
+            assert_eq!(
+                t.learn(Mac([2, 0, 0, 0, 1, i]), 0, (i % 3) as u16, 0),
+                Learned::New
+            );
+        }
+        assert_eq!(t.flush_all(), 20);
+        assert_eq!(t.len(), 0);
+        assert!((0..3).all(|p| t.port_entries(p) == 0));
+        assert_eq!(t.lookup(Mac([2, 0, 0, 0, 1, 5]), 0), None);
     }
 
     #[test]

@@ -130,96 +130,146 @@ pub fn run(mut cx: PmdContext, mut plan: Arc<PollPlan>) {
     // done here, not on the first plan change.
     drop(cx.mailbox.take());
     tracing::info!(pmd = cx.index, core = ?cx.core, "PMD thread polling");
-    // Every port number has its queue from the start: a port added later costs this
-    // thread no allocation.
-    let mut txq: Vec<TxQueue> = (0..MAX_PORTS).map(|_| TxQueue::new()).collect();
-    let mut burst: [Option<Mbuf>; BURST] = Default::default();
-    let stall_cycles = (cx.tx_stall.as_secs_f64() * cx.tsc_hz as f64) as u64;
-    let (mut busy, mut idle, mut packets, mut iters, mut bp) = (0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut now_secs = 0u32;
-    let mut last = cycles();
+    let mut st = LoopState::new(&cx);
     while !cx.stop.load(Relaxed) {
-        if iters & (QUIESCE_EVERY - 1) == 0 {
+        if st.iters & (QUIESCE_EVERY - 1) == 0 {
             cx.rcu.quiescent();
             if cx.mailbox.changed(plan.gen) {
-                reload(&mut cx, &mut txq, &mut plan);
+                reload(&mut cx, &mut st.txq, &mut plan);
             }
             publish(&cx, &plan);
         }
-        if iters & 1023 == 0 {
-            now_secs = cx.epoch.elapsed().as_secs() as u32;
+        if st.iters & 1023 == 0 {
+            st.now_secs = cx.epoch.elapsed().as_secs() as u32;
         }
-        let plan: &PollPlan = &plan;
-        let nports = plan.ports.len();
-        let mut did = 0usize;
-        // 1. Output queues that are still backed up from earlier bursts.
-        for (p, t) in txq[..nports].iter_mut().enumerate() {
-            if t.len() > 0 {
-                did += flush(&mut cx, plan, t, p, last, stall_cycles);
-            }
-        }
-        // 2. Receive and switch; before each burst, stop if an output queue has no
-        // room for one (a burst adds at most one frame per input frame to a queue).
-        if backed_up(&txq[..nports]) {
-            bp += 1;
-            settle(plan, 0);
-        } else {
-            // Each busy queue is charged the cycles since the previous stamp (the
-            // empty polls before it included): one cycle-counter read per busy queue.
-            let mut stamp = last;
-            for (i, rxq) in plan.rxqs.iter().enumerate() {
-                if backed_up(&txq[..nports]) {
-                    bp += 1;
-                    settle(plan, i);
-                    break;
-                }
-                let port = rxq.port;
-                let Some(rx) = plan.port(port) else {
-                    continue;
-                };
-                let n = rx.rx_burst(rxq.queue, &mut cx.cache, &mut burst, &mut cx.traffic[port]);
-                if n == 0 {
-                    continue;
-                }
-                packets += n as u64;
-                did += n;
-                if plan.vlan_on {
-                    switch_burst::<true>(&mut cx, plan, &mut txq, port, &mut burst[..n], now_secs);
-                } else {
-                    switch_burst::<false>(&mut cx, plan, &mut txq, port, &mut burst[..n], now_secs);
-                }
-                for (p, t) in txq[..nports].iter_mut().enumerate() {
-                    if t.len() > 0 {
-                        flush(&mut cx, plan, t, p, last, stall_cycles);
-                    }
-                }
-                let t = cycles();
-                rxq.load.add(t.wrapping_sub(stamp));
-                stamp = t;
-            }
-        }
-        let now = cycles();
-        if did > 0 {
-            busy += now - last;
-        } else {
-            idle += now - last;
-        }
-        last = now;
-        iters += 1;
-        let s = &cx.stats;
-        s.busy_cycles.store(busy, Relaxed);
-        s.idle_cycles.store(idle, Relaxed);
-        s.packets.store(packets, Relaxed);
-        s.iterations.store(iters, Relaxed);
-        s.backpressure.store(bp, Relaxed);
+        let did = st.flush_backlog(&mut cx, &plan) + st.receive(&mut cx, &plan);
+        st.account(&cx, did);
     }
     // Give back every frame still queued.
-    for (p, t) in txq[..plan.ports.len()].iter_mut().enumerate() {
+    for (p, t) in st.txq[..plan.ports.len()].iter_mut().enumerate() {
         drop_queue(&mut cx, &plan, t, p, |s| &s.drop_tx_down);
     }
     publish(&cx, &plan);
     cx.rcu.offline();
     tracing::info!(pmd = cx.index, "PMD thread stopped");
+}
+
+/// What a PMD thread keeps from one iteration to the next.
+struct LoopState {
+    /// An output queue per port number: every number has its queue from the start,
+    /// so a port added later costs this thread no allocation.
+    txq: Vec<TxQueue>,
+    burst: [Option<Mbuf>; BURST],
+    /// `tx_stall` in cycles.
+    stall_cycles: u64,
+    /// The switch's clock in seconds, for the forwarding table (updated now and then).
+    now_secs: u32,
+    /// The cycle count when the current iteration began.
+    last: u64,
+    busy: u64,
+    idle: u64,
+    packets: u64,
+    iters: u64,
+    /// Iterations that held rx back.
+    bp: u64,
+}
+
+impl LoopState {
+    fn new(cx: &PmdContext) -> LoopState {
+        LoopState {
+            txq: (0..MAX_PORTS).map(|_| TxQueue::new()).collect(),
+            burst: Default::default(),
+            stall_cycles: (cx.tx_stall.as_secs_f64() * cx.tsc_hz as f64) as u64,
+            now_secs: 0,
+            last: cycles(),
+            busy: 0,
+            idle: 0,
+            packets: 0,
+            iters: 0,
+            bp: 0,
+        }
+    }
+
+    /// Step 1: output queues still backed up from earlier bursts. Returns frames sent.
+    #[inline(always)]
+    fn flush_backlog(&mut self, cx: &mut PmdContext, plan: &PollPlan) -> usize {
+        let mut did = 0;
+        for (p, t) in self.txq[..plan.ports.len()].iter_mut().enumerate() {
+            if t.len() > 0 {
+                did += flush(cx, plan, t, p, self.last, self.stall_cycles);
+            }
+        }
+        did
+    }
+
+    /// Step 2: receive and switch, queue by queue; before each burst, stop if an output
+    /// queue has no room for one (a burst adds at most one frame per input frame to a
+    /// queue). Each busy queue is charged the cycles since the previous stamp (the
+    /// empty polls before it included): one cycle-counter read per busy queue.
+    /// Returns frames received.
+    #[inline(always)]
+    fn receive(&mut self, cx: &mut PmdContext, plan: &PollPlan) -> usize {
+        let nports = plan.ports.len();
+        let mut did = 0;
+        let mut stamp = self.last;
+        for (i, rxq) in plan.rxqs.iter().enumerate() {
+            if backed_up(&self.txq[..nports]) {
+                self.bp += 1;
+                settle(plan, i);
+                break;
+            }
+            let port = rxq.port;
+            let Some(rx) = plan.port(port) else {
+                continue;
+            };
+            let n = rx.rx_burst(
+                rxq.queue,
+                &mut cx.cache,
+                &mut self.burst,
+                &mut cx.traffic[port],
+            );
+            if n == 0 {
+                continue;
+            }
+            self.packets += n as u64;
+            did += n;
+            let (txq, frames) = (&mut self.txq, &mut self.burst[..n]);
+            if plan.vlan_on {
+                switch_burst::<true>(cx, plan, txq, port, frames, self.now_secs);
+            } else {
+                switch_burst::<false>(cx, plan, txq, port, frames, self.now_secs);
+            }
+            for (p, t) in self.txq[..nports].iter_mut().enumerate() {
+                if t.len() > 0 {
+                    flush(cx, plan, t, p, self.last, self.stall_cycles);
+                }
+            }
+            let t = cycles();
+            rxq.load.add(t.wrapping_sub(stamp));
+            stamp = t;
+        }
+        did
+    }
+
+    /// Ends an iteration: its cycles count as busy if it moved a frame, and the
+    /// thread's counters are published (plain stores).
+    #[inline(always)]
+    fn account(&mut self, cx: &PmdContext, did: usize) {
+        let now = cycles();
+        if did > 0 {
+            self.busy += now - self.last;
+        } else {
+            self.idle += now - self.last;
+        }
+        self.last = now;
+        self.iters += 1;
+        let s = &cx.stats;
+        s.busy_cycles.store(self.busy, Relaxed);
+        s.idle_cycles.store(self.idle, Relaxed);
+        s.packets.store(self.packets, Relaxed);
+        s.iterations.store(self.iters, Relaxed);
+        s.backpressure.store(self.bp, Relaxed);
+    }
 }
 
 /// Takes up the plan waiting in the mailbox. A port number whose port left (or now
