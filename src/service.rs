@@ -13,18 +13,13 @@ use switch::{Switch, SwitchConfig};
 use vswitch::config::Config;
 
 pub fn run(cfg: Config) -> ExitCode {
-    let term = Arc::new(AtomicBool::new(false));
-    let hup = Arc::new(AtomicBool::new(false));
-    for (sig, flag) in [
-        (signal_hook::consts::SIGINT, &term),
-        (signal_hook::consts::SIGTERM, &term),
-        (signal_hook::consts::SIGHUP, &hup),
-    ] {
-        if let Err(e) = signal_hook::flag::register(sig, flag.clone()) {
+    let (term, hup) = match signals() {
+        Ok(flags) => flags,
+        Err(e) => {
             eprintln!("error: cannot install signal handler: {e}");
             return ExitCode::from(1);
         }
-    }
+    };
     let pool = match Mempool::new(cfg.mbufs, cfg.hugepages) {
         Ok(p) => p,
         Err(e) => {
@@ -54,18 +49,7 @@ pub fn run(cfg: Config) -> ExitCode {
         }
     };
     let rcu = Rcu::new();
-    let scfg = SwitchConfig {
-        pmd_cores: cfg.pmd_cores.clone(),
-        fdb_capacity: cfg.fdb_capacity,
-        fdb_per_port: cfg.max_per_port,
-        aging_secs: cfg.aging_secs,
-        tx_stall: Duration::from_millis(cfg.tx_stall_ms),
-        auto_rebalance: cfg.pmd_auto_lb.map(|a| switch::AutoRebalance {
-            every: Duration::from_secs(a.interval_secs),
-            busy_pct: a.load_threshold,
-        }),
-    };
-    let mut sw = Switch::start(&scfg, pool.clone(), rcu.clone());
+    let mut sw = Switch::start(&switch_config(&cfg), pool.clone(), rcu.clone());
     let (file, ctl_path) = (cfg.file.clone(), cfg.control_socket.clone());
     let ports = match Ports::start(&sw, cfg, pool.clone(), rcu) {
         Ok(p) => p,
@@ -103,6 +87,35 @@ pub fn run(cfg: Config) -> ExitCode {
         "stopped"
     );
     ExitCode::SUCCESS
+}
+
+/// SIGINT and SIGTERM set the first flag (stop), SIGHUP the second (reload).
+fn signals() -> std::io::Result<(Arc<AtomicBool>, Arc<AtomicBool>)> {
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for (sig, flag) in [
+        (signal_hook::consts::SIGINT, &term),
+        (signal_hook::consts::SIGTERM, &term),
+        (signal_hook::consts::SIGHUP, &hup),
+    ] {
+        signal_hook::flag::register(sig, flag.clone())?;
+    }
+    Ok((term, hup))
+}
+
+/// What the switch crate needs of the configuration.
+fn switch_config(cfg: &Config) -> SwitchConfig {
+    SwitchConfig {
+        pmd_cores: cfg.pmd_cores.clone(),
+        fdb_capacity: cfg.fdb_capacity,
+        fdb_per_port: cfg.max_per_port,
+        aging_secs: cfg.aging_secs,
+        tx_stall: Duration::from_millis(cfg.tx_stall_ms),
+        auto_rebalance: cfg.pmd_auto_lb.map(|a| switch::AutoRebalance {
+            every: Duration::from_secs(a.interval_secs),
+            busy_pct: a.load_threshold,
+        }),
+    }
 }
 
 /// Serves the control socket on its own thread until `term` is set, running `reload`

@@ -260,29 +260,7 @@ impl Shared {
                 return None;
             }
         }
-        let mut report = String::new();
-        let name = |c: &Control, p: usize| {
-            c.ports[p]
-                .as_ref()
-                .map_or("?".to_string(), |p| p.name().to_string())
-        };
-        for (t, qs) in target.iter().enumerate() {
-            for &id in qs {
-                if let Some(from) = current.iter().position(|cur| cur.contains(&id)) {
-                    if from != t {
-                        let _ = writeln!(
-                            report,
-                            "rxq {}:{} core {} -> core {} ({} cycles/s)",
-                            name(&c, id.0),
-                            id.1,
-                            self.pmds[from].core,
-                            self.pmds[t].core,
-                            load_of(id)
-                        );
-                    }
-                }
-            }
-        }
+        let mut report = self.moves(&c, &current, &target, load_of);
         if report.is_empty() {
             let _ = writeln!(
                 report,
@@ -290,11 +268,61 @@ impl Shared {
             );
             return Some(report);
         }
-        // Step 1: every moving queue leaves its old thread; step 2: it joins its new one.
+        self.move_queues(&mut c, &target, &loads);
+        let _ = writeln!(report, "busiest core: {before} -> {after} cycles/s");
+        tracing::info!(
+            auto = auto.is_some(),
+            moves = report.lines().count() - 1,
+            before,
+            after,
+            "rx queues re-placed by load"
+        );
+        Some(report)
+    }
+
+    /// One line per queue that `target` puts on another thread than `current` does.
+    fn moves(
+        &self,
+        c: &Control,
+        current: &[Vec<RxqId>],
+        target: &[Vec<RxqId>],
+        load_of: impl Fn(RxqId) -> u64,
+    ) -> String {
+        let mut report = String::new();
+        for (t, qs) in target.iter().enumerate() {
+            for &id in qs {
+                let Some(from) = current.iter().position(|cur| cur.contains(&id)) else {
+                    continue;
+                };
+                if from != t {
+                    let _ = writeln!(
+                        report,
+                        "rxq {}:{} core {} -> core {} ({} cycles/s)",
+                        c.ports[id.0].as_ref().map_or("?", |p| p.name()),
+                        id.1,
+                        self.pmds[from].core,
+                        self.pmds[t].core,
+                        load_of(id)
+                    );
+                }
+            }
+        }
+        report
+    }
+
+    /// Puts the queues where `target` says, in two publications: every moving queue
+    /// first leaves its old thread, then joins its new one, so that no two threads
+    /// ever poll it at once.
+    fn move_queues(
+        &self,
+        c: &mut Control,
+        target: &[Vec<RxqId>],
+        loads: &HashMap<RxqId, Arc<RxqLoad>>,
+    ) {
         for (t, qs) in c.assign.iter_mut().enumerate() {
             qs.retain(|q| target[t].contains(&(q.port, q.queue)));
         }
-        self.publish(&mut c);
+        self.publish(c);
         c.assign = target
             .iter()
             .map(|qs| {
@@ -307,16 +335,7 @@ impl Shared {
                     .collect()
             })
             .collect();
-        self.publish(&mut c);
-        let _ = writeln!(report, "busiest core: {before} -> {after} cycles/s");
-        tracing::info!(
-            auto = auto.is_some(),
-            moves = report.lines().count() - 1,
-            before,
-            after,
-            "rx queues re-placed by load"
-        );
-        Some(report)
+        self.publish(c);
     }
 
     /// Ages the table, samples loads every [`SAMPLE_EVERY`], and re-places queues when
