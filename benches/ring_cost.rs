@@ -163,6 +163,10 @@ impl Port for MemPort {
     fn stats(&self) -> &PortStats {
         &self.stats
     }
+    fn driver(&self) -> &'static str {
+        "memory"
+    }
+
     fn describe(&self) -> String {
         String::new()
     }

@@ -45,6 +45,13 @@ pub trait Port: Send + Sync {
     fn stats(&self) -> &PortStats;
     /// One line describing the port's state for `vswitch ctl show`.
     fn describe(&self) -> String;
+    /// The driver's name as in the configuration (`"vhost-user"`, `"af-xdp"`, ...).
+    fn driver(&self) -> &'static str;
+    /// Numbers about the port's state beyond its counters, for metrics and JSON:
+    /// (name, value), e.g. `("connections", 2)`. None by default.
+    fn gauges(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// A PMD thread's right to transmit: its index picks the tx queue, and when it is the

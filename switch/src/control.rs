@@ -13,6 +13,7 @@ use crate::fdb::{Fdb, PortNo};
 use crate::load::Window;
 use crate::plan::{Mailbox, PollPlan, PortTable, Rxq, RxqLoad, MAX_PORTS};
 use crate::sched::{self, RxqId};
+use crate::snapshot::{FdbSnapshot, PmdSnapshot, PortSnapshot, RxqSnapshot, Snapshot};
 use crate::stats::PmdStats;
 use crate::vlan::PortVlan;
 use crate::{SwitchConfig, SwitchError};
@@ -472,5 +473,69 @@ impl Shared {
     /// Empties the forwarding table; returns how many entries went.
     pub fn fdb_flush(&self) -> usize {
         self.fdb.flush_all()
+    }
+}
+
+impl Shared {
+    pub fn snapshot(&self) -> Snapshot {
+        let c = self.control();
+        let ports = c
+            .ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((i, p.as_ref()?)))
+            .map(|(i, p)| {
+                let mut t = pmd::Traffic::default();
+                for pmd in &self.pmds {
+                    t.add(&pmd.stats.traffic[i].read());
+                }
+                PortSnapshot {
+                    number: i,
+                    name: p.name().to_string(),
+                    driver: p.driver(),
+                    up: p.is_up(),
+                    counters: p.stats().snapshot(&t).into_iter().collect(),
+                    gauges: p.gauges().into_iter().collect(),
+                    describe: p.describe(),
+                }
+            })
+            .collect();
+        let name = |p: usize| c.ports[p].as_ref().map_or("?", |p| p.name()).to_string();
+        let pmds = self
+            .pmds
+            .iter()
+            .zip(&c.assign)
+            .map(|(pmd, qs)| {
+                let st = &pmd.stats;
+                let total = pmd.window.rate();
+                PmdSnapshot {
+                    core: pmd.core,
+                    packets: st.packets.load(Ordering::Relaxed),
+                    busy_cycles: st.busy_cycles.load(Ordering::Relaxed),
+                    idle_cycles: st.idle_cycles.load(Ordering::Relaxed),
+                    iterations: st.iterations.load(Ordering::Relaxed),
+                    backpressure: st.backpressure.load(Ordering::Relaxed),
+                    rxqs: qs
+                        .iter()
+                        .map(|q| RxqSnapshot {
+                            port: name(q.port),
+                            queue: q.queue,
+                            cycles_per_sec: q.load.window.rate(),
+                            share_pct: pct(q.load.window.rate(), total),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Snapshot {
+            ports,
+            pmds,
+            fdb: FdbSnapshot {
+                entries: self.fdb.len(),
+                capacity: self.fdb.capacity(),
+                aging_secs: self.fdb.aging_secs(),
+            },
+            tsc_hz: self.tsc_hz,
+        }
     }
 }

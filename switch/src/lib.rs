@@ -13,6 +13,7 @@ pub mod load;
 pub mod plan;
 pub mod pmd_loop;
 pub mod sched;
+pub mod snapshot;
 pub mod stats;
 pub mod vlan;
 
@@ -216,6 +217,11 @@ impl Switch {
     /// its thread's cycles over the last load window.
     pub fn show(&self) -> String {
         self.shared.show()
+    }
+
+    /// Ports, PMD threads and the table, as data (`ctl --json`, metrics).
+    pub fn snapshot(&self) -> snapshot::Snapshot {
+        self.shared.snapshot()
     }
 
     /// `ctl stats`: port counters and PMD cycles.

@@ -333,6 +333,10 @@ impl Port for AfPacketPort {
         &self.stats
     }
 
+    fn driver(&self) -> &'static str {
+        "af-packet"
+    }
+
     fn describe(&self) -> String {
         format!(
             "driver=af-packet iface={} link={} queues=1",

@@ -800,6 +800,10 @@ impl Port for AfXdpPort {
         &self.stats
     }
 
+    fn driver(&self) -> &'static str {
+        "af-xdp"
+    }
+
     fn describe(&self) -> String {
         let (mut dropped, mut ring_full, mut fill_empty) = (0, 0, 0);
         for q in &self.queues {

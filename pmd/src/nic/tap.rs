@@ -192,6 +192,10 @@ impl Port for TapPort {
         &self.stats
     }
 
+    fn driver(&self) -> &'static str {
+        "tap"
+    }
+
     fn describe(&self) -> String {
         format!(
             "driver=tap iface={} link={}",

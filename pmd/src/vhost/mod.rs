@@ -350,6 +350,24 @@ impl Port for VhostUserPort {
         &self.shared.stats
     }
 
+    fn driver(&self) -> &'static str {
+        "vhost-user"
+    }
+
+    fn gauges(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.shared;
+        let count = |st: RingState| s.vrings.iter().filter(|v| v.state() == st).count() as u64;
+        vec![
+            ("connected", s.connected.load(Ordering::Relaxed) as u64),
+            ("connections", s.connections.load(Ordering::Relaxed)),
+            ("vrings_live", count(RingState::Live)),
+            ("vrings_down", count(RingState::Down)),
+            ("vrings_broken", count(RingState::Broken)),
+            ("irq_sent", s.notifier.sent.load(Ordering::Relaxed)),
+            ("irq_dropped", s.notifier.dropped.load(Ordering::Relaxed)),
+        ]
+    }
+
     fn describe(&self) -> String {
         let s = &self.shared;
         let rings: Vec<String> = s

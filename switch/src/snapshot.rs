@@ -1,0 +1,58 @@
+//! A structured picture of a running switch (ports with their counters and state, PMD
+//! threads with their cycles and rx queues, the MAC table's fill), read from the same
+//! published per-PMD values as `ctl stats`: for `ctl --json` and the metrics endpoint.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub ports: Vec<PortSnapshot>,
+    pub pmds: Vec<PmdSnapshot>,
+    pub fdb: FdbSnapshot,
+    /// The cycle counter's rate, cycles per second.
+    pub tsc_hz: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PortSnapshot {
+    /// The port number (its index in the forwarding table).
+    pub number: usize,
+    pub name: String,
+    pub driver: &'static str,
+    pub up: bool,
+    /// Traffic summed over PMD threads, then drops and errors, as `ctl stats` names them.
+    pub counters: BTreeMap<&'static str, u64>,
+    /// The driver's state as numbers (see `Port::gauges`).
+    pub gauges: BTreeMap<&'static str, u64>,
+    /// The `ctl show` line.
+    pub describe: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PmdSnapshot {
+    pub core: usize,
+    pub packets: u64,
+    pub busy_cycles: u64,
+    pub idle_cycles: u64,
+    pub iterations: u64,
+    pub backpressure: u64,
+    pub rxqs: Vec<RxqSnapshot>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RxqSnapshot {
+    pub port: String,
+    pub queue: usize,
+    /// Processing cycles per second over the load window.
+    pub cycles_per_sec: u64,
+    /// Share of the thread's cycles over the load window, percent.
+    pub share_pct: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FdbSnapshot {
+    pub entries: usize,
+    pub capacity: usize,
+    pub aging_secs: u32,
+}
