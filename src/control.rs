@@ -35,6 +35,7 @@ pub fn usage(cmd: &str) -> &'static str {
             "usage: add-port NAME driver=DRIVER key=value... (the keys of a [[port]] table)"
         }
         "del-port" => "usage: del-port NAME",
+        "show" | "stats" | "fdb" => "takes no arguments but --json",
         _ => "takes no arguments",
     }
 }

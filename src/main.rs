@@ -45,6 +45,9 @@ enum Cmd {
         socket: PathBuf,
         #[arg(value_parser = clap::builder::PossibleValuesParser::new(control::COMMANDS))]
         command: String,
+        /// Print JSON instead of text (show, stats, fdb).
+        #[arg(long)]
+        json: bool,
         /// The command's arguments (add-port: NAME key=value...; del-port: NAME).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -86,12 +89,14 @@ fn main() -> ExitCode {
         Cmd::Ctl {
             socket,
             command,
+            json,
             args,
         } => match control::request(
             &socket,
             &[command]
                 .into_iter()
                 .chain(args)
+                .chain(json.then(|| "--json".to_string()))
                 .collect::<Vec<_>>()
                 .join(" "),
         ) {

@@ -144,6 +144,28 @@ fn serve_until(
     });
 }
 
+/// `ctl --json show` and `stats`: the switch's snapshot and the mbuf pool.
+#[derive(serde::Serialize)]
+struct ShowJson {
+    #[serde(flatten)]
+    snapshot: switch::snapshot::Snapshot,
+    mempool: MempoolJson,
+}
+
+#[derive(serde::Serialize)]
+struct MempoolJson {
+    free: usize,
+    total: u32,
+}
+
+/// A value as one line of JSON.
+fn json<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_string(v) {
+        Ok(s) => s + "\n",
+        Err(e) => format!("error: json: {e}\n"),
+    }
+}
+
 /// The reply to a control request (`control` has checked its command is one of its
 /// commands). A refused change replies with `error: ...` (`ctl` exits 2).
 fn answer(sw: &Switch, ports: &Ports, pool: &Mempool, line: &str) -> String {
@@ -163,6 +185,14 @@ fn answer(sw: &Switch, ports: &Ports, pool: &Mempool, line: &str) -> String {
         ),
         ("stats", []) => sw.stats(),
         ("fdb", []) => sw.fdb_dump(),
+        ("show" | "stats", ["--json"]) => json(&ShowJson {
+            snapshot: sw.snapshot(),
+            mempool: MempoolJson {
+                free: pool.available(),
+                total: pool.capacity(),
+            },
+        }),
+        ("fdb", ["--json"]) => json(&sw.fdb_entries()),
         ("fdb-flush", []) => format!("flushed {} entries\n", sw.fdb_flush()),
         ("add-port", [name, kv @ ..]) => change(ports.add(sw, name, kv)),
         ("del-port", [name]) => change(ports.del(sw, name)),

@@ -124,3 +124,77 @@ fn testpmd_multiqueue_two_pmds() {
     let log = sw.stop();
     assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
 }
+
+#[test]
+fn ctl_json_parses_and_matches_the_text_form() {
+    which("dpdk-testpmd");
+    let dir = Scratch::new("json");
+    let cfg = write_config(&dir, &server_ports(&["vm1", "vm2"]), "");
+    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
+    let mut tp = Testpmd::start(&dir, ["vm1", "vm2"], false, "json");
+    wait_both_up(&sw);
+    traffic_round(&sw, &mut tp, 2, || {});
+    tp.quit();
+    let parse = |cmd: &str| -> serde_json::Value {
+        let out = sw.ctl_ok(&["--json", cmd]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ctl --json {cmd}: {e}:\n{out}"))
+    };
+    // stats: every counter of every port as the text prints it.
+    let stats = parse("stats");
+    let text = sw.ctl("stats");
+    for port in ["vm1", "vm2"] {
+        let p = stats["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == port)
+            .unwrap_or_else(|| panic!("no {port} in {stats}"));
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("port {port}:")))
+            .unwrap();
+        for kv in line.split_whitespace().skip(2) {
+            let (k, v) = kv.split_once('=').unwrap();
+            assert_eq!(
+                p["counters"][k].as_u64(),
+                Some(v.parse().unwrap()),
+                "{port} {k}"
+            );
+        }
+        assert_eq!(p["driver"], "vhost-user");
+        assert_eq!(p["gauges"]["connections"], 1, "{p}");
+    }
+    let pmd = &stats["pmds"][0];
+    let pline = text.lines().find(|l| l.starts_with("pmd core")).unwrap();
+    assert_eq!(
+        pmd["packets"].as_u64(),
+        Some(field(pline, "packets=")),
+        "{pmd}\n{pline}"
+    );
+    // show: ports, rx queues, table, mempool.
+    let show = parse("show");
+    let text = sw.ctl("show");
+    assert_eq!(show["ports"].as_array().unwrap().len(), 2);
+    assert_eq!(show["pmds"][0]["rxqs"].as_array().unwrap().len(), 2);
+    let mp = text.lines().find(|l| l.starts_with("mempool:")).unwrap();
+    assert_eq!(show["mempool"]["total"].as_u64(), Some(field(mp, "total=")));
+    assert_eq!(show["fdb"]["entries"].as_u64(), Some(2));
+    // fdb: the same entries as the text.
+    let fdb = parse("fdb");
+    let text = sw.ctl("fdb");
+    let entries = fdb.as_array().unwrap();
+    assert_eq!(entries.len(), text.lines().count() - 1, "{fdb}\n{text}");
+    for e in entries {
+        let mac = e["mac"].as_str().unwrap();
+        let line = text.lines().find(|l| l.contains(mac)).unwrap();
+        assert!(
+            line.starts_with(e["port"].as_str().unwrap()),
+            "{e} vs {line}"
+        );
+    }
+    eprintln!(
+        "ctl --json stats: {}",
+        &sw.ctl_ok(&["--json", "stats"])[..200]
+    );
+    sw.stop();
+}

@@ -229,18 +229,32 @@ impl Switch {
         self.shared.stats()
     }
 
-    /// `ctl fdb`: the forwarding table.
-    pub fn fdb_dump(&self) -> String {
+    /// The forwarding table's entries, sorted by VLAN and MAC.
+    pub fn fdb_entries(&self) -> Vec<snapshot::FdbEntrySnapshot> {
         let sh = &self.shared;
         let now = sh.epoch.elapsed().as_secs() as u32;
         let ports = sh.control().ports.clone();
+        sh.fdb
+            .entries(now)
+            .into_iter()
+            .map(|e| snapshot::FdbEntrySnapshot {
+                port: ports
+                    .get(e.port as usize)
+                    .and_then(Option::as_ref)
+                    .map_or("?", |p| p.name())
+                    .to_string(),
+                vlan: e.vlan,
+                mac: e.mac.to_string(),
+                age_secs: e.age_secs,
+            })
+            .collect()
+    }
+
+    /// `ctl fdb`: the forwarding table.
+    pub fn fdb_dump(&self) -> String {
         let mut s = String::from("port  vlan  mac                age\n");
-        for e in sh.fdb.entries(now) {
-            let name = ports
-                .get(e.port as usize)
-                .and_then(Option::as_ref)
-                .map_or("?", |p| p.name());
-            let _ = writeln!(s, "{name:<5} {:<5} {}  {}", e.vlan, e.mac, e.age_secs);
+        for e in self.fdb_entries() {
+            let _ = writeln!(s, "{:<5} {:<5} {}  {}", e.port, e.vlan, e.mac, e.age_secs);
         }
         s
     }

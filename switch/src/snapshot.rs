@@ -56,3 +56,12 @@ pub struct FdbSnapshot {
     pub capacity: usize,
     pub aging_secs: u32,
 }
+
+/// One forwarding table entry (`ctl --json fdb`).
+#[derive(Clone, Debug, Serialize)]
+pub struct FdbEntrySnapshot {
+    pub port: String,
+    pub vlan: u16,
+    pub mac: String,
+    pub age_secs: u32,
+}
