@@ -127,7 +127,13 @@ fn serve_conn(
             let line = line.trim();
             let cmd = line.split_whitespace().next().unwrap_or("");
             if COMMANDS.contains(&cmd) {
-                answer(line)
+                // A bug in a command must not take the worker (and so the control
+                // socket, four panics later) with it.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| answer(line)))
+                    .unwrap_or_else(|_| {
+                        tracing::error!(request = line, "control command panicked");
+                        format!("error: {cmd}: internal error (see the switch's log)\n")
+                    })
             } else {
                 format!(
                     "error: unknown command {cmd:?}; commands: {}\n",
@@ -312,5 +318,29 @@ mod tests {
         let mut out = String::new();
         client.read_to_string(&mut out).unwrap();
         assert_eq!(out, "answer to show\n");
+    }
+
+    #[test]
+    fn a_panicking_command_is_answered_and_the_worker_goes_on() {
+        let answer = |c: &str| -> String {
+            if c == "reload" {
+                panic!("bug");
+            }
+            format!("answer to {c}\n")
+        };
+        for (req, want) in [
+            (
+                "reload\n",
+                "error: reload: internal error (see the switch's log)\n",
+            ),
+            ("show\n", "answer to show\n"),
+        ] {
+            let (server, mut client) = pair();
+            client.write_all(req.as_bytes()).unwrap();
+            serve_conn(server, Instant::now() + Duration::from_secs(1), &answer).unwrap();
+            let mut out = String::new();
+            client.read_to_string(&mut out).unwrap();
+            assert_eq!(out, want);
+        }
     }
 }
