@@ -2,6 +2,7 @@
 //! control socket, and shuts everything down cleanly on SIGINT/SIGTERM.
 
 use crate::control;
+use crate::metrics;
 use crate::ports::Ports;
 use pmd::rcu::Rcu;
 use pmd::Mempool;
@@ -48,6 +49,20 @@ pub fn run(cfg: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let endpoint = match cfg.metrics_listen.map(metrics::Endpoint::bind).transpose() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!(
+                "error: {}: key 'metrics.listen' = \"{}\": {e}",
+                cfg.file.display(),
+                cfg.metrics_listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            );
+            let _ = std::fs::remove_file(&cfg.control_socket);
+            return ExitCode::from(2);
+        }
+    };
     let rcu = Rcu::new();
     let mut sw = Switch::start(&switch_config(&cfg), pool.clone(), rcu.clone());
     let (file, ctl_path) = (cfg.file.clone(), cfg.control_socket.clone());
@@ -61,16 +76,30 @@ pub fn run(cfg: Config) -> ExitCode {
         }
     };
     tracing::info!(control = %ctl_path.display(), "vswitch running");
-    serve_until(
-        &term,
-        &hup,
-        &ctl,
-        &|line| answer(&sw, &ports, &pool, line),
-        &|| match ports.reload(&sw) {
-            Ok(r) => tracing::info!("SIGHUP: {}", r.trim_end()),
-            Err(e) => tracing::error!("SIGHUP: reload refused: {e}"),
-        },
-    );
+    // The metrics endpoint's thread stops with the control thread (within 200 ms).
+    let metrics_stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        if let Some(ep) = &endpoint {
+            let (sw, pool, stop) = (&sw, &pool, &metrics_stop);
+            std::thread::Builder::new()
+                .name("metrics".into())
+                .spawn_scoped(s, move || ep.serve(stop, sw, pool))
+                .expect("spawn metrics thread");
+            tracing::info!(listen = %ep.addr(), "metrics endpoint at /metrics");
+        }
+        serve_until(
+            &term,
+            &hup,
+            &ctl,
+            &|line| answer(&sw, &ports, &pool, line),
+            &|| match ports.reload(&sw) {
+                Ok(r) => tracing::info!("SIGHUP: {}", r.trim_end()),
+                Err(e) => tracing::error!("SIGHUP: reload refused: {e}"),
+            },
+        );
+        metrics_stop.store(true, Ordering::Relaxed);
+    });
+    drop(endpoint);
     tracing::info!("shutting down");
     // Vhost-user ports first: taking their rings down (guests see the link drop)
     // needs the PMD threads still passing quiescent states.
