@@ -9,14 +9,17 @@ use prometheus::{
 };
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use switch::snapshot::Snapshot;
+use switch::snapshot::{PmdSnapshot, Snapshot};
 use switch::Switch;
 
 /// How long the serving thread waits for a request before looking at its stop flag:
 /// a stop is seen within this.
 const POLL: Duration = Duration::from_millis(200);
+/// Most replies being written at once (each on its own short-lived thread).
+const MAX_WRITERS: usize = 8;
 
 /// Why the endpoint could not start.
 #[derive(Debug)]
@@ -40,6 +43,8 @@ pub struct Endpoint {
     server: tiny_http::Server,
     /// When the service started, seconds since the epoch (`process_start_time_seconds`).
     started: f64,
+    /// Replies being written now.
+    writers: Arc<AtomicUsize>,
 }
 
 impl Endpoint {
@@ -52,7 +57,11 @@ impl Endpoint {
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        Ok(Endpoint { server, started })
+        Ok(Endpoint {
+            server,
+            started,
+            writers: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
     /// The address it listens on.
@@ -96,9 +105,32 @@ impl Endpoint {
                     }
                 }
             };
-            if let Err(e) = req.respond(resp) {
-                tracing::debug!("metrics: reply not sent: {e}");
-            }
+            self.reply(req, resp);
+        }
+    }
+
+    /// Sends `resp` from a thread of its own, so that a client that does not read a
+    /// long reply holds that thread, not this one (nor a stop). At most
+    /// [`MAX_WRITERS`] at once: past that the request is dropped (the client sees
+    /// the connection close).
+    fn reply(&self, req: tiny_http::Request, resp: tiny_http::Response<std::io::Cursor<Vec<u8>>>) {
+        if self.writers.fetch_add(1, Ordering::AcqRel) >= MAX_WRITERS {
+            self.writers.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!("metrics: {MAX_WRITERS} replies still being written; request dropped");
+            return;
+        }
+        let writers = self.writers.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metrics-reply".into())
+            .spawn(move || {
+                if let Err(e) = req.respond(resp) {
+                    tracing::debug!("metrics: reply not sent: {e}");
+                }
+                writers.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            self.writers.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!("metrics: cannot start a reply thread: {e}");
         }
     }
 }
@@ -126,6 +158,9 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::R
 fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
+
+/// One number of a PMD thread's snapshot.
+type PmdField = fn(&PmdSnapshot) -> u64;
 
 /// `ctl stats` counter names that are drops, and their `reason` label.
 const DROPS: &[(&str, &str)] = &[
@@ -253,7 +288,7 @@ pub fn exposition(snap: &Snapshot, pool: &Mempool, started: f64) -> prometheus::
     }
 
     let core = &["core"];
-    let pmd_counters: [(&str, &str, fn(&switch::snapshot::PmdSnapshot) -> u64); 5] = [
+    let pmd_counters: [(&str, &str, PmdField); 5] = [
         (
             "vswitch_pmd_busy_cycles_total",
             "TSC cycles the PMD thread spent on iterations that moved frames.",
