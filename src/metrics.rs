@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use switch::snapshot::{PmdSnapshot, Snapshot};
-use switch::Switch;
+use switch::SnapshotSource;
 
 /// How long the serving thread waits for a request before looking at its stop flag:
 /// a stop is seen within this.
@@ -37,6 +37,22 @@ impl fmt::Display for MetricsError {
 }
 
 impl std::error::Error for MetricsError {}
+
+/// The serving endpoint. Dropping it stops its thread (within [`POLL`]) and waits for
+/// it, so that its hold on the switch's state ends before the ports close.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 /// A bound endpoint, not yet serving.
 pub struct Endpoint {
@@ -72,8 +88,23 @@ impl Endpoint {
         }
     }
 
+    /// Serves on a thread of its own until the returned handle is dropped.
+    pub fn start(self, sw: SnapshotSource, pool: Arc<Mempool>) -> Running {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        tracing::info!(listen = %self.addr(), "metrics endpoint at /metrics");
+        let thread = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || self.serve(&flag, &sw, &pool))
+            .expect("spawn metrics thread");
+        Running {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
     /// Answers scrapes until `stop` is set (seen within [`POLL`]).
-    pub fn serve(&self, stop: &AtomicBool, sw: &Switch, pool: &Mempool) {
+    fn serve(&self, stop: &AtomicBool, sw: &SnapshotSource, pool: &Mempool) {
         while !stop.load(Ordering::Relaxed) {
             let req = match self.server.recv_timeout(POLL) {
                 Ok(Some(r)) => r,

@@ -76,30 +76,19 @@ pub fn run(cfg: Config) -> ExitCode {
         }
     };
     tracing::info!(control = %ctl_path.display(), "vswitch running");
-    // The metrics endpoint's thread stops with the control thread (within 200 ms).
-    let metrics_stop = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        if let Some(ep) = &endpoint {
-            let (sw, pool, stop) = (&sw, &pool, &metrics_stop);
-            std::thread::Builder::new()
-                .name("metrics".into())
-                .spawn_scoped(s, move || ep.serve(stop, sw, pool))
-                .expect("spawn metrics thread");
-            tracing::info!(listen = %ep.addr(), "metrics endpoint at /metrics");
-        }
-        serve_until(
-            &term,
-            &hup,
-            &ctl,
-            &|line| answer(&sw, &ports, &pool, line),
-            &|| match ports.reload(&sw) {
-                Ok(r) => tracing::info!("SIGHUP: {}", r.trim_end()),
-                Err(e) => tracing::error!("SIGHUP: reload refused: {e}"),
-            },
-        );
-        metrics_stop.store(true, Ordering::Relaxed);
-    });
-    drop(endpoint);
+    let metrics = endpoint.map(|ep| ep.start(sw.snapshot_source(), pool.clone()));
+    serve_until(
+        &term,
+        &hup,
+        &ctl,
+        &|line| answer(&sw, &ports, &pool, line),
+        &|| match ports.reload(&sw) {
+            Ok(r) => tracing::info!("SIGHUP: {}", r.trim_end()),
+            Err(e) => tracing::error!("SIGHUP: reload refused: {e}"),
+        },
+    );
+    // Its thread ends within 200 ms, and with it its hold on the switch's ports.
+    drop(metrics);
     tracing::info!("shutting down");
     // Vhost-user ports first: taking their rings down (guests see the link drop)
     // needs the PMD threads still passing quiescent states.
