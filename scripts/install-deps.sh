@@ -9,6 +9,7 @@
 #  - gnuplot-nox: benches/pvp --plot draws its table as an SVG.
 #  - systemd: systemd-analyze, which checks the unit in dist/ (tests/service_files.rs);
 #    installing the package does not make systemd the init where it is not.
+#  - prometheus: promtool, which checks the /metrics exposition (tests/metrics.rs).
 #  - cargo-fuzz and g++ (libFuzzer), for the fuzz targets in fuzz/ (which also need the nightly toolchain:
 #    the rest of the project builds on stable).
 set -euo pipefail
@@ -20,7 +21,7 @@ fi
 
 need_pkgs=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in dpdk-dev linux-image-amd64 busybox-static iputils-ping iproute2 cpio kmod netsniff-ng tcpdump g++ systemd gnuplot-nox; do
+for p in dpdk-dev linux-image-amd64 busybox-static iputils-ping iproute2 cpio kmod netsniff-ng tcpdump g++ systemd gnuplot-nox prometheus; do
   have "$p" || need_pkgs+=("$p")
 done
 need_qemu=0

@@ -5,6 +5,7 @@
 //! queries a running switch.
 
 mod control;
+mod metrics;
 mod ports;
 mod service;
 

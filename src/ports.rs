@@ -264,7 +264,7 @@ pub fn diff(old: &[PortConfig], new: &[PortConfig]) -> Diff {
 
 /// The first key outside `[[port]]` whose value differs: a reload cannot apply it.
 fn restart_key(old: &Config, new: &Config) -> Option<&'static str> {
-    let keys: [(&'static str, bool); 11] = [
+    let keys: [(&'static str, bool); 12] = [
         ("switch.pmd_cores", old.pmd_cores != new.pmd_cores),
         (
             "switch.socket_group",
@@ -285,6 +285,7 @@ fn restart_key(old: &Config, new: &Config) -> Option<&'static str> {
         ("fdb.capacity", old.fdb_capacity != new.fdb_capacity),
         ("fdb.aging_secs", old.aging_secs != new.aging_secs),
         ("fdb.max_per_port", old.max_per_port != new.max_per_port),
+        ("metrics.listen", old.metrics_listen != new.metrics_listen),
     ];
     keys.into_iter().find(|k| k.1).map(|k| k.0)
 }

@@ -2,6 +2,7 @@
 //! control socket, and shuts everything down cleanly on SIGINT/SIGTERM.
 
 use crate::control;
+use crate::metrics;
 use crate::ports::Ports;
 use pmd::rcu::Rcu;
 use pmd::Mempool;
@@ -48,6 +49,20 @@ pub fn run(cfg: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let endpoint = match cfg.metrics_listen.map(metrics::Endpoint::bind).transpose() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!(
+                "error: {}: key 'metrics.listen' = \"{}\": {e}",
+                cfg.file.display(),
+                cfg.metrics_listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            );
+            let _ = std::fs::remove_file(&cfg.control_socket);
+            return ExitCode::from(2);
+        }
+    };
     let rcu = Rcu::new();
     let mut sw = Switch::start(&switch_config(&cfg), pool.clone(), rcu.clone());
     let (file, ctl_path) = (cfg.file.clone(), cfg.control_socket.clone());
@@ -61,6 +76,7 @@ pub fn run(cfg: Config) -> ExitCode {
         }
     };
     tracing::info!(control = %ctl_path.display(), "vswitch running");
+    let metrics = endpoint.map(|ep| ep.start(sw.snapshot_source(), pool.clone()));
     serve_until(
         &term,
         &hup,
@@ -71,6 +87,8 @@ pub fn run(cfg: Config) -> ExitCode {
             Err(e) => tracing::error!("SIGHUP: reload refused: {e}"),
         },
     );
+    // Its thread ends within 200 ms, and with it its hold on the switch's ports.
+    drop(metrics);
     tracing::info!("shutting down");
     // Vhost-user ports first: taking their rings down (guests see the link drop)
     // needs the PMD threads still passing quiescent states.

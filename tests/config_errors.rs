@@ -401,6 +401,21 @@ fn bad_configs_exit_2_with_file_key_and_value() {
         &format!("{b}{p1}trunks = \"10,20\"\n"),
         &["key 'trunks' = \"10,20\"", "expected an array"],
     );
+    expect_error(
+        &d,
+        "metrics-listen",
+        &format!("{b}[metrics]\nlisten = \"localhost:9477\"\n{p1}"),
+        &[
+            "key 'metrics.listen' = \"localhost:9477\"",
+            "IP address and port",
+        ],
+    );
+    expect_error(
+        &d,
+        "metrics-no-port",
+        &format!("{b}[metrics]\nlisten = \"127.0.0.1\"\n{p1}"),
+        &["key 'metrics.listen' = \"127.0.0.1\""],
+    );
 
     // The control socket's directory is made at start; other directories must exist.
     let run_dir = d.path("run/vswitch");
@@ -450,6 +465,28 @@ fn run_with_bad_config_exits_2_and_starts_nothing() {
         !d.path("a.sock").exists() && !d.path("ctl.sock").exists(),
         "a failed start left sockets behind"
     );
+}
+
+/// An address another socket holds: `run` exits 2 naming the key and the address, and
+/// leaves no control socket behind.
+#[test]
+fn metrics_address_in_use_exits_2() {
+    let d = Scratch::new("cfgmetrics");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap();
+    let text = format!(
+        "{}[metrics]\nlisten = \"{addr}\"\n{}",
+        base(&d),
+        good_port(&d, "a")
+    );
+    let (code, err) = vswitch_with("run", &d.path("metrics.toml"), &text);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("metrics.toml") && err.contains(&format!("key 'metrics.listen' = \"{addr}\"")),
+        "{err}"
+    );
+    assert!(!d.path("ctl.sock").exists(), "control socket left behind");
+    eprintln!("metrics in use: {}", err.trim());
 }
 
 #[test]

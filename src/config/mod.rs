@@ -26,9 +26,10 @@ pub use sockets::DEFAULT_SOCKET_MODE;
 use pmd::hugepage::HugepagePolicy;
 use pmd::nic::af_xdp::{XdpMode, ZeroCopy};
 use pmd::vhost::Mode;
-use raw::{RawConfig, RawFdb, RawMempool, RawSwitch};
+use raw::{RawConfig, RawFdb, RawMempool, RawMetrics, RawSwitch};
 use serde::Deserialize;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// A validated configuration.
@@ -48,6 +49,9 @@ pub struct Config {
     pub fdb_capacity: usize,
     pub aging_secs: u32,
     pub max_per_port: usize,
+    /// `[metrics] listen`: where the Prometheus endpoint listens; `None` when off
+    /// (`listen = ""`).
+    pub metrics_listen: Option<SocketAddr>,
     pub ports: Vec<PortConfig>,
 }
 
@@ -122,6 +126,8 @@ impl fmt::Display for VlanMode {
 }
 
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vswitch/vswitch.ctl";
+/// Where the Prometheus endpoint listens unless `[metrics] listen` says otherwise.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9477";
 /// Guest memory a vhost-user port maps at most, unless configured (1 TiB).
 pub const DEFAULT_MAX_GUEST_MEMORY_GIB: i64 = 1024;
 /// The largest `max_guest_memory_gib` accepted (64 TiB: half the address space).
@@ -147,6 +153,7 @@ impl Config {
         let sw = switch_section(raw.switch).map_err(err)?;
         let (mbufs, hugepages) = mempool_section(raw.mempool).map_err(err)?;
         let (fdb_capacity, aging_secs, max_per_port) = fdb_section(raw.fdb).map_err(err)?;
+        let metrics_listen = metrics_section(raw.metrics).map_err(err)?;
         let mut cfg = Config {
             file: file.into(),
             pmd_cores: sw.pmd_cores,
@@ -159,6 +166,7 @@ impl Config {
             fdb_capacity,
             aging_secs,
             max_per_port,
+            metrics_listen,
             ports: Vec::new(),
         };
         cfg.ports = cfg.file_ports(&raw.port).map_err(err)?;
@@ -356,4 +364,20 @@ fn fdb_section(raw: RawFdb) -> Result<(usize, u32, usize), String> {
         ));
     }
     Ok((capacity as usize, aging_secs as u32, max_per_port as usize))
+}
+
+/// `[metrics]`: the endpoint's address, or `None` for `listen = ""` (off). An IP
+/// address and a port, not a host name: it is bound as written.
+fn metrics_section(raw: RawMetrics) -> Result<Option<SocketAddr>, String> {
+    let listen = raw
+        .listen
+        .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_string());
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    listen.parse().map(Some).map_err(|_| {
+        format!(
+            "key 'metrics.listen' = {listen:?}: must be an IP address and port such as \"{DEFAULT_METRICS_LISTEN}\" or \"[::1]:9477\", or \"\" for no metrics endpoint"
+        )
+    })
 }

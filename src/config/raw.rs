@@ -24,6 +24,8 @@ pub(crate) struct RawConfig {
     pub mempool: RawMempool,
     #[serde(default)]
     pub fdb: RawFdb,
+    #[serde(default)]
+    pub metrics: RawMetrics,
     /// Each table goes through [`RawPort`] on its own, so that its errors can name
     /// the port, the key and the value.
     #[serde(default)]
@@ -56,6 +58,12 @@ pub(crate) struct RawFdb {
     pub capacity: Option<i64>,
     pub aging_secs: Option<i64>,
     pub max_per_port: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    pub listen: Option<String>,
 }
 
 /// One `[[port]]` table. Integers are read as `i64` and their ranges checked by

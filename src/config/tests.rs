@@ -474,3 +474,29 @@ fn every_driver_takes_the_common_keys_and_only_its_own() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn metrics_listen_defaults_to_loopback_and_empty_turns_it_off() {
+    let d = Dir::new();
+    let default = running(&d, "");
+    assert_eq!(
+        default.metrics_listen,
+        Some(super::DEFAULT_METRICS_LISTEN.parse().unwrap())
+    );
+    let off = running(&d, "[metrics]\nlisten = \"\"\n");
+    assert_eq!(off.metrics_listen, None);
+    let v6 = running(&d, "[metrics]\nlisten = \"[::1]:9100\"\n");
+    assert_eq!(v6.metrics_listen, Some("[::1]:9100".parse().unwrap()));
+    for bad in ["localhost:9477", "127.0.0.1", ":9477", "127.0.0.1:99999"] {
+        let text = format!(
+            "[switch]\npmd_cores = [0]\n[metrics]\nlisten = {bad:?}\n\
+             [[port]]\nname = \"t\"\ndriver = \"tap\"\n"
+        );
+        let e = Config::parse(Path::new("/test/vswitch.toml"), &text).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("key 'metrics.listen' = {bad:?}")),
+            "{msg}"
+        );
+    }
+}

@@ -224,6 +224,12 @@ impl Switch {
         self.shared.snapshot()
     }
 
+    /// What takes [`Switch::snapshot`]s from a thread that cannot borrow the switch
+    /// (the metrics endpoint's).
+    pub fn snapshot_source(&self) -> SnapshotSource {
+        SnapshotSource(self.shared.clone())
+    }
+
     /// `ctl stats`: port counters and PMD cycles.
     pub fn stats(&self) -> String {
         self.shared.stats()
@@ -262,6 +268,17 @@ impl Switch {
     /// `ctl fdb-flush`: empties the forwarding table; returns how many entries went.
     pub fn fdb_flush(&self) -> usize {
         self.shared.fdb_flush()
+    }
+}
+
+/// Takes [`Switch::snapshot`]s from another thread. It keeps the switch's shared state
+/// (and so its ports) alive: drop it before the switch's ports are closed.
+#[derive(Clone)]
+pub struct SnapshotSource(Arc<Shared>);
+
+impl SnapshotSource {
+    pub fn snapshot(&self) -> snapshot::Snapshot {
+        self.0.snapshot()
     }
 }
 

@@ -105,9 +105,10 @@ pub fn write_config_cores(
 ) -> PathBuf {
     let cores: Vec<String> = cores.iter().map(|c| c.to_string()).collect();
     let mut s = format!(
-        "[switch]\npmd_cores = [{}]\ncontrol_socket = \"{}\"\n{extra}\n[mempool]\nmbufs = 8192\nhugepages = \"auto\"\n",
+        "[switch]\npmd_cores = [{}]\ncontrol_socket = \"{}\"\n{extra}\n{}[mempool]\nmbufs = 8192\nhugepages = \"auto\"\n",
         cores.join(", "),
-        dir.path("ctl.sock").display()
+        dir.path("ctl.sock").display(),
+        metrics_off(extra),
     );
     for p in ports {
         s += &format!(
@@ -127,13 +128,25 @@ pub fn write_config_cores(
 /// switch and mempool sections, and returns its path.
 pub fn write_config_ports(dir: &Scratch, ports: &str) -> PathBuf {
     let s = format!(
-        "[switch]\npmd_cores = [{}]\ncontrol_socket = \"{}\"\n\n[mempool]\nmbufs = 8192\nhugepages = \"auto\"\n\n{ports}",
+        "[switch]\npmd_cores = [{}]\ncontrol_socket = \"{}\"\n\n{}[mempool]\nmbufs = 8192\nhugepages = \"auto\"\n\n{ports}",
         pmd_core(),
-        dir.path("ctl.sock").display()
+        dir.path("ctl.sock").display(),
+        metrics_off(ports),
     );
     let f = dir.path("vswitch.toml");
     std::fs::write(&f, s).unwrap();
     f
+}
+
+/// `[metrics] listen = ""` unless `text` has its own `[metrics]`: switches of the
+/// tests do not serve metrics by default, so that two at once (or one beside a switch
+/// run by hand) do not both want the default address.
+pub fn metrics_off(text: &str) -> &'static str {
+    if text.contains("[metrics]") {
+        ""
+    } else {
+        "[metrics]\nlisten = \"\"\n\n"
+    }
 }
 
 /// The core the switch's PMD runs on: the last one (testpmd and guests get the others).
