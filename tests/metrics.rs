@@ -202,6 +202,7 @@ fn metrics_during_and_after_traffic_agree_with_ctl_stats() {
     assert!(value(&s, "vswitch_tsc_hz", &[]) > 0.0);
     assert!(value(&s, "process_start_time_seconds", &[]) > 1.5e9);
     assert_eq!(value(&s, "vswitch_build_info", &[]), 1.0);
+    dashboard_metrics_exist(&s);
     tp.quit();
 
     // A client that connects and never sends does not hold up SIGTERM.
@@ -276,4 +277,37 @@ fn metrics_off_listens_nowhere() {
     eprintln!("reload with a new metrics.listen: {}", out.trim());
     assert!(TcpStream::connect(ADDR_OFF).is_err());
     sw.stop();
+}
+
+/// Every metric the Grafana dashboard (dashboards/vswitch.json) queries is exported.
+fn dashboard_metrics_exist(s: &HashMap<String, f64>) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/vswitch.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut names = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("vswitch_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                names.push(name);
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    for n in &names {
+        assert!(
+            s.keys().any(|k| k == n || k.starts_with(&format!("{n}{{"))),
+            "the dashboard queries {n}, which /metrics does not export"
+        );
+    }
+    eprintln!(
+        "dashboard: {} panels, its {} metrics all exported",
+        dash["panels"].as_array().unwrap().len(),
+        names.len()
+    );
 }
