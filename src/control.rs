@@ -6,8 +6,9 @@
 //!
 //! [`serve`] runs on the service's control thread, apart from its signal loop: a
 //! client that connects and then sends nothing, or never reads its reply, holds one of
-//! [`WORKERS`] workers for at most [`CONN_DEADLINE`] (request and reply together), and
-//! never delays shutdown by more than that.
+//! [`WORKERS`] workers for at most [`CONN_DEADLINE`] for its request and as long again
+//! for its reply, and delays shutdown by no more than that (plus a port change already
+//! running).
 
 use pmd::sockperm::SocketPerms;
 use std::io::{Read, Write};

@@ -179,13 +179,11 @@ fn members(open: &[OpenPort]) -> Vec<(Arc<dyn Port>, PortVlan)> {
 
 /// The switch's VLAN settings for a port.
 fn port_vlan(p: &PortConfig) -> PortVlan {
-    use switch::vlan::VlanMode as Native;
     let v = &p.vlan;
     match v.mode {
         VlanMode::Trunk => PortVlan::trunk(&v.trunks),
         VlanMode::Access => PortVlan::access(v.tag),
-        VlanMode::NativeTagged => PortVlan::native(Native::NativeTagged, v.tag, &v.trunks),
-        VlanMode::NativeUntagged => PortVlan::native(Native::NativeUntagged, v.tag, &v.trunks),
+        native => PortVlan::native(native, v.tag, &v.trunks),
     }
 }
 

@@ -3,9 +3,11 @@
 //! pairs for AF_PACKET) and QEMU guests.
 
 mod common;
+use common::frontend::Frontend;
 use common::guest::{images, num, Guest};
 use common::netns::{must, sh};
 use common::*;
+use pmd::vhost::driver::DriverMem;
 use std::time::{Duration, Instant};
 
 /// Sets a sysctl for the length of a test and puts the old value back on drop.
@@ -105,6 +107,7 @@ fn fifty_ports_come_and_go_under_traffic_losing_nothing() {
 
     const ROUNDS: usize = 3;
     const PORTS: usize = 50;
+    let mem = DriverMem::new(0, 4 << 20, 0x1_0000_0000, 0x7f00_0000_0000);
     let mut churn_secs = 0.0;
     let mut per_round = Vec::new();
     let moved = traffic_round(&sw, &mut tp, 0, || {
@@ -115,17 +118,46 @@ fn fifty_ports_come_and_go_under_traffic_losing_nothing() {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 sw.ctl_ok(&[&["add-port"], &args[..]].concat());
             }
-            let show = sw.ctl("show");
+            // A frontend on every fifth port (server mode) maps its memory and sets
+            // its rings live, so the ports go while holding guest memory.
+            let guests: Vec<_> = (0..PORTS)
+                .step_by(5)
+                .map(|i| Frontend::device(&dir.path(&format!("ch{i}.sock")), &mem))
+                .collect();
+            let show = sw.wait_show("the frontends' rings live", Duration::from_secs(10), |s| {
+                s.lines()
+                    .filter(|l| l.starts_with("port ") && l.contains("vrings=[live,live"))
+                    .count()
+                    == guests.len() + 2
+            });
             assert_eq!(
                 show.lines().filter(|l| l.starts_with("port ")).count(),
                 PORTS + 2,
                 "round {round}:\n{show}"
             );
-            assert!(dir.path("ch0.sock").exists(), "server socket not made");
+            assert!(
+                sw.resources().named_maps > before.named_maps,
+                "the frontends' memory is not mapped"
+            );
+            let stats = sw.ctl("stats");
+            for l in stats.lines().filter(|l| l.starts_with("port ch")) {
+                for kv in l.split_whitespace().filter(|kv| kv.starts_with("drop_")) {
+                    assert!(kv.ends_with("=0"), "round {round}: {l}");
+                }
+            }
+            let servers: Vec<_> = (0..PORTS)
+                .filter(|i| i % 5 <= 1)
+                .map(|i| dir.path(&format!("ch{i}.sock")))
+                .collect();
+            assert!(servers.iter().all(|p| p.exists()), "server socket not made");
             for i in 0..PORTS {
                 sw.ctl_ok(&["del-port", &format!("ch{i}")]);
             }
-            assert!(!dir.path("ch0.sock").exists(), "server socket left behind");
+            assert!(
+                servers.iter().all(|p| !p.exists()),
+                "server socket left behind"
+            );
+            drop(guests);
             per_round.push(settled(&sw, &before));
         }
         churn_secs = t0.elapsed().as_secs_f64();
@@ -157,7 +189,7 @@ fn fifty_ports_come_and_go_under_traffic_losing_nothing() {
     let free_after = mempool_free(&sw);
     eprintln!("free mbufs before the churn: {free_before}, after: {free_after}");
     assert_eq!(free_after, free_before, "mbufs leaked");
-    for i in 0..PORTS {
+    for i in (0..PORTS).filter(|i| i % 5 == 3) {
         assert!(!std::path::Path::new(&format!("/sys/class/net/chtap{i}")).exists());
     }
     tp.quit();
@@ -214,7 +246,17 @@ fn reload_adds_removes_and_changes_ports_and_leaves_the_rest_forwarding() {
     wait_both_up(&sw);
     traffic_round(&sw, &mut tp, 2, || {});
 
-    // A refused reload changes nothing: an unknown key, then a key that needs a restart.
+    // The edit (below): one port added, one removed, one changed (now two queues).
+    let second = [
+        vhost("vm1", ""),
+        vhost("vm2", ""),
+        vhost("changed", "queues = 2"),
+        tap("rlnew"),
+    ]
+    .concat();
+    // A refused reload changes nothing, though the file also holds the edit: an
+    // unknown key, then a key that needs a restart.
+    write_config_ports(&dir, &second);
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
         &cfg,
@@ -222,6 +264,18 @@ fn reload_adds_removes_and_changes_ports_and_leaves_the_rest_forwarding() {
     )
     .unwrap();
     let show0 = sw.ctl("show");
+    let unchanged = |what: &str| {
+        let show = sw.ctl("show");
+        assert_eq!(port_lines(&show), port_lines(&show0), "{what}:\n{show}");
+        assert!(
+            show.contains(" rlgone: ") && !show.contains("rxq changed:1:"),
+            "{what}:\n{show}"
+        );
+        assert!(
+            !std::path::Path::new("/sys/class/net/rlnew").exists(),
+            "{what}"
+        );
+    };
     let (code, out) = sw.ctl_try(&["reload"]);
     eprintln!("reload of a bad file: exit {code}: {}", out.trim());
     assert_eq!(code, 2, "{out}");
@@ -229,12 +283,13 @@ fn reload_adds_removes_and_changes_ports_and_leaves_the_rest_forwarding() {
         out.contains("vswitch.toml") && out.contains("bogus"),
         "{out}"
     );
+    unchanged("after a reload of a bad file");
     std::fs::write(&cfg, text.replace("pmd_cores = [", "pmd_cores = [0, ")).unwrap();
     let (code, out) = sw.ctl_try(&["reload"]);
     eprintln!("reload with new PMD cores: exit {code}: {}", out.trim());
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("switch.pmd_cores"), "{out}");
-    assert_eq!(port_lines(&sw.ctl("show")), port_lines(&show0));
+    unchanged("after a refused reload");
 
     // A reload that fails part way is undone: a port is added, then the changed port
     // cannot open (its socket path is a directory), so the added one is closed and the
@@ -266,15 +321,7 @@ fn reload_adds_removes_and_changes_ports_and_leaves_the_rest_forwarding() {
     assert!(dir.path("changed.sock").exists());
     assert!(!std::path::Path::new("/sys/class/net/rlnew").exists());
 
-    // The edit: one port added, one removed, one changed (now two queues).
-    let second = [
-        vhost("vm1", ""),
-        vhost("vm2", ""),
-        vhost("changed", "queues = 2"),
-        tap("rlnew"),
-    ]
-    .concat();
-    let cfg = write_config_ports(&dir, &second);
+    write_config_ports(&dir, &second);
     let mut reply = String::new();
     traffic_round(&sw, &mut tp, 2, || {
         reply = sw.ctl_ok(&["reload"]);
@@ -297,13 +344,12 @@ fn reload_adds_removes_and_changes_ports_and_leaves_the_rest_forwarding() {
     assert!(!std::path::Path::new("/sys/class/net/rlgone").exists());
 
     // SIGHUP does the same: back to the first file.
-    let cfg2 = write_config_ports(&dir, &first);
-    assert_eq!(cfg, cfg2);
+    write_config_ports(&dir, &first);
     must("kill", &["-HUP", &sw.pid().to_string()]);
     sw.wait_show(
         "the first file's ports after SIGHUP",
         Duration::from_secs(10),
-        |s| s.contains(" rlgone: ") && !s.contains(" rlnew: "),
+        |s| s.contains(" rlgone: ") && !s.contains(" rlnew: ") && !s.contains("rxq changed:1:"),
     );
     assert!(sw.log().contains("SIGHUP: reloaded"), "{}", sw.log());
     traffic_round(&sw, &mut tp, 2, || {});

@@ -343,33 +343,8 @@ impl Lab {
             ),
         )
         .unwrap();
-        let o = net.exec(&[
-            "taskset",
-            "-c",
-            "0",
-            "trafgen",
-            "--dev",
-            &net.inner,
-            "--conf",
-            conf.to_str().unwrap(),
-            "-n",
-            &count.to_string(),
-            "--cpus",
-            "1",
-            "-q",
-        ]);
-        let out = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(o.status.success(), "trafgen failed:\n{out}");
-        let sent: Option<u64> = out
-            .lines()
-            .find(|l| l.contains("packets outgoing"))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|n| n.parse().ok());
-        assert_eq!(sent, Some(count), "trafgen in {}:\n{out}", net.ns);
+        let sent = net.run_trafgen(&conf, count, &["--cpus", "1"]);
+        assert_eq!(sent, count, "trafgen in {}", net.ns);
     }
 
     /// Runs a step and checks everything about it: what each namespace received (how

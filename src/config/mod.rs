@@ -27,8 +27,6 @@ use pmd::hugepage::HugepagePolicy;
 use pmd::nic::af_xdp::{XdpMode, ZeroCopy};
 use pmd::vhost::Mode;
 use raw::{RawConfig, RawFdb, RawMempool, RawMetrics, RawSwitch};
-use serde::Deserialize;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -99,31 +97,8 @@ pub struct VlanConfig {
     pub trunks: Vec<u16>,
 }
 
-/// `vlan_mode`.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum VlanMode {
-    /// Frames carry their VLAN's tag, in and out; untagged frames are VLAN 0.
-    #[default]
-    Trunk,
-    /// Untagged frames, all in VLAN `tag`: tagged on the way in, untagged out.
-    Access,
-    /// A trunk whose untagged frames are in VLAN `tag`; `tag`'s frames leave tagged.
-    NativeTagged,
-    /// A trunk whose untagged frames are in VLAN `tag`; `tag`'s frames leave untagged.
-    NativeUntagged,
-}
-
-impl fmt::Display for VlanMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            VlanMode::Trunk => "trunk",
-            VlanMode::Access => "access",
-            VlanMode::NativeTagged => "native-tagged",
-            VlanMode::NativeUntagged => "native-untagged",
-        })
-    }
-}
+/// `vlan_mode`: the switch's own type, read straight from the file.
+pub use switch::vlan::VlanMode;
 
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vswitch/vswitch.ctl";
 /// Where the Prometheus endpoint listens unless `[metrics] listen` says otherwise.

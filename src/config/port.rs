@@ -137,7 +137,7 @@ fn check_name(name: &str, taken: &Taken) -> Result<(), String> {
     let ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
     if name.is_empty() || name.len() > 32 || !name.chars().all(ok) {
         return Err(format!(
-            "key 'name' = {name:?}: 1-32 characters of a-z, 0-9, '-', '_'"
+            "key 'name' = {name:?}: 1-32 characters of a-z, A-Z, 0-9, '-', '_'"
         ));
     }
     if taken.names.contains(name) {

@@ -26,14 +26,30 @@
 use crate::frame::TPID_8021Q;
 use pmd::Mbuf;
 
-/// How a port treats VLANs (OVS's `vlan_mode`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How a port treats VLANs (OVS's `vlan_mode`, spelt as in the configuration).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum VlanMode {
+    /// Frames carry their VLAN's tag, in and out; untagged frames are VLAN 0.
     #[default]
     Trunk,
+    /// Untagged frames, all in VLAN `tag`: tagged on the way in, untagged out.
     Access,
+    /// A trunk whose untagged frames are in VLAN `tag`; `tag`'s frames leave tagged.
     NativeTagged,
+    /// A trunk whose untagged frames are in VLAN `tag`; `tag`'s frames leave untagged.
     NativeUntagged,
+}
+
+impl std::fmt::Display for VlanMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VlanMode::Trunk => "trunk",
+            VlanMode::Access => "access",
+            VlanMode::NativeTagged => "native-tagged",
+            VlanMode::NativeUntagged => "native-untagged",
+        })
+    }
 }
 
 /// A set of VLAN ids (0..=4095).

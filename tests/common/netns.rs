@@ -182,7 +182,14 @@ impl VethNs {
             ),
         )
         .unwrap();
-        let o = self.exec(&[
+        self.run_trafgen(&conf, count, &["-t", &format!("{gap_us}us")])
+    }
+
+    /// Runs trafgen on the inner end, on core 0, sending `count` frames of `conf`
+    /// (`extra`: more trafgen options); returns the count trafgen reports sent.
+    pub fn run_trafgen(&self, conf: &std::path::Path, count: u64, extra: &[&str]) -> u64 {
+        let count = count.to_string();
+        let mut args = vec![
             "taskset",
             "-c",
             "0",
@@ -192,11 +199,11 @@ impl VethNs {
             "--conf",
             conf.to_str().unwrap(),
             "-n",
-            &count.to_string(),
-            "-t",
-            &format!("{gap_us}us"),
+            &count,
             "-q",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let o = self.exec(&args);
         let out = format!(
             "{}{}",
             String::from_utf8_lossy(&o.stdout),
@@ -207,7 +214,7 @@ impl VethNs {
             .find(|l| l.contains("packets outgoing"))
             .and_then(|l| l.split_whitespace().next())
             .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no packet count from trafgen:\n{out}"))
+            .unwrap_or_else(|| panic!("no packet count from trafgen in {}:\n{out}", self.ns))
     }
 }
 
