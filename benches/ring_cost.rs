@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switch::fdb::Fdb;
 use switch::frame;
+use switch::latency::Recorder;
 use switch::plan::{Mailbox, PollPlan, Rxq, RxqLoad, MAX_PORTS};
 use switch::pmd_loop::{self, PmdContext};
 use switch::stats::PmdStats;
@@ -173,7 +174,7 @@ impl Port for MemPort {
 }
 
 /// Runs the PMD loop over two in-memory ports for `bursts` bursts of each.
-fn loop_bursts(bursts: usize, pool: Arc<Mempool>, vlan: PortVlan) {
+fn loop_bursts(bursts: usize, pool: Arc<Mempool>, vlan: PortVlan, latency: bool) {
     let stop = Arc::new(AtomicBool::new(false));
     let port = |name, dst: [u8; 6], src: [u8; 6]| {
         let mut frame = [0u8; FRAME];
@@ -216,6 +217,7 @@ fn loop_bursts(bursts: usize, pool: Arc<Mempool>, vlan: PortVlan) {
         tx_stall: Duration::from_millis(100),
         tsc_hz: 1_000_000_000,
         traffic: vec![Traffic::default(); MAX_PORTS],
+        latency: latency.then(|| Recorder::for_ports(Arc::default(), 2)),
     };
     pmd_loop::run(cx, plan);
 }
@@ -265,10 +267,13 @@ fn main() {
                 .collect();
             switch_bursts(bursts, &fdb, &frames);
         }
-        "loop" => loop_bursts(bursts, pool.clone(), PortVlan::default()),
-        "loop-vlan" => loop_bursts(bursts, pool.clone(), PortVlan::access(10)),
+        "loop" => loop_bursts(bursts, pool.clone(), PortVlan::default(), false),
+        "loop-vlan" => loop_bursts(bursts, pool.clone(), PortVlan::access(10), false),
+        "loop-latency" => loop_bursts(bursts, pool.clone(), PortVlan::default(), true),
         _ => {
-            eprintln!("usage: ring_cost dequeue|enqueue|switch|loop|loop-vlan [BURSTS]");
+            eprintln!(
+                "usage: ring_cost dequeue|enqueue|switch|loop|loop-vlan|loop-latency [BURSTS]"
+            );
             std::process::exit(2);
         }
     }

@@ -4,6 +4,7 @@
 //! encodes them in the Prometheus text format with the `prometheus` crate.
 
 use pmd::Mempool;
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -12,7 +13,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use switch::snapshot::{PmdSnapshot, Snapshot};
+use switch::latency::BUCKETS;
+use switch::snapshot::{LatencySummary, PmdSnapshot, Snapshot};
 use switch::SnapshotSource;
 
 /// How long the serving thread waits for a request before looking at its stop flag:
@@ -421,7 +423,90 @@ pub fn exposition(snap: &Snapshot, pool: &Mempool, started: f64) -> prometheus::
     .with_label_values(&[env!("CARGO_PKG_VERSION")])
     .set(1);
 
+    let mut families = r.gather();
+    families.extend(latency_families(snap));
     let mut out = Vec::new();
-    TextEncoder::new().encode(&r.gather(), &mut out)?;
+    TextEncoder::new().encode(&families, &mut out)?;
     String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+}
+
+/// The latency histograms (when the switch records them) as Prometheus histograms,
+/// built from the switch's own buckets: the `prometheus` crate's `Histogram` only
+/// observes values one by one.
+fn latency_families(snap: &Snapshot) -> Vec<MetricFamily> {
+    let ports: Vec<(Vec<(&str, String)>, &LatencySummary)> = snap
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let l = p.latency.as_ref()?;
+            Some((
+                vec![("port", p.name.clone()), ("driver", p.driver.to_string())],
+                l,
+            ))
+        })
+        .collect();
+    let pmds: Vec<(Vec<(&str, String)>, &LatencySummary)> = snap
+        .pmds
+        .iter()
+        .filter_map(|p| Some((vec![("core", p.core.to_string())], p.iteration.as_ref()?)))
+        .collect();
+    [
+        (
+            "vswitch_port_latency_seconds",
+            "Time frames sent to the port spent in the switch, from the rx poll that received them to their tx burst (sampled per burst: the oldest frame's time).",
+            ports,
+        ),
+        (
+            "vswitch_pmd_iteration_seconds",
+            "Time of the PMD thread's busy poll loop iterations.",
+            pmds,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, _, series)| !series.is_empty())
+    .map(|(name, help, series)| histogram_family(name, help, &series))
+    .collect()
+}
+
+/// One histogram family: a series per label set.
+fn histogram_family(
+    name: &str,
+    help: &str,
+    series: &[(Vec<(&str, String)>, &LatencySummary)],
+) -> MetricFamily {
+    let mut fam = MetricFamily::default();
+    fam.set_name(name.to_string());
+    fam.set_help(help.to_string());
+    fam.set_field_type(MetricType::HISTOGRAM);
+    for (labels, l) in series {
+        let mut h = proto::Histogram::default();
+        h.set_sample_count(l.count);
+        h.set_sample_sum(l.sum_secs);
+        h.set_bucket(
+            BUCKETS
+                .iter()
+                .zip(&l.buckets)
+                .map(|(&le, &n)| {
+                    let mut b = proto::Bucket::default();
+                    b.set_upper_bound(le);
+                    b.set_cumulative_count(n);
+                    b
+                })
+                .collect(),
+        );
+        let mut m = proto::Metric::from_label(
+            labels
+                .iter()
+                .map(|(k, v)| {
+                    let mut lp = proto::LabelPair::default();
+                    lp.set_name(k.to_string());
+                    lp.set_value(v.clone());
+                    lp
+                })
+                .collect(),
+        );
+        m.set_histogram(h);
+        fam.mut_metric().push(m);
+    }
+    fam
 }

@@ -262,7 +262,7 @@ pub fn diff(old: &[PortConfig], new: &[PortConfig]) -> Diff {
 
 /// The first key outside `[[port]]` whose value differs: a reload cannot apply it.
 fn restart_key(old: &Config, new: &Config) -> Option<&'static str> {
-    let keys: [(&'static str, bool); 12] = [
+    let keys: [(&'static str, bool); 13] = [
         ("switch.pmd_cores", old.pmd_cores != new.pmd_cores),
         (
             "switch.socket_group",
@@ -284,6 +284,10 @@ fn restart_key(old: &Config, new: &Config) -> Option<&'static str> {
         ("fdb.aging_secs", old.aging_secs != new.aging_secs),
         ("fdb.max_per_port", old.max_per_port != new.max_per_port),
         ("metrics.listen", old.metrics_listen != new.metrics_listen),
+        (
+            "metrics.latency_histograms",
+            old.latency_histograms != new.latency_histograms,
+        ),
     ];
     keys.into_iter().find(|k| k.1).map(|k| k.0)
 }

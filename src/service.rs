@@ -133,6 +133,7 @@ fn switch_config(cfg: &Config) -> SwitchConfig {
             every: Duration::from_secs(a.interval_secs),
             busy_pct: a.load_threshold,
         }),
+        latency: cfg.latency_histograms,
     }
 }
 

@@ -152,7 +152,9 @@ fn metrics_during_and_after_traffic_agree_with_ctl_stats() {
     assert!(during.windows(2).all(|w| rx(&w[0]) <= rx(&w[1])));
     assert!(rx(&during[2]) > 0.0, "no traffic seen during the round");
 
-    // After the traffic: every counter of ctl stats, exactly.
+    // After the traffic: every counter of ctl stats, exactly. The latency histograms
+    // reach the control plane once a second: wait for two rounds.
+    std::thread::sleep(Duration::from_millis(2500));
     let (_, body) = get(ADDR, "/metrics");
     promtool_accepts(&body);
     let s = samples(&body);
@@ -166,6 +168,7 @@ fn metrics_during_and_after_traffic_agree_with_ctl_stats() {
             }
             assert_eq!(value(&s, name, &labels), *v as f64, "{port} {k}");
         }
+        latency_agrees(&s, port, stats["tx_packets"], &sw.ctl_ok(&["stats"]));
         assert_eq!(value(&s, "vswitch_port_up", &[("port", port)]), 1.0);
         assert_eq!(value(&s, "vswitch_port_connected", &[("port", port)]), 1.0);
         assert_eq!(
@@ -277,6 +280,56 @@ fn metrics_off_listens_nowhere() {
     eprintln!("reload with a new metrics.listen: {}", out.trim());
     assert!(TcpStream::connect(ADDR_OFF).is_err());
     sw.stop();
+}
+
+/// Port `port`'s latency histogram counted every frame it sent (`tx_packets`), in
+/// buckets that only grow, and `ctl stats` gives its quantiles in order.
+fn latency_agrees(s: &HashMap<String, f64>, port: &str, tx_packets: u64, stats: &str) {
+    let name = "vswitch_port_latency_seconds";
+    let count = value(s, &format!("{name}_count"), &[("port", port)]);
+    assert_eq!(
+        count, tx_packets as f64,
+        "{port}: histogram count vs tx_packets"
+    );
+    let inf = value(
+        s,
+        &format!("{name}_bucket"),
+        &[("port", port), ("le", "+Inf")],
+    );
+    assert_eq!(inf, count);
+    let mut buckets: Vec<(f64, f64)> = s
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with(&format!("{name}_bucket{{")) && k.contains(&format!("port=\"{port}\""))
+        })
+        .filter_map(|(k, v)| {
+            let le = k.split("le=\"").nth(1)?.split('"').next()?;
+            Some((le.parse().ok()?, *v))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(buckets.len() >= 10, "{buckets:?}");
+    assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+    let sum = value(s, &format!("{name}_sum"), &[("port", port)]);
+    assert!(sum > 0.0 && sum / count < 0.1, "mean {}", sum / count);
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with(&format!("latency port {port}: ")))
+        .unwrap_or_else(|| panic!("no latency line for {port} in ctl stats:\n{stats}"));
+    let q: Vec<f64> = ["p50=", "p99=", "p99.9=", "max="]
+        .iter()
+        .map(|k| {
+            let v = line.split(k).nth(1).unwrap().split(' ').next().unwrap();
+            let (num, mul) = [("ns", 1e-9), ("us", 1e-6), ("ms", 1e-3)]
+                .iter()
+                .find_map(|(u, m)| Some((v.strip_suffix(u)?, *m)))
+                .unwrap();
+            num.parse::<f64>().unwrap() * mul
+        })
+        .collect();
+    assert!(q.windows(2).all(|w| w[0] <= w[1]), "{line}");
+    assert!(line.ends_with(&format!("n={tx_packets}")), "{line}");
+    eprintln!("{line}");
 }
 
 /// Every metric the Grafana dashboard (dashboards/vswitch.json) queries is exported.

@@ -50,6 +50,8 @@ pub struct Config {
     /// `[metrics] listen`: where the Prometheus endpoint listens; `None` when off
     /// (`listen = ""`).
     pub metrics_listen: Option<SocketAddr>,
+    /// `[metrics] latency_histograms`: whether PMD threads record latency.
+    pub latency_histograms: bool,
     pub ports: Vec<PortConfig>,
 }
 
@@ -128,6 +130,7 @@ impl Config {
         let sw = switch_section(raw.switch).map_err(err)?;
         let (mbufs, hugepages) = mempool_section(raw.mempool).map_err(err)?;
         let (fdb_capacity, aging_secs, max_per_port) = fdb_section(raw.fdb).map_err(err)?;
+        let latency_histograms = raw.metrics.latency_histograms.unwrap_or(true);
         let metrics_listen = metrics_section(raw.metrics).map_err(err)?;
         let mut cfg = Config {
             file: file.into(),
@@ -142,6 +145,7 @@ impl Config {
             aging_secs,
             max_per_port,
             metrics_listen,
+            latency_histograms,
             ports: Vec::new(),
         };
         cfg.ports = cfg.file_ports(&raw.port).map_err(err)?;

@@ -64,6 +64,7 @@ pub(crate) struct RawFdb {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMetrics {
     pub listen: Option<String>,
+    pub latency_histograms: Option<bool>,
 }
 
 /// One `[[port]]` table. Integers are read as `i64` and their ranges checked by

@@ -10,6 +10,7 @@
 //! threads ever poll it at once.
 
 use crate::fdb::{Fdb, PortNo};
+use crate::latency::{Exchange, LatencySummary, Totals};
 use crate::load::Window;
 use crate::plan::{Mailbox, PollPlan, PortTable, Rxq, RxqLoad, MAX_PORTS};
 use crate::sched::{self, RxqId};
@@ -40,6 +41,8 @@ pub(crate) struct Pmd {
     pub mailbox: Arc<Mailbox>,
     /// Samples of the thread's cycles (busy and idle).
     pub window: Window,
+    /// Where its latency histograms are handed over.
+    pub exchange: Arc<Exchange>,
 }
 
 impl Pmd {
@@ -67,6 +70,8 @@ pub(crate) struct Shared {
     pub fdb: Arc<Fdb>,
     pub pmds: Vec<Pmd>,
     pub control: Mutex<Control>,
+    /// Latency totals, when histograms are on. Taken after `control`, never before.
+    pub latency: Option<Mutex<Totals>>,
     pub stop: Arc<AtomicBool>,
     pub epoch: Instant,
     pub tsc_hz: u64,
@@ -111,6 +116,25 @@ impl Shared {
         }
         // Only now: no PMD thread holds these plans any more.
         drop(old);
+    }
+
+    /// Latency totals, if histograms are on.
+    fn latency(&self) -> Option<MutexGuard<'_, Totals>> {
+        self.latency
+            .as_ref()
+            .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Port number `p` holds another port (or none) from the next publication on.
+    fn renumber(&self, c: &Control, p: usize) {
+        if let Some(mut l) = self.latency() {
+            l.renumber(p, c.gen + 1);
+        }
+    }
+
+    /// The latency of port number `p` and of each PMD thread's iterations.
+    fn port_latency(&self, p: usize) -> Option<LatencySummary> {
+        self.latency()?.port(p, self.tsc_hz)
     }
 
     /// The per-port share of the forwarding table, when not configured: the capacity
@@ -171,6 +195,7 @@ impl Shared {
                 });
             }
             tracing::info!(port = port.name(), number = n, "port joins the switch");
+            self.renumber(&c, n);
             c.ports[n] = Some(port);
             numbers.push(n);
         }
@@ -202,6 +227,9 @@ impl Shared {
             .collect();
         for qs in c.assign.iter_mut() {
             qs.retain(|q| !numbers.contains(&q.port));
+        }
+        for (n, _) in &gone {
+            self.renumber(&c, *n);
         }
         self.publish(&mut c);
         // No PMD thread polls or sends to them now: their entries can go, and their
@@ -372,6 +400,10 @@ impl Shared {
                 q.load.window.sample(q.load.cycles());
             }
         }
+        if let Some(mut l) = self.latency() {
+            let exchanges: Vec<&Exchange> = self.pmds.iter().map(|p| &*p.exchange).collect();
+            l.collect(&exchanges, c.ports.len(), |p| c.ports[p].is_some());
+        }
     }
 }
 
@@ -447,6 +479,20 @@ impl Shared {
                 .collect();
             let _ = writeln!(s, "port {}: {}", p.name(), kv.join(" "));
         }
+        // Latency: after the counters, so that scripts reading the lines above see
+        // them unchanged.
+        if let Some(l) = self.latency() {
+            for (i, p) in c.ports.iter().enumerate() {
+                let (Some(p), Some(h)) = (p, l.port(i, self.tsc_hz)) else {
+                    continue;
+                };
+                let _ = writeln!(s, "latency port {}: {}", p.name(), h.describe());
+            }
+            for (i, p) in self.pmds.iter().enumerate() {
+                let h = l.iteration(i, self.tsc_hz);
+                let _ = writeln!(s, "latency pmd core {} iteration: {}", p.core, h.describe());
+            }
+        }
         for p in &self.pmds {
             let st = &p.stats;
             let (b, i) = (
@@ -497,6 +543,7 @@ impl Shared {
                     counters: p.stats().snapshot(&t).into_iter().collect(),
                     gauges: p.gauges().into_iter().collect(),
                     describe: p.describe(),
+                    latency: self.port_latency(i),
                 }
             })
             .collect();
@@ -505,7 +552,8 @@ impl Shared {
             .pmds
             .iter()
             .zip(&c.assign)
-            .map(|(pmd, qs)| {
+            .enumerate()
+            .map(|(i, (pmd, qs))| {
                 let st = &pmd.stats;
                 let total = pmd.window.rate();
                 PmdSnapshot {
@@ -515,6 +563,7 @@ impl Shared {
                     idle_cycles: st.idle_cycles.load(Ordering::Relaxed),
                     iterations: st.iterations.load(Ordering::Relaxed),
                     backpressure: st.backpressure.load(Ordering::Relaxed),
+                    iteration: self.latency().map(|l| l.iteration(i, self.tsc_hz)),
                     rxqs: qs
                         .iter()
                         .map(|q| RxqSnapshot {

@@ -9,6 +9,7 @@
 pub mod control;
 pub mod fdb;
 pub mod frame;
+pub mod latency;
 pub mod load;
 pub mod plan;
 pub mod pmd_loop;
@@ -43,6 +44,8 @@ pub struct SwitchConfig {
     /// Re-place rx queues by load on its own (`None`: only on `rebalance`), as OVS's
     /// `pmd-auto-lb`.
     pub auto_rebalance: Option<AutoRebalance>,
+    /// Record latency histograms (see [`latency`]).
+    pub latency: bool,
 }
 
 /// When the switch re-places rx queues on its own.
@@ -113,6 +116,7 @@ impl Switch {
             stats.core.store(core as u64, Ordering::Relaxed);
             let plan = Arc::new(PollPlan::empty());
             let mailbox = Arc::new(Mailbox::new(plan.clone()));
+            let exchange = Arc::new(latency::Exchange::default());
             let cx = pmd_loop::PmdContext {
                 index,
                 lane,
@@ -127,6 +131,9 @@ impl Switch {
                 tx_stall: cfg.tx_stall,
                 tsc_hz,
                 traffic: vec![pmd::Traffic::default(); MAX_PORTS],
+                latency: cfg
+                    .latency
+                    .then(|| latency::Recorder::new(exchange.clone())),
             };
             threads.push(
                 std::thread::Builder::new()
@@ -139,6 +146,7 @@ impl Switch {
                 stats,
                 mailbox,
                 window: Window::default(),
+                exchange,
             });
         }
         let shared = Arc::new(Shared {
@@ -150,6 +158,9 @@ impl Switch {
                 gen: 0,
             }),
             fdb,
+            latency: cfg
+                .latency
+                .then(|| Mutex::new(latency::Totals::new(pmds.len()))),
             pmds,
             stop,
             epoch,

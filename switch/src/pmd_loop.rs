@@ -28,6 +28,7 @@
 
 use crate::fdb::{Fdb, Learned, PortNo};
 use crate::frame::{self, FrameError};
+use crate::latency::Recorder;
 use crate::plan::{EndGuard, Mailbox, PollPlan, MAX_PORTS};
 use crate::stats::{cycles, PmdStats};
 use crate::vlan::{self, Egress};
@@ -61,6 +62,9 @@ struct TxQueue {
     /// The guest stalled past `tx_stall`: no backpressure for it until it takes a
     /// whole queue's worth without a drop.
     congested: bool,
+    /// With latency histograms: when the poll that received the oldest frame waiting
+    /// here began (cycles; 0: none waiting).
+    since: u64,
 }
 
 impl TxQueue {
@@ -86,6 +90,7 @@ impl TxQueue {
             stalled_since: 0,
             taken: 0,
             congested: false,
+            since: 0,
         }
     }
 }
@@ -109,6 +114,8 @@ pub struct PmdContext {
     /// This thread's traffic per port number (`MAX_PORTS` of them), published to
     /// `stats` every few iterations.
     pub traffic: Vec<Traffic>,
+    /// Where this thread records latency (`None`: histograms are off).
+    pub latency: Option<Recorder>,
 }
 
 /// Runs the loop until `stop` is set, starting with `plan` (the plan the mailbox was
@@ -137,13 +144,16 @@ pub fn run(mut cx: PmdContext, mut plan: Arc<PollPlan>) {
             if cx.mailbox.changed(plan.gen) {
                 reload(&mut cx, &mut st.txq, &mut plan);
             }
+            if let Some(r) = &mut cx.latency {
+                r.swap(plan.gen);
+            }
             publish(&cx, &plan);
         }
         if st.iters & 1023 == 0 {
             st.now_secs = cx.epoch.elapsed().as_secs() as u32;
         }
         let did = st.flush_backlog(&mut cx, &plan) + st.receive(&mut cx, &plan);
-        st.account(&cx, did);
+        st.account(&mut cx, did);
     }
     // Give back every frame still queued.
     for (p, t) in st.txq[..plan.ports.len()].iter_mut().enumerate() {
@@ -196,7 +206,14 @@ impl LoopState {
         let mut did = 0;
         for (p, t) in self.txq[..plan.ports.len()].iter_mut().enumerate() {
             if t.len() > 0 {
-                did += flush(cx, plan, t, p, self.last, self.stall_cycles);
+                let since = t.since;
+                let sent = flush(cx, plan, t, p, self.last, self.stall_cycles);
+                if let Some(r) = &mut cx.latency {
+                    // Frames queued before histograms saw them: from this iteration.
+                    let since = if since == 0 { self.last } else { since };
+                    time_sent(r, t, p, since, sent);
+                }
+                did += sent;
             }
         }
         did
@@ -241,7 +258,11 @@ impl LoopState {
             }
             for (p, t) in self.txq[..nports].iter_mut().enumerate() {
                 if t.len() > 0 {
-                    flush(cx, plan, t, p, self.last, self.stall_cycles);
+                    let since = if t.since == 0 { stamp } else { t.since };
+                    let sent = flush(cx, plan, t, p, self.last, self.stall_cycles);
+                    if let Some(r) = &mut cx.latency {
+                        time_sent(r, t, p, since, sent);
+                    }
                 }
             }
             let t = cycles();
@@ -254,9 +275,12 @@ impl LoopState {
     /// Ends an iteration: its cycles count as busy if it moved a frame, and the
     /// thread's counters are published (plain stores).
     #[inline(always)]
-    fn account(&mut self, cx: &PmdContext, did: usize) {
+    fn account(&mut self, cx: &mut PmdContext, did: usize) {
         let now = cycles();
         if did > 0 {
+            if let Some(r) = &mut cx.latency {
+                r.set.iteration(now - self.last);
+            }
             self.busy += now - self.last;
         } else {
             self.idle += now - self.last;
@@ -295,6 +319,9 @@ fn reload(cx: &mut PmdContext, txq: &mut [TxQueue], plan: &mut Arc<PollPlan>) {
             drop_queue(cx, old, t, p, |s| &s.drop_tx_down);
         }
         t.congested = false;
+        if let Some(r) = &mut cx.latency {
+            r.set.forget(p);
+        }
         cx.traffic[p] = Traffic::default();
         cx.stats.traffic[p].publish(&cx.traffic[p]);
     }
@@ -509,8 +536,9 @@ fn push(t: &mut TxQueue, m: Mbuf) -> Result<(), Mbuf> {
     Ok(())
 }
 
-/// `push`, counting and freeing a frame that does not fit.
-#[inline]
+/// `push`, counting and freeing a frame that does not fit. Always inlined: a call
+/// per frame costs more than the push itself.
+#[inline(always)]
 fn enqueue_out(cx: &mut PmdContext, plan: &PollPlan, txq: &mut [TxQueue], p: usize, m: Mbuf) {
     if let Err(m) = push(&mut txq[p], m) {
         count(plan, p, |s| &s.drop_tx_full);
@@ -647,4 +675,17 @@ fn drop_queue(
     t.end = 0;
     t.stalled_since = 0;
     t.taken = 0;
+    t.since = 0;
+}
+
+/// With latency histograms, after a flush of port `p`'s queue that sent `sent`
+/// frames, the oldest of them received by the poll that began at `since`: records
+/// their time in the switch (one cycle-counter read), and keeps `since` for the
+/// frames still waiting (an upper bound of their age).
+#[inline]
+fn time_sent(r: &mut Recorder, t: &mut TxQueue, p: usize, since: u64, sent: usize) {
+    if sent > 0 {
+        r.set.frames(p, cycles().wrapping_sub(since), sent);
+    }
+    t.since = if t.len() > 0 { since } else { 0 };
 }

@@ -2,6 +2,7 @@
 //! threads with their cycles and rx queues, the MAC table's fill), read from the same
 //! published per-PMD values as `ctl stats`: for `ctl --json` and the metrics endpoint.
 
+pub use crate::latency::LatencySummary;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -27,6 +28,9 @@ pub struct PortSnapshot {
     pub gauges: BTreeMap<&'static str, u64>,
     /// The `ctl show` line.
     pub describe: String,
+    /// Time frames sent to the port spent in the switch (with latency histograms on,
+    /// once the port has sent some).
+    pub latency: Option<LatencySummary>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -37,6 +41,8 @@ pub struct PmdSnapshot {
     pub idle_cycles: u64,
     pub iterations: u64,
     pub backpressure: u64,
+    /// Busy iteration time (with latency histograms on).
+    pub iteration: Option<LatencySummary>,
     pub rxqs: Vec<RxqSnapshot>,
 }
 
