@@ -201,6 +201,8 @@ fn loop_bursts(bursts: usize, pool: Arc<Mempool>, vlan: PortVlan, latency: bool)
         vlan_on: !vlan.is_plain(),
         vlans: vec![vlan.clone(), vlan].into(),
         rxqs: vec![rxq(0), rxq(1)],
+        captures: Arc::from(Vec::new()),
+        capture_on: false,
     });
     let rcu = Rcu::new();
     let cx = PmdContext {

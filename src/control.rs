@@ -27,7 +27,20 @@ pub const COMMANDS: &[&str] = &[
     "del-port",
     "reload",
     "rebalance",
+    "capture",
 ];
+
+/// Commands whose reply is a stream that lasts (the connection is handed over).
+pub const STREAMING: &[&str] = &["capture"];
+
+/// What answers requests: most commands with a reply, streaming ones by taking the
+/// connection.
+pub struct Handlers<'a> {
+    pub answer: &'a (dyn Fn(&str) -> String + Sync),
+    /// Gets the request line and the connection, and returns at once (a writer
+    /// thread of its own keeps the connection).
+    pub stream: &'a (dyn Fn(&str, UnixStream) + Sync),
+}
 
 /// How a command is used (for a request with the wrong arguments).
 pub fn usage(cmd: &str) -> &'static str {
@@ -36,6 +49,7 @@ pub fn usage(cmd: &str) -> &'static str {
             "usage: add-port NAME driver=DRIVER key=value... (the keys of a [[port]] table)"
         }
         "del-port" => "usage: del-port NAME",
+        "capture" => crate::capture::usage(),
         "show" | "stats" | "fdb" => "takes no arguments but --json",
         _ => "takes no arguments",
     }
@@ -85,22 +99,22 @@ impl From<std::io::Error> for ConnError {
 /// Serves `l` (non-blocking, from [`bind`]) until `stop` is set; `answer` maps a
 /// command to its reply. [`WORKERS`] threads each accept and serve one connection at
 /// a time; returns when they have all finished, at most [`CONN_DEADLINE`] after `stop`.
-pub fn serve(l: &UnixListener, stop: &AtomicBool, answer: &(dyn Fn(&str) -> String + Sync)) {
+pub fn serve(l: &UnixListener, stop: &AtomicBool, h: &Handlers) {
     std::thread::scope(|s| {
         for i in 0..WORKERS {
             std::thread::Builder::new()
                 .name(format!("ctl-{i}"))
-                .spawn_scoped(s, || worker(l, stop, answer))
+                .spawn_scoped(s, || worker(l, stop, h))
                 .expect("spawn control worker");
         }
     });
 }
 
-fn worker(l: &UnixListener, stop: &AtomicBool, answer: &(dyn Fn(&str) -> String + Sync)) {
+fn worker(l: &UnixListener, stop: &AtomicBool, h: &Handlers) {
     while !stop.load(Ordering::Relaxed) {
         match l.accept() {
             Ok((s, _)) => {
-                if let Err(e) = serve_conn(s, Instant::now() + CONN_DEADLINE, answer) {
+                if let Err(e) = serve_conn(s, Instant::now() + CONN_DEADLINE, h) {
                     tracing::debug!(error = %e, "control connection dropped");
                 }
             }
@@ -114,11 +128,7 @@ fn worker(l: &UnixListener, stop: &AtomicBool, answer: &(dyn Fn(&str) -> String 
 }
 
 /// One exchange: the request line, then the reply, both before `deadline`.
-fn serve_conn(
-    mut s: UnixStream,
-    deadline: Instant,
-    answer: &(dyn Fn(&str) -> String + Sync),
-) -> Result<(), ConnError> {
+fn serve_conn(mut s: UnixStream, deadline: Instant, h: &Handlers) -> Result<(), ConnError> {
     s.set_nonblocking(false)?;
     // The client gets the same time again for the reply once it is made: the deadline
     // bounds what a slow client costs, not how long a port change takes.
@@ -127,10 +137,14 @@ fn serve_conn(
         Ok(line) => {
             let line = line.trim();
             let cmd = line.split_whitespace().next().unwrap_or("");
+            if STREAMING.contains(&cmd) {
+                (h.stream)(line, s);
+                return Ok(());
+            }
             if COMMANDS.contains(&cmd) {
                 // A bug in a command must not take the worker (and so the control
                 // socket, four panics later) with it.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| answer(line)))
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (h.answer)(line)))
                     .unwrap_or_else(|_| {
                         tracing::error!(request = line, "control command panicked");
                         format!("error: {cmd}: internal error (see the switch's log)\n")
@@ -262,6 +276,17 @@ pub fn request(path: &Path, cmd: &str) -> std::io::Result<String> {
 mod tests {
     use super::*;
 
+    fn no_stream(_: &str, _: UnixStream) {
+        unreachable!("not a streaming command")
+    }
+
+    fn handlers<'a>(answer: &'a (dyn Fn(&str) -> String + Sync)) -> Handlers<'a> {
+        Handlers {
+            answer,
+            stream: &no_stream,
+        }
+    }
+
     fn pair() -> (UnixStream, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
         (a, b)
@@ -271,9 +296,11 @@ mod tests {
     fn silent_client_costs_at_most_the_deadline() {
         let (server, _client) = pair();
         let t0 = Instant::now();
-        let r = serve_conn(server, Instant::now() + Duration::from_millis(200), &|_| {
-            unreachable!("no request was sent")
-        });
+        let r = serve_conn(
+            server,
+            Instant::now() + Duration::from_millis(200),
+            &handlers(&|_| unreachable!("no request was sent")),
+        );
         assert!(matches!(r, Err(ConnError::Deadline)), "{r:?}");
         assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     }
@@ -284,9 +311,11 @@ mod tests {
         client.write_all(b"fdb\n").unwrap();
         let big = "x".repeat(8 << 20);
         let t0 = Instant::now();
-        let r = serve_conn(server, Instant::now() + Duration::from_millis(200), &|_| {
-            big.clone()
-        });
+        let r = serve_conn(
+            server,
+            Instant::now() + Duration::from_millis(200),
+            &handlers(&|_| big.clone()),
+        );
         assert!(matches!(r, Err(ConnError::Deadline)), "{r:?}");
         assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     }
@@ -296,9 +325,11 @@ mod tests {
         let (server, mut client) = pair();
         // All of it is read (unread bytes at close would reset the connection).
         client.write_all(&[b'a'; MAX_REQUEST + 44]).unwrap();
-        serve_conn(server, Instant::now() + Duration::from_secs(1), &|_| {
-            unreachable!("too long to be a command")
-        })
+        serve_conn(
+            server,
+            Instant::now() + Duration::from_secs(1),
+            &handlers(&|_| unreachable!("too long to be a command")),
+        )
         .unwrap();
         let mut out = String::new();
         client.read_to_string(&mut out).unwrap();
@@ -312,9 +343,11 @@ mod tests {
     fn command_is_answered() {
         let (server, mut client) = pair();
         client.write_all(b"show\n").unwrap();
-        serve_conn(server, Instant::now() + Duration::from_secs(1), &|c| {
-            format!("answer to {c}\n")
-        })
+        serve_conn(
+            server,
+            Instant::now() + Duration::from_secs(1),
+            &handlers(&|c| format!("answer to {c}\n")),
+        )
         .unwrap();
         let mut out = String::new();
         client.read_to_string(&mut out).unwrap();
@@ -338,7 +371,12 @@ mod tests {
         ] {
             let (server, mut client) = pair();
             client.write_all(req.as_bytes()).unwrap();
-            serve_conn(server, Instant::now() + Duration::from_secs(1), &answer).unwrap();
+            serve_conn(
+                server,
+                Instant::now() + Duration::from_secs(1),
+                &handlers(&answer),
+            )
+            .unwrap();
             let mut out = String::new();
             client.read_to_string(&mut out).unwrap();
             assert_eq!(out, want);

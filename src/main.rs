@@ -4,6 +4,7 @@
 //! SIGTERM; `vswitch check --config FILE` validates a configuration; `vswitch ctl`
 //! queries a running switch.
 
+mod capture;
 mod control;
 mod metrics;
 mod ports;
@@ -39,7 +40,8 @@ enum Cmd {
         config: PathBuf,
     },
     /// Query or change a running switch: show, stats, fdb, fdb-flush,
-    /// add-port NAME key=value..., del-port NAME, reload, rebalance.
+    /// add-port NAME key=value..., del-port NAME, reload, rebalance,
+    /// capture PORT [--direction rx|tx|both] [--count N] [--snaplen N] [--vlan N] -w FILE|-.
     Ctl {
         /// The switch's control socket (config key switch.control_socket).
         #[arg(long, short, default_value = config::DEFAULT_CONTROL_SOCKET)]
@@ -49,7 +51,8 @@ enum Cmd {
         /// Print JSON instead of text (show, stats, fdb).
         #[arg(long)]
         json: bool,
-        /// The command's arguments (add-port: NAME key=value...; del-port: NAME).
+        /// The command's arguments (add-port: NAME key=value...; del-port: NAME;
+        /// capture: PORT [options] -w FILE, `-w -` for stdout).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -87,6 +90,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Ctl {
+            socket,
+            command,
+            args,
+            ..
+        } if command == "capture" => capture::client(&socket, &args),
         Cmd::Ctl {
             socket,
             command,

@@ -1,6 +1,7 @@
 //! The service: builds the mempool, ports and switch from a config, serves the
 //! control socket, and shuts everything down cleanly on SIGINT/SIGTERM.
 
+use crate::capture;
 use crate::control;
 use crate::metrics;
 use crate::ports::Ports;
@@ -77,11 +78,19 @@ pub fn run(cfg: Config) -> ExitCode {
     };
     tracing::info!(control = %ctl_path.display(), "vswitch running");
     let metrics = endpoint.map(|ep| ep.start(sw.snapshot_source(), pool.clone()));
+    let captures = capture::Writers::default();
+    let capture_source = sw.captures();
     serve_until(
         &term,
         &hup,
         &ctl,
-        &|line| answer(&sw, &ports, &pool, line),
+        &control::Handlers {
+            answer: &|line| answer(&sw, &ports, &pool, line),
+            stream: &|line, conn| {
+                let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+                captures.serve(&capture_source, &args, conn)
+            },
+        },
         &|| match ports.reload(&sw) {
             Ok(r) => tracing::info!("SIGHUP: {}", r.trim_end()),
             Err(e) => tracing::error!("SIGHUP: reload refused: {e}"),
@@ -89,6 +98,9 @@ pub fn run(cfg: Config) -> ExitCode {
     );
     // Its thread ends within 200 ms, and with it its hold on the switch's ports.
     drop(metrics);
+    // Capture writers end within their write wait; their captures leave the plans.
+    captures.stop();
+    drop(capture_source);
     tracing::info!("shutting down");
     // Vhost-user ports first: taking their rings down (guests see the link drop)
     // needs the PMD threads still passing quiescent states.
@@ -144,14 +156,14 @@ fn serve_until(
     term: &AtomicBool,
     hup: &AtomicBool,
     ctl: &std::os::unix::net::UnixListener,
-    answer: &(dyn Fn(&str) -> String + Sync),
+    handlers: &control::Handlers,
     reload: &dyn Fn(),
 ) {
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         std::thread::Builder::new()
             .name("control".into())
-            .spawn_scoped(s, || control::serve(ctl, &stop, answer))
+            .spawn_scoped(s, || control::serve(ctl, &stop, handlers))
             .expect("spawn control thread");
         while !term.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));

@@ -9,6 +9,7 @@
 //! taken from its old thread and only then given to its new one, so that no two
 //! threads ever poll it at once.
 
+use crate::capture::{Capture, CaptureSpec, MAX_CAPTURES};
 use crate::fdb::{Fdb, PortNo};
 use crate::latency::{Exchange, LatencySummary, Totals};
 use crate::load::Window;
@@ -62,6 +63,10 @@ pub(crate) struct Control {
     /// The rx queues of each PMD thread.
     pub assign: Vec<Vec<Rxq>>,
     pub gen: u64,
+    /// Packet captures running.
+    pub captures: Vec<Arc<Capture>>,
+    /// The id the next capture gets.
+    pub next_capture: u64,
 }
 
 /// What the switch's threads share with its handle.
@@ -93,6 +98,7 @@ impl Shared {
         let table: PortTable = c.ports[..used].to_vec().into();
         let vlans: Arc<[PortVlan]> = c.vlans[..used].to_vec().into();
         let vlan_on = vlans.iter().any(|v| !v.is_plain());
+        let captures: Arc<[Arc<Capture>]> = c.captures.clone().into();
         let old: Vec<Arc<PollPlan>> = self
             .pmds
             .iter()
@@ -104,6 +110,8 @@ impl Shared {
                     vlans: vlans.clone(),
                     vlan_on,
                     rxqs: rxqs.clone(),
+                    captures: captures.clone(),
+                    capture_on: !captures.is_empty(),
                 }))
             })
             .collect();
@@ -231,7 +239,13 @@ impl Shared {
         for (n, _) in &gone {
             self.renumber(&c, *n);
         }
+        let (ended, kept) = c
+            .captures
+            .drain(..)
+            .partition(|k| numbers.contains(&k.port));
+        c.captures = kept;
         self.publish(&mut c);
+        end(ended);
         // No PMD thread polls or sends to them now: their entries can go, and their
         // numbers can be given again.
         for (n, port) in &gone {
@@ -407,6 +421,61 @@ impl Shared {
     }
 }
 
+/// Captures no PMD thread fills any more: their writers finish.
+fn end(captures: Vec<Arc<Capture>>) {
+    for k in captures {
+        tracing::info!(capture = k.id, port = k.port_name, "capture ended");
+        k.ended.store(true, Ordering::Release);
+    }
+}
+
+impl Shared {
+    pub fn capture_start(
+        &self,
+        port: &str,
+        spec: CaptureSpec,
+    ) -> Result<Arc<Capture>, SwitchError> {
+        let mut c = self.control();
+        let n = c
+            .ports
+            .iter()
+            .position(|p| p.as_ref().is_some_and(|p| p.name() == port))
+            .ok_or_else(|| SwitchError::NoSuchPort(port.to_string()))?;
+        if c.captures.len() >= MAX_CAPTURES {
+            return Err(SwitchError::TooManyCaptures { max: MAX_CAPTURES });
+        }
+        let id = c.next_capture;
+        c.next_capture += 1;
+        let k = Arc::new(Capture::new(id, n, port, spec));
+        tracing::info!(capture = id, port, direction = %k.spec.direction, snaplen = k.spec.snaplen, vlan = ?k.spec.vlan, "capture started");
+        c.captures.push(k.clone());
+        self.publish(&mut c);
+        Ok(k)
+    }
+
+    /// Takes capture `id` out of the PMD threads' plans (if it is still in them).
+    pub fn capture_stop(&self, id: u64) {
+        let mut c = self.control();
+        let Some(i) = c.captures.iter().position(|k| k.id == id) else {
+            return;
+        };
+        let k = c.captures.remove(i);
+        self.publish(&mut c);
+        end(vec![k]);
+    }
+
+    /// Ends every capture (the switch stops).
+    pub fn end_captures(&self) {
+        let mut c = self.control();
+        if c.captures.is_empty() {
+            return;
+        }
+        let all = std::mem::take(&mut c.captures);
+        self.publish(&mut c);
+        end(all);
+    }
+}
+
 /// `part` as a percentage of `whole` (0 when `whole` is 0).
 fn pct(part: u64, whole: u64) -> f64 {
     if whole == 0 {
@@ -451,6 +520,19 @@ impl Shared {
                     pct(q.load.window.rate(), total)
                 );
             }
+        }
+        for k in &c.captures {
+            let _ = writeln!(
+                s,
+                "capture {} on {}: direction={} snaplen={} vlan={} written={} dropped={}",
+                k.id,
+                k.port_name,
+                k.spec.direction,
+                k.spec.snaplen,
+                k.spec.vlan.map_or("any".to_string(), |v| v.to_string()),
+                k.written.load(Ordering::Relaxed),
+                k.dropped.load(Ordering::Relaxed)
+            );
         }
         let _ = writeln!(
             s,

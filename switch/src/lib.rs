@@ -6,6 +6,7 @@
 //! per-PMD counters. [`Switch`] ties them together: it starts one pinned PMD thread
 //! per configured core and a housekeeping thread that ages the table.
 
+pub mod capture;
 pub mod control;
 pub mod fdb;
 pub mod frame;
@@ -67,6 +68,10 @@ pub enum SwitchError {
     },
     DuplicateName(String),
     NoSuchPort(String),
+    /// `capture::MAX_CAPTURES` captures run already.
+    TooManyCaptures {
+        max: usize,
+    },
 }
 
 impl std::fmt::Display for SwitchError {
@@ -75,6 +80,9 @@ impl std::fmt::Display for SwitchError {
             SwitchError::TooManyPorts { max } => write!(f, "the switch holds at most {max} ports"),
             SwitchError::DuplicateName(n) => write!(f, "a port named {n:?} exists"),
             SwitchError::NoSuchPort(n) => write!(f, "no port named {n:?}"),
+            SwitchError::TooManyCaptures { max } => {
+                write!(f, "{max} captures run already; stop one first")
+            }
         }
     }
 }
@@ -156,6 +164,8 @@ impl Switch {
                 vlans: Vec::new(),
                 assign: vec![Vec::new(); pmds.len()],
                 gen: 0,
+                captures: Vec::new(),
+                next_capture: 1,
             }),
             fdb,
             latency: cfg
@@ -216,8 +226,29 @@ impl Switch {
         self.shared.rebalance(None).unwrap_or_default()
     }
 
+    /// Starts capturing frames of port `port` (`ctl capture`); returns the capture, which
+    /// the caller drains (see [`capture`]) and ends with [`Switch::capture_stop`].
+    pub fn capture_start(
+        &self,
+        port: &str,
+        spec: capture::CaptureSpec,
+    ) -> Result<Arc<capture::Capture>, SwitchError> {
+        self.shared.capture_start(port, spec)
+    }
+
+    /// Stops capture `c`: once this returns, no PMD thread adds to it.
+    pub fn capture_stop(&self, c: &capture::Capture) {
+        self.shared.capture_stop(c.id)
+    }
+
+    /// What [`Switch::capture_start`]s from another thread need.
+    pub fn captures(&self) -> CaptureSource {
+        CaptureSource(self.shared.clone())
+    }
+
     /// Stops and joins the PMD threads (every queued frame is freed).
     pub fn stop(&mut self) {
+        self.shared.end_captures();
         self.shared.stop.store(true, Ordering::SeqCst);
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -290,6 +321,29 @@ pub struct SnapshotSource(Arc<Shared>);
 impl SnapshotSource {
     pub fn snapshot(&self) -> snapshot::Snapshot {
         self.0.snapshot()
+    }
+}
+
+/// Starts and stops captures from a thread that cannot borrow the switch (a capture's
+/// writer). Like [`SnapshotSource`], it keeps the switch's ports alive: drop it
+/// before they are closed.
+#[derive(Clone)]
+pub struct CaptureSource(Arc<Shared>);
+
+impl CaptureSource {
+    pub fn start(
+        &self,
+        port: &str,
+        spec: capture::CaptureSpec,
+    ) -> Result<Arc<capture::Capture>, SwitchError> {
+        self.0.capture_start(port, spec)
+    }
+    pub fn stop(&self, c: &capture::Capture) {
+        self.0.capture_stop(c.id)
+    }
+    /// The cycle counter's rate (captured frames carry cycle counts).
+    pub fn tsc_hz(&self) -> u64 {
+        self.0.tsc_hz
     }
 }
 

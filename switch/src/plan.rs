@@ -12,6 +12,7 @@
 //! thread can touch a port that the new plans no longer hold, and the control plane
 //! may close it — the same grace-period rule the vhost-user rings follow.
 
+use crate::capture::Capture;
 use crate::load::Window;
 use crate::vlan::PortVlan;
 use arc_swap::ArcSwap;
@@ -67,6 +68,10 @@ pub struct PollPlan {
     /// and the VLAN step is skipped.
     pub vlan_on: bool,
     pub rxqs: Vec<Rxq>,
+    /// Packet captures running (`ctl capture`).
+    pub captures: Arc<[Arc<Capture>]>,
+    /// Whether `captures` has any: tested once per rx burst and once per tx flush.
+    pub capture_on: bool,
 }
 
 impl PollPlan {
@@ -77,6 +82,8 @@ impl PollPlan {
             vlans: Arc::from(Vec::new()),
             vlan_on: false,
             rxqs: Vec::new(),
+            captures: Arc::from(Vec::new()),
+            capture_on: false,
         }
     }
     /// The port with number `p`, if there is one.

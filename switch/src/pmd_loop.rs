@@ -26,6 +26,7 @@
 //! has shown it keeps up again; one that takes more holds the senders to its rate (the
 //! price of lossless: lower `tx_stall_ms` to trade it for drops).
 
+use crate::capture;
 use crate::fdb::{Fdb, Learned, PortNo};
 use crate::frame::{self, FrameError};
 use crate::latency::Recorder;
@@ -65,6 +66,8 @@ struct TxQueue {
     /// With latency histograms: when the poll that received the oldest frame waiting
     /// here began (cycles; 0: none waiting).
     since: u64,
+    /// With captures running: frames in `pkts[..cap_mark]` were captured.
+    cap_mark: usize,
 }
 
 impl TxQueue {
@@ -78,6 +81,7 @@ impl TxQueue {
         if self.head > 0 && self.end > TXQ_CAP - BURST {
             let n = self.len();
             self.pkts[..self.end].rotate_left(self.head);
+            self.cap_mark = self.cap_mark.saturating_sub(self.head);
             self.head = 0;
             self.end = n;
         }
@@ -91,6 +95,7 @@ impl TxQueue {
             taken: 0,
             congested: false,
             since: 0,
+            cap_mark: 0,
         }
     }
 }
@@ -247,6 +252,9 @@ impl LoopState {
             );
             if n == 0 {
                 continue;
+            }
+            if plan.capture_on {
+                capture::rx(&plan.captures, &plan.vlans, port, &self.burst[..n], stamp);
             }
             self.packets += n as u64;
             did += n;
@@ -607,6 +615,11 @@ fn flush(
         drop_queue(cx, plan, t, p, |s| &s.drop_tx_down);
         return 0;
     }
+    if plan.capture_on {
+        let from = t.cap_mark.max(t.head);
+        capture::tx(&plan.captures, &plan.vlans, p, &t.pkts[from..t.end]);
+        t.cap_mark = t.end;
+    }
     let sent = port.tx_burst(
         &cx.lane,
         &mut cx.cache,
@@ -619,6 +632,7 @@ fn flush(
         if t.head == t.end {
             t.head = 0;
             t.end = 0;
+            t.cap_mark = 0;
         } else {
             t.compact();
         }
@@ -676,6 +690,7 @@ fn drop_queue(
     t.stalled_since = 0;
     t.taken = 0;
     t.since = 0;
+    t.cap_mark = 0;
 }
 
 /// With latency histograms, after a flush of port `p`'s queue that sent `sent`

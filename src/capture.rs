@@ -1,0 +1,526 @@
+//! `vswitch ctl capture`: the control plane's side of packet capture. The switch
+//! turns a capture's frames into a pcap stream on the control connection that asked
+//! for it (a writer thread per capture), and the client saves that stream to a file
+//! or writes it to stdout.
+//!
+//! The request is `capture PORT [--direction rx|tx|both] [--count N] [--snaplen N]
+//! [--vlan N]`; the reply is a line, `ok capture ID on PORT` or `error: ...`, then the
+//! pcap stream until the capture ends: `--count` frames written, the client gone (its
+//! connection closed), the port removed, or the switch stopping. The file is written
+//! by the client, as the user who runs it, never by the switch.
+//!
+//! The pcap format (nanosecond timestamps, Ethernet link type) is written with the
+//! `pcap-file` crate; see `switch::capture` for where frames are seen.
+
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use pcap_file::{DataLink, TsResolution};
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use switch::capture::{Capture, CaptureSpec, Direction};
+use switch::CaptureSource;
+
+/// `--snaplen` when not given: whole frames, as tcpdump's default (262144).
+pub const DEFAULT_SNAPLEN: u32 = 262_144;
+/// How long a writer with nothing to write waits for frames (and looks whether its
+/// client is still there).
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+/// How long one write to a client that does not read may block before the writer
+/// looks at its stop flags again.
+const WRITE_WAIT: Duration = Duration::from_millis(200);
+/// Bytes of pcap a writer keeps for a client that does not read before it stops
+/// taking frames (they are then dropped, and counted, in the capture's slots).
+const MAX_PENDING: usize = 4 << 20;
+
+/// A capture request, parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request {
+    pub port: String,
+    pub spec: CaptureSpec,
+    /// Frames to write before the capture ends by itself.
+    pub count: Option<u64>,
+}
+
+/// Why a capture request was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestError {
+    NoPort,
+    /// An option this command does not have.
+    Unknown(String),
+    /// An option without its value.
+    Missing(&'static str),
+    /// An option's value out of its range.
+    Bad {
+        option: &'static str,
+        value: String,
+        want: &'static str,
+    },
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::NoPort => write!(f, "{}", usage()),
+            RequestError::Unknown(o) => write!(f, "unknown option {o:?}; {}", usage()),
+            RequestError::Missing(o) => write!(f, "{o} needs a value"),
+            RequestError::Bad {
+                option,
+                value,
+                want,
+            } => write!(f, "{option} {value:?}: {want}"),
+        }
+    }
+}
+
+pub fn usage() -> &'static str {
+    "usage: capture PORT [--direction rx|tx|both] [--count N] [--snaplen N] [--vlan N] -w FILE|-"
+}
+
+impl Request {
+    /// The words after `capture` (`-w` is the client's and is not sent).
+    pub fn parse(args: &[&str]) -> Result<Request, RequestError> {
+        let mut port = None;
+        let mut spec = CaptureSpec {
+            direction: Direction::Both,
+            snaplen: DEFAULT_SNAPLEN,
+            vlan: None,
+        };
+        let mut count = None;
+        let mut it = args.iter();
+        while let Some(&a) = it.next() {
+            let mut value =
+                |option: &'static str| it.next().copied().ok_or(RequestError::Missing(option));
+            let bad = |option, value: &str, want| RequestError::Bad {
+                option,
+                value: value.to_string(),
+                want,
+            };
+            match a {
+                "--direction" | "-Q" => {
+                    let v = value("--direction")?;
+                    spec.direction = Direction::parse(v)
+                        .ok_or_else(|| bad("--direction", v, "must be rx, tx or both"))?;
+                }
+                "--count" | "-c" => {
+                    let v = value("--count")?;
+                    count = Some(v.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                        bad("--count", v, "must be a number of frames, 1 or more")
+                    })?);
+                }
+                "--snaplen" | "-s" => {
+                    let v = value("--snaplen")?;
+                    spec.snaplen = v
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|&n| (14..=DEFAULT_SNAPLEN).contains(&n))
+                        .ok_or_else(|| bad("--snaplen", v, "must be 14 to 262144 bytes"))?;
+                }
+                "--vlan" => {
+                    let v = value("--vlan")?;
+                    spec.vlan = Some(
+                        v.parse::<u16>()
+                            .ok()
+                            .filter(|&n| n <= 4095)
+                            .ok_or_else(|| bad("--vlan", v, "must be a VLAN id, 0 to 4095"))?,
+                    );
+                }
+                o if o.starts_with('-') => return Err(RequestError::Unknown(o.to_string())),
+                p if port.is_none() => port = Some(p.to_string()),
+                o => return Err(RequestError::Unknown(o.to_string())),
+            }
+        }
+        Ok(Request {
+            port: port.ok_or(RequestError::NoPort)?,
+            spec,
+            count,
+        })
+    }
+}
+
+/// The writer threads of running captures, joined when the service stops.
+#[derive(Default)]
+pub struct Writers {
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Writers {
+    /// Serves a `capture` request on `s` (its request line read): refuses it, or
+    /// starts the capture and a writer thread that owns the connection from then on.
+    pub fn serve(&self, sw: &CaptureSource, args: &[&str], mut s: UnixStream) {
+        let refuse = |s: &mut UnixStream, e: &dyn std::fmt::Display| {
+            let _ = s.set_write_timeout(Some(WRITE_WAIT));
+            let _ = s.write_all(format!("error: capture: {e}\n").as_bytes());
+        };
+        let req = match Request::parse(args) {
+            Ok(r) => r,
+            Err(e) => return refuse(&mut s, &e),
+        };
+        let k = match sw.start(&req.port, req.spec.clone()) {
+            Ok(k) => k,
+            Err(e) => return refuse(&mut s, &e),
+        };
+        let (sw2, stop) = (sw.clone(), self.stop.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("capture-{}", k.id))
+            .spawn({
+                let k = k.clone();
+                move || {
+                    let sw = sw2;
+                    let why = write_capture(&k, req.count, sw.tsc_hz(), &mut s, &stop);
+                    sw.stop(&k);
+                    tracing::info!(
+                        capture = k.id,
+                        port = k.port_name,
+                        written = k.written.load(Ordering::Relaxed),
+                        dropped = k.dropped.load(Ordering::Relaxed),
+                        "capture done: {why}"
+                    );
+                }
+            });
+        match spawned {
+            Ok(t) => {
+                let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+                threads.retain(|t| !t.is_finished());
+                threads.push(t);
+            }
+            Err(e) => {
+                tracing::warn!("capture: cannot start a writer thread: {e}");
+                sw.stop(&k);
+            }
+        }
+    }
+
+    /// Ends every capture and waits for its writer (within [`WRITE_WAIT`] or so).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Why a capture ended.
+#[derive(Debug)]
+enum Ended {
+    Count(u64),
+    ClientGone,
+    PortGone,
+    Stopping,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Count(n) => write!(f, "{n} frames written"),
+            Ended::ClientGone => write!(f, "the client left"),
+            Ended::PortGone => write!(f, "the port left the switch"),
+            Ended::Stopping => write!(f, "the switch is stopping"),
+        }
+    }
+}
+
+/// A `Write` that appends to a buffer the writer thread also drains to the client.
+struct Sink(Rc<RefCell<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Converts the cycle counter to wall-clock time, from one reading of both.
+struct Clock {
+    cycles: u64,
+    wall: Duration,
+    hz: f64,
+}
+
+impl Clock {
+    fn now(hz: u64) -> Clock {
+        Clock {
+            cycles: pmd::tsc::cycles(),
+            wall: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+            hz: hz.max(1) as f64,
+        }
+    }
+    fn at(&self, cycles: u64) -> Duration {
+        let d = cycles.wrapping_sub(self.cycles) as i64 as f64 / self.hz;
+        if d >= 0.0 {
+            self.wall + Duration::from_secs_f64(d)
+        } else {
+            self.wall.saturating_sub(Duration::from_secs_f64(-d))
+        }
+    }
+}
+
+/// The writer: the reply line, the pcap header, then each captured frame, until
+/// the capture ends; returns why it did.
+fn write_capture(
+    k: &Capture,
+    count: Option<u64>,
+    tsc_hz: u64,
+    s: &mut UnixStream,
+    stop: &AtomicBool,
+) -> Ended {
+    let buf = Rc::new(RefCell::new(
+        format!("ok capture {} on {}\n", k.id, k.port_name).into_bytes(),
+    ));
+    let header = PcapHeader {
+        snaplen: k.spec.snaplen,
+        datalink: DataLink::ETHERNET,
+        ts_resolution: TsResolution::NanoSecond,
+        endianness: pcap_file::Endianness::native(),
+        ..PcapHeader::default()
+    };
+    let mut pcap = match PcapWriter::with_header(Sink(buf.clone()), header) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!("capture: pcap header: {e}");
+            return Ended::ClientGone;
+        }
+    };
+    let clock = Clock::now(tsc_hz);
+    let _ = s.set_write_timeout(Some(WRITE_WAIT));
+    let _ = s.set_read_timeout(Some(IDLE_WAIT));
+    let mut written = 0u64;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            let _ = send(s, &buf, stop);
+            return Ended::Stopping;
+        }
+        // Read before the frames are taken: once it is set, no PMD thread adds any.
+        let ended = k.ended.load(Ordering::Acquire);
+        // Frames, while the client keeps up.
+        let mut took = 0;
+        let mut drained = false;
+        while buf.borrow().len() < MAX_PENDING && count.is_none_or(|c| written < c) {
+            let Some(slot) = k.take() else {
+                drained = true;
+                break;
+            };
+            let data = &slot.data[..slot.len as usize];
+            if let Err(e) =
+                pcap.write_packet(&PcapPacket::new(clock.at(slot.cycles), slot.orig_len, data))
+            {
+                tracing::warn!(capture = k.id, "capture: frame not written: {e}");
+            }
+            k.give_back(slot);
+            written += 1;
+            took += 1;
+        }
+        if send(s, &buf, stop).is_err() {
+            return Ended::ClientGone;
+        }
+        if count.is_some_and(|c| written >= c) {
+            return Ended::Count(written);
+        }
+        if ended && drained {
+            return Ended::PortGone;
+        }
+        if took == 0 {
+            // Nothing to write: wait a little, and see whether the client left.
+            let mut b = [0u8; 64];
+            match s.read(&mut b) {
+                Ok(0) => return Ended::ClientGone,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => return Ended::ClientGone,
+            }
+        }
+    }
+}
+
+/// Writes what `buf` holds to the client; gives up (an error) only if the client is
+/// gone. A client that does not read holds this for [`WRITE_WAIT`] at a time.
+fn send(s: &mut UnixStream, buf: &RefCell<Vec<u8>>, stop: &AtomicBool) -> std::io::Result<()> {
+    let mut b = buf.borrow_mut();
+    let mut done = 0;
+    let t0 = Instant::now();
+    while done < b.len() {
+        match s.write(&b[done..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if stop.load(Ordering::Relaxed) || t0.elapsed() > WRITE_WAIT {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    b.drain(..done);
+    Ok(())
+}
+
+/// The client: `vswitch ctl capture PORT [options] -w FILE|-`. Sends the request,
+/// then copies the pcap stream to FILE (or stdout for `-`) until the switch ends the
+/// capture or this process is stopped (which ends it).
+pub fn client(socket: &Path, args: &[String]) -> ExitCode {
+    let mut out_path = None;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "-w" {
+            out_path = it.next().cloned();
+            if out_path.is_none() {
+                eprintln!("error: capture: -w needs a file name, or - for stdout");
+                return ExitCode::from(2);
+            }
+        } else {
+            rest.push(a.as_str());
+        }
+    }
+    let Some(out_path) = out_path else {
+        eprintln!("error: capture: {}", usage());
+        return ExitCode::from(2);
+    };
+    if let Err(e) = Request::parse(&rest) {
+        eprintln!("error: capture: {e}");
+        return ExitCode::from(2);
+    }
+    let mut s = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "error: cannot reach the switch at {}: {e}",
+                socket.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    // The write side stays open: the switch takes its closing as the end of the capture.
+    if let Err(e) = s.write_all(format!("capture {}\n", rest.join(" ")).as_bytes()) {
+        eprintln!(
+            "error: cannot reach the switch at {}: {e}",
+            socket.display()
+        );
+        return ExitCode::from(1);
+    }
+    let line = match read_line(&mut s) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: the switch did not answer: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if !line.starts_with("ok ") {
+        eprint!("{line}");
+        return ExitCode::from(2);
+    }
+    let mut out: Box<dyn Write> = if out_path == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        match std::fs::File::create(&out_path) {
+            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+            Err(e) => {
+                eprintln!("error: capture: cannot write {out_path}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    };
+    eprintln!(
+        "{}: writing to {out_path}",
+        line.trim_end().trim_start_matches("ok ")
+    );
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                    // The reader went away (tcpdump -c): the capture ends with us.
+                    return ExitCode::SUCCESS;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("error: capture: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if out.flush().is_err() {
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+/// The reply line, byte by byte (what follows it is the pcap stream).
+fn read_line(s: &mut UnixStream) -> std::io::Result<String> {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 4096 {
+        match s.read(&mut b)? {
+            0 => break,
+            _ => {
+                line.push(b[0]);
+                if b[0] == b'\n' {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = s.set_read_timeout(None);
+    if line.is_empty() {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_refuse_with_the_option_named() {
+        let r =
+            Request::parse(&["vm1", "--direction", "rx", "--count", "10", "--vlan", "7"]).unwrap();
+        assert_eq!(r.port, "vm1");
+        assert_eq!(r.spec.direction, Direction::Rx);
+        assert_eq!(
+            (r.count, r.spec.vlan, r.spec.snaplen),
+            (Some(10), Some(7), DEFAULT_SNAPLEN)
+        );
+        for (args, want) in [
+            (&["vm1", "--count", "0"][..], "--count \"0\": must be"),
+            (&["vm1", "--direction", "up"][..], "--direction \"up\""),
+            (&["vm1", "--vlan", "4096"][..], "--vlan \"4096\""),
+            (&["vm1", "--snaplen", "10"][..], "--snaplen \"10\""),
+            (&["vm1", "--count"][..], "--count needs a value"),
+            (&["vm1", "--frob"][..], "unknown option \"--frob\""),
+            (&["vm1", "vm2"][..], "unknown option \"vm2\""),
+            (&[][..], "usage: capture PORT"),
+        ] {
+            let e = Request::parse(args).unwrap_err().to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+}
