@@ -219,7 +219,7 @@ fn loop_bursts(bursts: usize, pool: Arc<Mempool>, vlan: PortVlan, latency: bool)
         tx_stall: Duration::from_millis(100),
         tsc_hz: 1_000_000_000,
         traffic: vec![Traffic::default(); MAX_PORTS],
-        latency: latency.then(|| Recorder::for_ports(Arc::default(), 2)),
+        latency: latency.then(|| Recorder::for_ports(2)),
     };
     pmd_loop::run(cx, plan);
 }

@@ -180,7 +180,7 @@ impl Writers {
                         capture = k.id,
                         port = k.port_name,
                         written = k.written.load(Ordering::Relaxed),
-                        dropped = k.dropped.load(Ordering::Relaxed),
+                        dropped = k.dropped(),
                         "capture done: {why}"
                     );
                 }
@@ -294,66 +294,82 @@ fn write_capture(
             return Ended::ClientGone;
         }
     };
+    let mut readers = k.take_readers();
     let clock = Clock::now(tsc_hz);
     let _ = s.set_write_timeout(Some(WRITE_WAIT));
     let _ = s.set_read_timeout(Some(IDLE_WAIT));
     let mut written = 0u64;
-    loop {
+    let why = loop {
         if stop.load(Ordering::Relaxed) {
-            let _ = send(s, &buf, stop);
-            return Ended::Stopping;
+            break Ended::Stopping;
         }
         // Read before the frames are taken: once it is set, no PMD thread adds any.
         let ended = k.ended.load(Ordering::Acquire);
-        // Frames, while the client keeps up.
-        let mut took = 0;
-        let mut drained = false;
-        while buf.borrow().len() < MAX_PENDING && count.is_none_or(|c| written < c) {
-            let Some(slot) = k.take() else {
-                drained = true;
-                break;
-            };
-            let data = &slot.data[..slot.len as usize];
-            if let Err(e) =
-                pcap.write_packet(&PcapPacket::new(clock.at(slot.cycles), slot.orig_len, data))
-            {
-                tracing::warn!(capture = k.id, "capture: frame not written: {e}");
+        // Frames from every PMD thread's ring, while the client keeps up.
+        let (mut took, mut drained) = (0, true);
+        'rings: for r in readers.iter_mut() {
+            loop {
+                if buf.borrow().len() >= MAX_PENDING || count.is_some_and(|c| written >= c) {
+                    drained = false;
+                    break 'rings;
+                }
+                let Some(f) = r.next_frame() else { break };
+                let p = PcapPacket::new(clock.at(f.cycles), f.orig_len, f.data);
+                if let Err(e) = pcap.write_packet(&p) {
+                    tracing::warn!(capture = k.id, "capture: frame not written: {e}");
+                }
+                written += 1;
+                took += 1;
             }
-            k.give_back(slot);
-            written += 1;
-            took += 1;
         }
-        if send(s, &buf, stop).is_err() {
+        k.written.store(written, Ordering::Relaxed);
+        if send(s, &buf, stop, WRITE_WAIT).is_err() {
             return Ended::ClientGone;
         }
         if count.is_some_and(|c| written >= c) {
-            return Ended::Count(written);
+            break Ended::Count(written);
         }
         if ended && drained {
-            return Ended::PortGone;
+            break Ended::PortGone;
         }
-        if took == 0 {
-            // Nothing to write: wait a little, and see whether the client left.
-            let mut b = [0u8; 64];
-            match s.read(&mut b) {
-                Ok(0) => return Ended::ClientGone,
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock
-                            | std::io::ErrorKind::TimedOut
-                            | std::io::ErrorKind::Interrupted
-                    ) => {}
-                Err(_) => return Ended::ClientGone,
-            }
+        if took == 0 && client_left(s) {
+            return Ended::ClientGone;
         }
+    };
+    // What the client has not taken yet is its frames too: a second more for them
+    // (a client stuck for longer gets a file cut short).
+    let _ = send(s, &buf, stop, Duration::from_secs(1));
+    why
+}
+
+/// With nothing to write: waits [`IDLE_WAIT`] for the client's side to close.
+fn client_left(s: &mut UnixStream) -> bool {
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        // The client has nothing to say: what it sent is ignored, and the wait kept.
+        Ok(_) => {
+            std::thread::sleep(IDLE_WAIT);
+            false
+        }
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock
+                | std::io::ErrorKind::TimedOut
+                | std::io::ErrorKind::Interrupted
+        ),
     }
 }
 
-/// Writes what `buf` holds to the client; gives up (an error) only if the client is
-/// gone. A client that does not read holds this for [`WRITE_WAIT`] at a time.
-fn send(s: &mut UnixStream, buf: &RefCell<Vec<u8>>, stop: &AtomicBool) -> std::io::Result<()> {
+/// Writes what `buf` holds to the client, for at most `wait` (or until `stop`): a
+/// client that does not read, or reads slowly, holds the writer no longer. Fails
+/// only if the client is gone.
+fn send(
+    s: &mut UnixStream,
+    buf: &RefCell<Vec<u8>>,
+    stop: &AtomicBool,
+    wait: Duration,
+) -> std::io::Result<()> {
     let mut b = buf.borrow_mut();
     let mut done = 0;
     let t0 = Instant::now();
@@ -364,15 +380,14 @@ fn send(s: &mut UnixStream, buf: &RefCell<Vec<u8>>, stop: &AtomicBool) -> std::i
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if stop.load(Ordering::Relaxed) || t0.elapsed() > WRITE_WAIT {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => return Err(e),
+        }
+        if stop.load(Ordering::Relaxed) || t0.elapsed() > wait {
+            break;
         }
     }
     b.drain(..done);
@@ -454,9 +469,16 @@ pub fn client(socket: &Path, args: &[String]) -> ExitCode {
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                match out.write_all(&buf[..n]).and_then(|_| out.flush()) {
+                    Ok(()) => {}
                     // The reader went away (tcpdump -c): the capture ends with us.
-                    return ExitCode::SUCCESS;
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        return ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: capture: cannot write {out_path}: {e}");
+                        return ExitCode::from(1);
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -8,11 +8,12 @@ mod common;
 
 use common::netns::VethNs;
 use common::*;
+use pcap_file::pcap::PcapReader;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn port(name: &str, driver: &str, iface: &str) -> String {
     format!("[[port]]\nname = \"{name}\"\ndriver = \"{driver}\"\niface = \"{iface}\"\n\n")
@@ -174,12 +175,15 @@ fn a_ping_on_af_xdp_ports_reads_back_in_tcpdump() {
     // Neighbours resolved first: the capture then holds the pings alone.
     assert_eq!(a.ping(&b.ip, 2), 2);
 
-    // --count 10 on both directions of port a: 5 echo requests in, 5 replies out.
+    // --count 10 on both directions of port a: 5 echo requests in, 5 replies out,
+    // 60 bytes kept of each.
+    let t_start = SystemTime::now();
     let c = CaptureClient::start(
         &sw,
         &CaptureOpts {
             port: "a",
             count: Some(10),
+            snaplen: Some(60),
             ..Default::default()
         },
         &dir.path("ping.pcap"),
@@ -187,11 +191,30 @@ fn a_ping_on_af_xdp_ports_reads_back_in_tcpdump() {
     assert_eq!(captures(&sw).len(), 1, "{:?}", captures(&sw));
     assert_eq!(a.ping(&b.ip, 5), 5);
     let file = c.wait(Duration::from_secs(10));
+    let t_end = SystemTime::now();
     let lines = tcpdump(&file, &[]);
     for l in &lines {
         eprintln!("tcpdump: {l}");
     }
     assert_eq!(lines.len(), 10, "--count 10: {lines:#?}");
+    // The records themselves: 60 of 98 bytes kept, wall-clock times in order (raw
+    // records: pcap-file 2.0's parsed ones refuse a frame longer than the snaplen,
+    // which is what a snaplen is for; tcpdump and Wireshark take them).
+    let mut r = PcapReader::new(std::fs::File::open(&file).unwrap()).unwrap();
+    assert_eq!(r.header().snaplen, 60);
+    assert_eq!(
+        r.header().ts_resolution,
+        pcap_file::TsResolution::NanoSecond
+    );
+    let since_epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap();
+    let mut last = since_epoch(t_start);
+    while let Some(p) = r.next_raw_packet() {
+        let p = p.unwrap();
+        assert_eq!((p.incl_len, p.orig_len, p.data.len()), (60, 98, 60));
+        let ts = Duration::new(p.ts_sec.into(), p.ts_frac);
+        assert!(ts >= last && ts <= since_epoch(t_end), "{ts:?}");
+        last = ts;
+    }
     let (ip_a, ip_b) = (a.ip.as_str(), b.ip.as_str());
     let requests = lines
         .iter()
@@ -278,6 +301,19 @@ fn a_ping_on_af_xdp_ports_reads_back_in_tcpdump() {
         "tx of b: {lines:#?}"
     );
 
+    // A capture whose port leaves ends, and its client with it.
+    let c = CaptureClient::start(
+        &sw,
+        &CaptureOpts {
+            port: "b",
+            ..Default::default()
+        },
+        &dir.path("gone.pcap"),
+    );
+    sw.ctl_ok(&["del-port", "b"]);
+    c.wait(Duration::from_secs(5));
+    wait_no_capture(&sw, "after its port left");
+
     // Refusals name what is wrong, and exit 2.
     for (args, want) in [
         (
@@ -296,6 +332,10 @@ fn a_ping_on_af_xdp_ports_reads_back_in_tcpdump() {
     }
     let log = sw.stop();
     assert!(log.contains("capture done: 10 frames written"), "{log}");
+    assert!(
+        log.contains("capture done: the port left the switch"),
+        "{log}"
+    );
     assert!(log.contains("free_mbufs=8192"), "mbufs lost:\n{log}");
 }
 
@@ -340,7 +380,21 @@ fn vlan_tags_are_kept_and_selected() {
         tcpdump(&file, &["vlan 10"]).len() == 5,
         "tcpdump's own vlan filter"
     );
-    sw.stop();
+    // A capture still running when the switch stops ends, and so does its client.
+    let c = CaptureClient::start(
+        &sw,
+        &CaptureOpts {
+            port: "b",
+            ..Default::default()
+        },
+        &dir.path("stop.pcap"),
+    );
+    let log = sw.stop();
+    c.wait(Duration::from_secs(5));
+    assert!(
+        log.contains("capture done: the switch is stopping"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -371,15 +425,19 @@ fn two_captures_under_full_load_cost_the_switch_nothing() {
         &dir.path("vm2.pcap"),
     );
     assert_eq!(captures(&sw).len(), 2);
-    // traffic_round asserts that every frame crossed and no drop counter moved.
-    let moved = traffic_round(&sw, &mut tp, 4, || {});
-    let during = captures(&sw);
-    eprintln!("switch moved {moved} frames; captures: {during:#?}");
+    // traffic_round asserts that every frame crossed and no drop counter moved. The
+    // vm2 capture is stopped by ^C half a second into the load (its file stays small).
+    let mut vm2_file = None;
+    let moved = traffic_round(&sw, &mut tp, 4, || {
+        std::thread::sleep(Duration::from_millis(500));
+        eprintln!("captures under load: {:#?}", captures(&sw));
+        vm2_file = Some(open.interrupt());
+    });
+    eprintln!("switch moved {moved} frames");
     let file = many.wait(Duration::from_secs(30));
     let n = tcpdump(&file, &["-q"]).len();
     assert_eq!(n, 200_000, "--count 200000 under load");
-    let file = open.interrupt();
-    let n = tcpdump(&file, &["-q"]).len();
+    let n = tcpdump(&vm2_file.unwrap(), &["-q"]).len();
     assert!(n > 1000, "vm2 rx capture holds {n} frames");
     wait_no_capture(&sw, "after both ended");
     let log = sw.stop();

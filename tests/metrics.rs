@@ -136,6 +136,9 @@ fn metrics_during_and_after_traffic_agree_with_ctl_stats() {
     let mut tp = Testpmd::start(&dir, ["vm1", "vm2"], false, "metrics");
     tp.wait_for("Checking link statuses", 0, Duration::from_secs(60));
     wait_both_up(&sw);
+    // A port's latency histogram records from the first set the PMD thread gets
+    // after the port joined: within 1.2 s of the start.
+    std::thread::sleep(Duration::from_millis(1500));
     let mut during = Vec::new();
     traffic_round(&sw, &mut tp, 4, || {
         for _ in 0..3 {
@@ -330,6 +333,12 @@ fn latency_agrees(s: &HashMap<String, f64>, port: &str, tx_packets: u64, stats: 
     assert!(q.windows(2).all(|w| w[0] <= w[1]), "{line}");
     assert!(line.ends_with(&format!("n={tx_packets}")), "{line}");
     eprintln!("{line}");
+    let it = stats
+        .lines()
+        .find(|l| l.starts_with("latency pmd core "))
+        .unwrap_or_else(|| panic!("no iteration latency in ctl stats:\n{stats}"));
+    assert!(!it.ends_with(" n=0"), "{it}");
+    eprintln!("{it}");
 }
 
 /// Every metric the Grafana dashboard (dashboards/vswitch.json) queries is exported.

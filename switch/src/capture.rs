@@ -3,13 +3,14 @@
 //! A [`Capture`] is one running capture on one port: which directions, how many
 //! bytes of each frame, which VLAN. The PMD threads find the captures in their poll
 //! plan; while a plan has none, a burst pays one test of `PollPlan::capture_on` at rx
-//! and one at each tx flush. While it has some, the frames of the captured port are
-//! copied into the capture's slots: a fixed set of buffers that travel between two
-//! bounded lock-free queues (free and filled), so the PMD thread neither allocates
-//! nor waits. The writer (the control plane's, in `src/capture.rs`) takes filled
-//! slots, writes them out and gives them back. When no slot is free the frame is not
-//! captured and the capture counts a drop; the switch's own traffic never waits for
-//! a capture.
+//! and one at each tx flush. While it has some, each PMD thread copies the frames of
+//! the captured port into a byte ring of its own for that capture (`rtrb`: single
+//! producer, single consumer, wait-free, so the PMD thread never waits for the
+//! writer, however the writer is scheduled), as records of a 16-byte header and the
+//! bytes kept. The writer (the control plane's, in `src/capture.rs`) drains every
+//! PMD thread's ring of the capture and writes the frames out. When a ring has no room
+//! the frame is not captured and the capture counts a drop; the switch's own traffic
+//! never waits for a capture, and the PMD thread allocates nothing.
 //!
 //! Where frames are seen: rx frames as the port delivered them, before the switch
 //! step (tags as on the wire); tx frames as the switch hands them to the port's tx
@@ -17,16 +18,22 @@
 //! stayed full is in the capture, and in the port's `drop_tx_full`).
 
 use crate::vlan::PortVlan;
-use crossbeam::queue::ArrayQueue;
 use pmd::Mbuf;
+use rtrb::{Consumer, Producer, RingBuffer};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
-/// Frames a capture holds between the PMD threads and its writer.
-pub const SLOTS: usize = 4096;
-/// Captures running at once, at most (each holds [`SLOTS`] buffers).
+/// Bytes of each PMD thread's ring for one capture: about 2000 full-size frames, or
+/// 50000 of 64 bytes, between the PMD thread and the writer.
+pub const RING_BYTES: usize = 4 << 20;
+/// Captures running at once, at most.
 pub const MAX_CAPTURES: usize = 16;
 /// The largest frame a port delivers: what a capture keeps at most of one.
 pub const MAX_FRAME: usize = pmd::mempool::DATA_ROOM;
+/// A record's header: cycle count (8 bytes), length on the wire (4), bytes kept (4,
+/// the top bit set for tx), little-endian.
+pub const HEADER: usize = 16;
+const TX_BIT: u32 = 1 << 31;
 
 /// Which frames of the port a capture sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,16 +81,16 @@ pub struct CaptureSpec {
     pub vlan: Option<u16>,
 }
 
-/// One captured frame.
-pub struct Slot {
+/// One captured frame, as the writer reads it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
     /// Cycle counter when the frame was seen.
     pub cycles: u64,
     pub direction: Direction,
     /// The frame's length on the wire.
     pub orig_len: u32,
-    /// Bytes kept (`data[..len]`).
-    pub len: u32,
-    pub data: Box<[u8]>,
+    /// The bytes kept.
+    pub data: &'a [u8],
 }
 
 /// A running capture on one port.
@@ -93,125 +100,245 @@ pub struct Capture {
     pub port: usize,
     pub port_name: String,
     pub spec: CaptureSpec,
-    free: ArrayQueue<Box<Slot>>,
-    filled: ArrayQueue<Box<Slot>>,
-    /// Frames that matched while no slot was free.
-    pub dropped: AtomicU64,
-    /// Frames taken by the writer.
+    /// Each PMD thread's end of its ring, taken by that thread when the capture first
+    /// enters its plan (the only time this lock is taken after the capture is made).
+    producers: Mutex<Vec<Option<Producer<u8>>>>,
+    /// The writer's ends, one per PMD thread.
+    consumers: Mutex<Vec<Consumer<u8>>>,
+    /// Per PMD thread: frames that found no room in its ring (plain stores by it).
+    dropped: Box<[AtomicU64]>,
+    /// Frames written out.
     pub written: AtomicU64,
-    /// The capture left the PMD threads' plans (its port left, or it was stopped):
-    /// nothing more will be filled.
+    /// The capture left the PMD threads' plans (its port left, it was stopped, or the
+    /// switch stops): nothing more is added to its rings.
     pub ended: AtomicBool,
 }
 
 impl Capture {
-    /// A capture of port number `port` with [`SLOTS`] empty slots.
-    pub fn new(id: u64, port: usize, port_name: &str, spec: CaptureSpec) -> Capture {
-        let keep = (spec.snaplen as usize).min(MAX_FRAME);
-        let free = ArrayQueue::new(SLOTS);
-        for _ in 0..SLOTS {
-            let _ = free.push(Box::new(Slot {
-                cycles: 0,
-                direction: Direction::Rx,
-                orig_len: 0,
-                len: 0,
-                data: vec![0u8; keep].into_boxed_slice(),
-            }));
-        }
+    /// A capture of port number `port`, with a ring for each of `pmds` PMD threads.
+    pub fn new(id: u64, port: usize, port_name: &str, spec: CaptureSpec, pmds: usize) -> Capture {
+        let (producers, consumers) = (0..pmds)
+            .map(|_| {
+                let (p, c) = RingBuffer::new(RING_BYTES);
+                (Some(p), c)
+            })
+            .unzip();
         Capture {
             id,
             port,
             port_name: port_name.to_string(),
             spec,
-            free,
-            filled: ArrayQueue::new(SLOTS),
-            dropped: AtomicU64::new(0),
+            producers: Mutex::new(producers),
+            consumers: Mutex::new(consumers),
+            dropped: (0..pmds).map(|_| AtomicU64::new(0)).collect(),
             written: AtomicU64::new(0),
             ended: AtomicBool::new(false),
         }
     }
 
-    /// PMD thread: copies `frames` seen in `dir` at `cycles`, those of the VLAN asked
-    /// for (`vlan`: the port's VLAN settings).
+    /// Frames not captured for want of room.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.iter().map(|d| d.load(Relaxed)).sum()
+    }
+
+    /// The writer's ends of the rings (once: later calls get none).
+    pub fn take_readers(&self) -> Vec<Reader> {
+        std::mem::take(&mut *self.consumers.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_iter()
+            .map(|ring| Reader {
+                ring,
+                buf: Vec::new(),
+            })
+            .collect()
+    }
+}
+
+/// The writer's end of one PMD thread's ring.
+pub struct Reader {
+    ring: Consumer<u8>,
+    /// The last frame read.
+    buf: Vec<u8>,
+}
+
+impl Reader {
+    /// The next frame, if a whole one is there.
+    pub fn next_frame(&mut self) -> Option<Frame<'_>> {
+        let mut h = [0u8; HEADER];
+        {
+            let c = self.ring.read_chunk(HEADER).ok()?;
+            let (a, b) = c.as_slices();
+            h[..a.len()].copy_from_slice(a);
+            h[a.len()..].copy_from_slice(b);
+            // Not committed: read again below with the data.
+        }
+        let cycles = u64::from_le_bytes(h[..8].try_into().expect("8 bytes"));
+        let orig_len = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+        let kept = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
+        let len = (kept & !TX_BIT) as usize;
+        // A record is committed whole: its data is there with its header.
+        let c = self.ring.read_chunk(HEADER + len).ok()?;
+        let (a, b) = c.as_slices();
+        self.buf.clear();
+        self.buf.extend(a.iter().chain(b).skip(HEADER));
+        c.commit_all();
+        Some(Frame {
+            cycles,
+            direction: if kept & TX_BIT != 0 {
+                Direction::Tx
+            } else {
+                Direction::Rx
+            },
+            orig_len,
+            data: &self.buf,
+        })
+    }
+}
+
+/// A PMD thread's hold on one capture: its end of its ring.
+struct Tap {
+    capture: Arc<Capture>,
+    ring: Producer<u8>,
+    dropped: u64,
+}
+
+impl Tap {
+    /// Copies `frames` seen in `dir` at `cycles`, those of the VLAN asked for
+    /// (`vlan`: the port's VLAN settings).
     fn copy<'a>(
-        &self,
+        &mut self,
         frames: impl Iterator<Item = &'a Mbuf>,
         dir: Direction,
         cycles: u64,
         vlan: &PortVlan,
+        pmd: usize,
     ) {
-        let mut dropped = 0;
+        let spec = &self.capture.spec;
+        let keep = (spec.snaplen as usize).min(MAX_FRAME);
+        let before = self.dropped;
         for m in frames {
             let data = m.data();
-            if let Some(want) = self.spec.vlan {
+            if let Some(want) = spec.vlan {
                 if vlan.ingress(crate::vlan::tag_of(data)) != Some(want) {
                     continue;
                 }
             }
-            let Some(mut slot) = self.free.pop() else {
-                dropped += 1;
+            let n = data.len().min(keep);
+            let Ok(mut chunk) = self.ring.write_chunk(HEADER + n) else {
+                self.dropped += 1;
                 continue;
             };
-            let n = data.len().min(slot.data.len());
-            slot.data[..n].copy_from_slice(&data[..n]);
-            slot.len = n as u32;
-            slot.orig_len = data.len() as u32;
-            slot.cycles = cycles;
-            slot.direction = dir;
-            // Cannot fail: the slots are as many as either queue holds.
-            let _ = self.filled.push(slot);
+            let mut h = [0u8; HEADER];
+            h[..8].copy_from_slice(&cycles.to_le_bytes());
+            h[8..12].copy_from_slice(&(data.len() as u32).to_le_bytes());
+            let tx = if dir == Direction::Tx { TX_BIT } else { 0 };
+            h[12..16].copy_from_slice(&(n as u32 | tx).to_le_bytes());
+            let (a, b) = chunk.as_mut_slices();
+            put(a, b, 0, &h);
+            put(a, b, HEADER, &data[..n]);
+            chunk.commit_all();
         }
-        if dropped > 0 {
-            self.dropped.fetch_add(dropped, Relaxed);
-        }
-    }
-
-    /// Writer: the next captured frame, if any.
-    pub fn take(&self) -> Option<Box<Slot>> {
-        let s = self.filled.pop()?;
-        self.written.fetch_add(1, Relaxed);
-        Some(s)
-    }
-
-    /// Writer: gives a slot back for reuse.
-    pub fn give_back(&self, s: Box<Slot>) {
-        let _ = self.free.push(s);
-    }
-}
-
-/// PMD thread: rx frames of port `p`, received by the poll that began at `cycles`.
-#[cold]
-#[inline(never)]
-pub fn rx(
-    captures: &[std::sync::Arc<Capture>],
-    vlans: &[PortVlan],
-    p: usize,
-    frames: &[Option<Mbuf>],
-    cycles: u64,
-) {
-    for c in captures {
-        if c.port == p && c.spec.direction.rx() {
-            c.copy(frames.iter().flatten(), Direction::Rx, cycles, &vlans[p]);
+        if self.dropped != before {
+            self.capture.dropped[pmd].store(self.dropped, Relaxed);
         }
     }
 }
 
-/// PMD thread: tx frames of port `p`, about to be handed to its tx burst.
-#[cold]
-#[inline(never)]
-pub fn tx(
-    captures: &[std::sync::Arc<Capture>],
-    vlans: &[PortVlan],
-    p: usize,
-    frames: &[Option<Mbuf>],
-) {
-    let mut now = 0;
-    for c in captures {
-        if c.port == p && c.spec.direction.tx() {
-            if now == 0 {
-                now = pmd::tsc::cycles();
+/// Writes `src` at offset `at` of the region made of `a` then `b`.
+fn put(a: &mut [u8], b: &mut [u8], at: usize, src: &[u8]) {
+    let in_a = a.len().saturating_sub(at).min(src.len());
+    if in_a > 0 {
+        a[at..at + in_a].copy_from_slice(&src[..in_a]);
+    }
+    let rest = &src[in_a..];
+    if !rest.is_empty() {
+        let off = (at + in_a) - a.len();
+        b[off..off + rest.len()].copy_from_slice(rest);
+    }
+}
+
+/// A PMD thread's taps, kept in step with the captures of its plan.
+pub struct Taps {
+    list: Vec<Tap>,
+    /// This PMD thread's index (its ring in each capture).
+    pmd: usize,
+}
+
+impl Taps {
+    pub fn new(pmd: usize) -> Taps {
+        Taps {
+            list: Vec::with_capacity(MAX_CAPTURES),
+            pmd,
+        }
+    }
+
+    /// At a plan change: drops the taps of captures that left, takes this thread's
+    /// ring of captures that came (no allocation: room for [`MAX_CAPTURES`] is kept;
+    /// the control plane and the writer hold every capture longer than this thread).
+    /// Returns whether the set of captures changed.
+    pub fn follow(&mut self, captures: &[Arc<Capture>]) -> bool {
+        let before = self.list.len();
+        self.list
+            .retain(|t| captures.iter().any(|c| Arc::ptr_eq(c, &t.capture)));
+        let mut changed = self.list.len() != before;
+        for c in captures {
+            if self.list.len() == self.list.capacity()
+                || self.list.iter().any(|t| Arc::ptr_eq(&t.capture, c))
+            {
+                continue;
             }
-            c.copy(frames.iter().flatten(), Direction::Tx, now, &vlans[p]);
+            let ring = c
+                .producers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(self.pmd)
+                .and_then(Option::take);
+            if let Some(ring) = ring {
+                self.list.push(Tap {
+                    capture: c.clone(),
+                    ring,
+                    dropped: 0,
+                });
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Rx frames of port `p`, received by the poll that began at `cycles`.
+    #[cold]
+    #[inline(never)]
+    pub fn rx(&mut self, vlans: &[PortVlan], p: usize, frames: &[Option<Mbuf>], cycles: u64) {
+        for t in &mut self.list {
+            if t.capture.port == p && t.capture.spec.direction.rx() {
+                t.copy(
+                    frames.iter().flatten(),
+                    Direction::Rx,
+                    cycles,
+                    &vlans[p],
+                    self.pmd,
+                );
+            }
+        }
+    }
+
+    /// Tx frames of port `p`, about to be handed to its tx burst.
+    #[cold]
+    #[inline(never)]
+    pub fn tx(&mut self, vlans: &[PortVlan], p: usize, frames: &[Option<Mbuf>]) {
+        let mut now = 0;
+        for t in &mut self.list {
+            if t.capture.port == p && t.capture.spec.direction.tx() {
+                if now == 0 {
+                    now = pmd::tsc::cycles();
+                }
+                t.copy(
+                    frames.iter().flatten(),
+                    Direction::Tx,
+                    now,
+                    &vlans[p],
+                    self.pmd,
+                );
+            }
         }
     }
 }
@@ -221,7 +348,6 @@ mod tests {
     use super::*;
     use pmd::hugepage::HugepagePolicy;
     use pmd::{Mempool, MempoolCache};
-    use std::sync::Arc;
 
     fn frame(cache: &mut MempoolCache, tag: Option<u16>, len: usize) -> Option<Mbuf> {
         let mut m = cache.alloc().unwrap();
@@ -240,63 +366,88 @@ mod tests {
         Some(m)
     }
 
+    fn capture(spec: CaptureSpec) -> (Taps, Arc<Capture>) {
+        let c = Arc::new(Capture::new(1, 0, "p", spec, 1));
+        let mut taps = Taps::new(0);
+        assert!(taps.follow(std::slice::from_ref(&c)));
+        assert!(!taps.follow(std::slice::from_ref(&c)), "taken once");
+        (taps, c)
+    }
+
     #[test]
-    fn copies_what_matches_and_counts_what_finds_no_slot() {
+    fn copies_what_matches_and_counts_what_finds_no_room() {
         let pool = Mempool::new(64, HugepagePolicy::Off).unwrap();
         let mut cache = MempoolCache::new(pool);
-        let spec = CaptureSpec {
+        let (mut taps, c) = capture(CaptureSpec {
             direction: Direction::Rx,
             snaplen: 20,
             vlan: Some(10),
-        };
-        let caps = vec![Arc::new(Capture::new(1, 0, "p", spec))];
+        });
+        let mut readers = c.take_readers();
         let vlans = vec![PortVlan::trunk(&[])];
         let burst: Vec<Option<Mbuf>> = vec![
             frame(&mut cache, Some(10), 100),
             frame(&mut cache, Some(20), 100),
             frame(&mut cache, None, 60),
         ];
-        rx(&caps, &vlans, 0, &burst, 7);
-        tx(&caps, &vlans, 0, &burst); // an rx capture takes no tx frames
-        rx(&caps, &vlans, 1, &burst, 7); // nor another port's
-        let s = caps[0].take().unwrap();
-        assert_eq!((s.len, s.orig_len, s.cycles), (20, 100, 7));
-        assert_eq!(&s.data[12..16], &[0x81, 0, 0, 10], "the tag is kept");
-        assert!(caps[0].take().is_none());
-        caps[0].give_back(s);
-        // More frames than slots: the rest are counted, not waited for.
+        taps.rx(&vlans, 0, &burst, 7);
+        taps.tx(&vlans, 0, &burst); // an rx capture takes no tx frames
+        taps.rx(&vlans, 1, &burst, 7); // nor another port's
+        let f = readers[0].next_frame().unwrap();
+        assert_eq!((f.data.len(), f.orig_len, f.cycles), (20, 100, 7));
+        assert_eq!(&f.data[12..16], &[0x81, 0, 0, 10], "the tag is kept");
+        assert!(readers[0].next_frame().is_none());
+        // More frames than the ring holds: the rest are counted, not waited for;
+        // records that wrap around the ring's end read back whole.
         let many: Vec<Option<Mbuf>> = (0..32).map(|_| frame(&mut cache, Some(10), 64)).collect();
-        for _ in 0..(SLOTS / 32 + 2) {
-            rx(&caps, &vlans, 0, &many, 8);
+        let fit = RING_BYTES / (HEADER + 20);
+        let rounds = fit / 32 + 2;
+        for _ in 0..rounds {
+            taps.rx(&vlans, 0, &many, 8);
         }
-        assert_eq!(caps[0].dropped.load(Relaxed), 64);
+        assert_eq!(c.dropped(), (rounds * 32 - fit) as u64);
         let mut n = 0;
-        while let Some(s) = caps[0].take() {
-            caps[0].give_back(s);
+        while let Some(f) = readers[0].next_frame() {
+            assert_eq!((f.data.len(), f.orig_len), (20, 64));
             n += 1;
         }
-        assert_eq!(n, SLOTS);
+        assert_eq!(n, fit);
+        for _ in 0..rounds {
+            taps.rx(&vlans, 0, &many, 9);
+            while readers[0].next_frame().is_some() {}
+        }
         for m in burst.into_iter().chain(many).flatten() {
             cache.free(m);
         }
+        // Leaving the plan gives the ring up.
+        assert!(taps.follow(&[]));
     }
 
     #[test]
     fn access_port_frames_are_in_its_vlan() {
         let pool = Mempool::new(64, HugepagePolicy::Off).unwrap();
         let mut cache = MempoolCache::new(pool);
-        let spec = CaptureSpec {
+        let (mut taps, c) = capture(CaptureSpec {
             direction: Direction::Both,
             snaplen: 65535,
             vlan: Some(5),
-        };
-        let caps = vec![Arc::new(Capture::new(1, 0, "p", spec))];
+        });
+        let mut readers = c.take_readers();
         let burst = vec![frame(&mut cache, None, 60)];
-        tx(&caps, &[PortVlan::access(5)], 0, &burst);
-        let s = caps[0].take().unwrap();
-        assert_eq!((s.len, s.direction), (60, Direction::Tx));
-        tx(&caps, &[PortVlan::access(6)], 0, &burst);
-        assert!(caps[0].take().is_none());
+        taps.tx(&[PortVlan::access(5)], 0, &burst);
+        let f = readers[0].next_frame().unwrap();
+        assert_eq!((f.data.len(), f.direction), (60, Direction::Tx));
+        taps.tx(&[PortVlan::access(6)], 0, &burst);
+        assert!(readers[0].next_frame().is_none());
         cache.free(burst.into_iter().flatten().next().unwrap());
+    }
+
+    #[test]
+    fn records_split_at_the_ring_end_are_put_whole() {
+        let (mut a, mut b) = ([0u8; 5], [0u8; 5]);
+        put(&mut a, &mut b, 3, &[1, 2, 3, 4]);
+        assert_eq!((a, b), ([0, 0, 0, 1, 2], [3, 4, 0, 0, 0]));
+        put(&mut a, &mut b, 6, &[9]);
+        assert_eq!(b, [3, 9, 0, 0, 0]);
     }
 }

@@ -11,7 +11,7 @@
 
 use crate::capture::{Capture, CaptureSpec, MAX_CAPTURES};
 use crate::fdb::{Fdb, PortNo};
-use crate::latency::{Exchange, LatencySummary, Totals};
+use crate::latency::{LatencySummary, Totals};
 use crate::load::Window;
 use crate::plan::{Mailbox, PollPlan, PortTable, Rxq, RxqLoad, MAX_PORTS};
 use crate::sched::{self, RxqId};
@@ -42,8 +42,6 @@ pub(crate) struct Pmd {
     pub mailbox: Arc<Mailbox>,
     /// Samples of the thread's cycles (busy and idle).
     pub window: Window,
-    /// Where its latency histograms are handed over.
-    pub exchange: Arc<Exchange>,
 }
 
 impl Pmd {
@@ -415,8 +413,7 @@ impl Shared {
             }
         }
         if let Some(mut l) = self.latency() {
-            let exchanges: Vec<&Exchange> = self.pmds.iter().map(|p| &*p.exchange).collect();
-            l.collect(&exchanges, c.ports.len(), |p| c.ports[p].is_some());
+            l.collect(c.ports.len(), |p| c.ports[p].is_some());
         }
     }
 }
@@ -446,7 +443,7 @@ impl Shared {
         }
         let id = c.next_capture;
         c.next_capture += 1;
-        let k = Arc::new(Capture::new(id, n, port, spec));
+        let k = Arc::new(Capture::new(id, n, port, spec, self.pmds.len()));
         tracing::info!(capture = id, port, direction = %k.spec.direction, snaplen = k.spec.snaplen, vlan = ?k.spec.vlan, "capture started");
         c.captures.push(k.clone());
         self.publish(&mut c);
@@ -531,7 +528,7 @@ impl Shared {
                 k.spec.snaplen,
                 k.spec.vlan.map_or("any".to_string(), |v| v.to_string()),
                 k.written.load(Ordering::Relaxed),
-                k.dropped.load(Ordering::Relaxed)
+                k.dropped()
             );
         }
         let _ = writeln!(

@@ -10,15 +10,18 @@
 //! own time. Frames dropped are not in it (they are in the drop counters).
 //!
 //! Each PMD thread records into a [`LatencySet`] it alone owns. Once a second the
-//! housekeeping thread offers it an empty set through a single-slot lock-free queue;
-//! the PMD thread, at its quiescent point, swaps it for the full one and hands that
-//! back through another. The control plane adds the full set to its totals. The PMD
-//! thread allocates nothing and waits on nothing; the sets are built by the control
-//! plane, one histogram per port number in use when it built them (a port added
-//! since waits for the next set, a second at most).
+//! housekeeping thread offers it an empty set through a single-slot ring (`rtrb`:
+//! single producer, single consumer, wait-free: a push or pop is a load and a store,
+//! and never waits for the other side, unlike a multi-producer queue whose pop can
+//! spin while a preempted pusher is half way); the PMD thread, at its quiescent
+//! point, swaps it for the full one and hands that back through another. The control
+//! plane adds the full set to its totals. The PMD thread allocates nothing and waits
+//! on nothing; the sets are built by the control plane, one histogram per port number
+//! in use when it built them (a port added since waits for the next set, a second at
+//! most).
 
-use crossbeam::queue::ArrayQueue;
 use hdrhistogram::Histogram;
+use rtrb::{Consumer, Producer, RingBuffer};
 use serde::Serialize;
 
 /// Highest value a histogram tells apart, in cycles (about 6 s at 3 GHz): longer
@@ -79,59 +82,60 @@ impl LatencySet {
     }
 }
 
-/// Where a PMD thread and the control plane swap sets.
+/// The control plane's ends of one PMD thread's exchange.
 pub struct Exchange {
-    /// An empty set the control plane offers.
-    fresh: ArrayQueue<LatencySet>,
-    /// A full set the PMD thread hands back.
-    full: ArrayQueue<LatencySet>,
+    /// Empty sets offered.
+    fresh: Producer<LatencySet>,
+    /// Full sets handed back.
+    full: Consumer<LatencySet>,
 }
 
-impl Default for Exchange {
-    fn default() -> Exchange {
+/// A PMD thread's [`Recorder`] and the control plane's end of its exchange.
+pub fn exchange() -> (Recorder, Exchange) {
+    let (fresh_tx, fresh_rx) = RingBuffer::new(1);
+    let (full_tx, full_rx) = RingBuffer::new(1);
+    (
+        Recorder {
+            set: LatencySet::new(0, |_| false),
+            fresh: fresh_rx,
+            full: full_tx,
+        },
         Exchange {
-            fresh: ArrayQueue::new(1),
-            full: ArrayQueue::new(1),
-        }
-    }
+            fresh: fresh_tx,
+            full: full_rx,
+        },
+    )
 }
 
 /// The PMD thread's side: the set it records into.
 pub struct Recorder {
     pub set: LatencySet,
-    exchange: std::sync::Arc<Exchange>,
+    fresh: Consumer<LatencySet>,
+    full: Producer<LatencySet>,
 }
 
 impl Recorder {
-    pub fn new(exchange: std::sync::Arc<Exchange>) -> Recorder {
-        Recorder {
-            set: LatencySet::new(0, |_| false),
-            exchange,
-        }
-    }
-
     /// A recorder that records for port numbers `0..numbers` from the start, before
     /// any set is offered (benchmarks).
-    pub fn for_ports(exchange: std::sync::Arc<Exchange>, numbers: usize) -> Recorder {
-        Recorder {
-            set: LatencySet::new(numbers, |_| true),
-            exchange,
-        }
+    pub fn for_ports(numbers: usize) -> Recorder {
+        let (mut r, _) = exchange();
+        r.set = LatencySet::new(numbers, |_| true);
+        r
     }
 
     /// At the quiescent point: if an empty set is offered (and the last full one was
-    /// taken), records into it from now on and hands back the full one. Neither queue
-    /// can refuse (each holds one set and this thread is the only one to fill `full`
-    /// and empty `fresh`), so no set is dropped here.
+    /// taken), records into it from now on and hands back the full one. This thread
+    /// alone fills `full`: once it has room, the push cannot fail, so no set is ever
+    /// dropped (freed) here.
     #[inline]
     pub fn swap(&mut self, gen: u64) {
-        if !self.exchange.full.is_empty() {
+        if self.full.is_full() {
             return;
         }
-        if let Some(new) = self.exchange.fresh.pop() {
+        if let Ok(new) = self.fresh.pop() {
             let mut old = std::mem::replace(&mut self.set, new);
             old.gen = gen;
-            if let Err(old) = self.exchange.full.push(old) {
+            if let Err(rtrb::PushError::Full(old)) = self.full.push(old) {
                 // Not reachable (see above); keep the set rather than free it here.
                 self.set = old;
             }
@@ -146,6 +150,8 @@ pub struct Totals {
     /// The plan generation from which each port number holds its current port.
     born: Vec<u64>,
     iterations: Vec<Hist>,
+    /// The exchange with each PMD thread.
+    exchanges: Vec<Exchange>,
     /// Per PMD thread: a fresh set was offered and not yet answered.
     offered: Vec<bool>,
     /// Emptied sets for reuse.
@@ -153,11 +159,14 @@ pub struct Totals {
 }
 
 impl Totals {
-    pub fn new(pmds: usize) -> Totals {
+    /// Totals of the PMD threads at the far ends of `exchanges`.
+    pub fn new(exchanges: Vec<Exchange>) -> Totals {
+        let pmds = exchanges.len();
         Totals {
             ports: Vec::new(),
             born: Vec::new(),
             iterations: (0..pmds).map(|_| hist()).collect(),
+            exchanges,
             offered: vec![false; pmds],
             spare: Vec::new(),
         }
@@ -176,14 +185,9 @@ impl Totals {
 
     /// Takes back the full sets PMD threads handed over and offers empty ones for the
     /// port numbers `has_port` names, out of `numbers`.
-    pub fn collect(
-        &mut self,
-        exchanges: &[&Exchange],
-        numbers: usize,
-        has_port: impl Fn(usize) -> bool,
-    ) {
-        for (i, ex) in exchanges.iter().enumerate() {
-            if let Some(full) = ex.full.pop() {
+    pub fn collect(&mut self, numbers: usize, has_port: impl Fn(usize) -> bool) {
+        for i in 0..self.exchanges.len() {
+            if let Ok(full) = self.exchanges[i].full.pop() {
                 self.offered[i] = false;
                 self.add(i, full);
             }
@@ -200,8 +204,9 @@ impl Totals {
                         _ => {}
                     }
                 }
-                if ex.fresh.push(set).is_ok() {
-                    self.offered[i] = true;
+                match self.exchanges[i].fresh.push(set) {
+                    Ok(()) => self.offered[i] = true,
+                    Err(rtrb::PushError::Full(set)) => self.spare.push(set),
                 }
             }
         }
@@ -312,29 +317,27 @@ fn human(ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn sets_travel_between_a_recorder_and_the_totals_without_loss() {
-        let ex = Arc::new(Exchange::default());
-        let mut rec = Recorder::new(ex.clone());
-        let mut totals = Totals::new(1);
+        let (mut rec, ex) = exchange();
+        let mut totals = Totals::new(vec![ex]);
         totals.renumber(0, 1);
         totals.renumber(2, 1);
         let has = |p: usize| p == 0 || p == 2;
         // Before any set is offered, samples go nowhere (and cost nothing).
         rec.set.frames(0, 1000, 5);
-        totals.collect(&[&ex], 3, has);
+        totals.collect(3, has);
         rec.swap(1);
         rec.set.frames(0, 3000, 32);
         rec.set.frames(2, 1_000_000, 1);
         rec.set.frames(1, 10, 1); // no port: ignored
         rec.set.iteration(500);
         // The control plane collects while the thread has not swapped: nothing yet.
-        totals.collect(&[&ex], 3, has);
+        totals.collect(3, has);
         assert!(totals.port(0, 1_000_000_000).is_none());
         rec.swap(1);
-        totals.collect(&[&ex], 3, has);
+        totals.collect(3, has);
         let p0 = totals.port(0, 1_000_000_000).unwrap();
         assert_eq!(p0.count, 32);
         assert!((2990..=3010).contains(&p0.p50_ns), "{p0:?}");
@@ -349,18 +352,17 @@ mod tests {
 
     #[test]
     fn a_renumbered_port_starts_from_nothing() {
-        let ex = Arc::new(Exchange::default());
-        let mut rec = Recorder::new(ex.clone());
-        let mut totals = Totals::new(1);
+        let (mut rec, ex) = exchange();
+        let mut totals = Totals::new(vec![ex]);
         totals.renumber(0, 1);
-        totals.collect(&[&ex], 1, |_| true);
+        totals.collect(1, |_| true);
         rec.swap(1);
         rec.set.frames(0, 100, 7);
         // Port 0 leaves and a new port takes its number at generation 3, before the
         // thread hands back what it recorded for the old one at generation 2.
         totals.renumber(0, 3);
         rec.swap(2);
-        totals.collect(&[&ex], 1, |_| true);
+        totals.collect(1, |_| true);
         assert!(totals.port(0, 1_000_000_000).is_none());
     }
 

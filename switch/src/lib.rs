@@ -119,12 +119,14 @@ impl Switch {
         let lanes = pmd::TxLane::for_pmds(cfg.pmd_cores.len());
         let mut pmds = Vec::new();
         let mut threads = Vec::new();
+        let mut exchanges = Vec::new();
         for (index, (&core, lane)) in cfg.pmd_cores.iter().zip(lanes).enumerate() {
             let stats = Arc::new(PmdStats::new(MAX_PORTS));
             stats.core.store(core as u64, Ordering::Relaxed);
             let plan = Arc::new(PollPlan::empty());
             let mailbox = Arc::new(Mailbox::new(plan.clone()));
-            let exchange = Arc::new(latency::Exchange::default());
+            let (recorder, exchange) = latency::exchange();
+            exchanges.push(exchange);
             let cx = pmd_loop::PmdContext {
                 index,
                 lane,
@@ -139,9 +141,7 @@ impl Switch {
                 tx_stall: cfg.tx_stall,
                 tsc_hz,
                 traffic: vec![pmd::Traffic::default(); MAX_PORTS],
-                latency: cfg
-                    .latency
-                    .then(|| latency::Recorder::new(exchange.clone())),
+                latency: cfg.latency.then_some(recorder),
             };
             threads.push(
                 std::thread::Builder::new()
@@ -154,7 +154,6 @@ impl Switch {
                 stats,
                 mailbox,
                 window: Window::default(),
-                exchange,
             });
         }
         let shared = Arc::new(Shared {
@@ -170,7 +169,7 @@ impl Switch {
             fdb,
             latency: cfg
                 .latency
-                .then(|| Mutex::new(latency::Totals::new(pmds.len()))),
+                .then(|| Mutex::new(latency::Totals::new(exchanges))),
             pmds,
             stop,
             epoch,

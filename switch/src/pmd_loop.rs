@@ -26,7 +26,7 @@
 //! has shown it keeps up again; one that takes more holds the senders to its rate (the
 //! price of lossless: lower `tx_stall_ms` to trade it for drops).
 
-use crate::capture;
+use crate::capture::Taps;
 use crate::fdb::{Fdb, Learned, PortNo};
 use crate::frame::{self, FrameError};
 use crate::latency::Recorder;
@@ -63,9 +63,10 @@ struct TxQueue {
     /// The guest stalled past `tx_stall`: no backpressure for it until it takes a
     /// whole queue's worth without a drop.
     congested: bool,
-    /// With latency histograms: when the poll that received the oldest frame waiting
-    /// here began (cycles; 0: none waiting).
-    since: u64,
+    /// With latency histograms: for each frame in `pkts[head..stamped]`, when the
+    /// poll that received it began (cycles); written per burst, only when on.
+    stamps: Box<[u64]>,
+    stamped: usize,
     /// With captures running: frames in `pkts[..cap_mark]` were captured.
     cap_mark: usize,
 }
@@ -75,12 +76,22 @@ impl TxQueue {
     fn len(&self) -> usize {
         self.end - self.head
     }
+    /// Empties the queue's bookkeeping (its frames are gone).
+    #[inline(always)]
+    fn reset(&mut self) {
+        self.head = 0;
+        self.end = 0;
+        self.stamped = 0;
+        self.cap_mark = 0;
+    }
     /// Makes room at the tail for a burst if the queue itself has it.
     #[inline]
     fn compact(&mut self) {
         if self.head > 0 && self.end > TXQ_CAP - BURST {
             let n = self.len();
             self.pkts[..self.end].rotate_left(self.head);
+            self.stamps[..self.end].rotate_left(self.head);
+            self.stamped = self.stamped.saturating_sub(self.head);
             self.cap_mark = self.cap_mark.saturating_sub(self.head);
             self.head = 0;
             self.end = n;
@@ -94,7 +105,8 @@ impl TxQueue {
             stalled_since: 0,
             taken: 0,
             congested: false,
-            since: 0,
+            stamps: vec![0; TXQ_CAP].into_boxed_slice(),
+            stamped: 0,
             cap_mark: 0,
         }
     }
@@ -147,7 +159,7 @@ pub fn run(mut cx: PmdContext, mut plan: Arc<PollPlan>) {
         if st.iters & (QUIESCE_EVERY - 1) == 0 {
             cx.rcu.quiescent();
             if cx.mailbox.changed(plan.gen) {
-                reload(&mut cx, &mut st.txq, &mut plan);
+                reload(&mut cx, &mut st.txq, &mut st.taps, &mut plan);
             }
             if let Some(r) = &mut cx.latency {
                 r.swap(plan.gen);
@@ -187,6 +199,8 @@ struct LoopState {
     iters: u64,
     /// Iterations that held rx back.
     bp: u64,
+    /// The captures this thread copies frames into.
+    taps: Taps,
 }
 
 impl LoopState {
@@ -202,6 +216,7 @@ impl LoopState {
             packets: 0,
             iters: 0,
             bp: 0,
+            taps: Taps::new(cx.index),
         }
     }
 
@@ -211,12 +226,15 @@ impl LoopState {
         let mut did = 0;
         for (p, t) in self.txq[..plan.ports.len()].iter_mut().enumerate() {
             if t.len() > 0 {
-                let since = t.since;
-                let sent = flush(cx, plan, t, p, self.last, self.stall_cycles);
+                // Frames queued before this thread stamped them: from this iteration.
+                let oldest = if t.stamped > t.head {
+                    t.stamps[t.head]
+                } else {
+                    self.last
+                };
+                let sent = flush(cx, plan, t, &mut self.taps, p, self.last, self.stall_cycles);
                 if let Some(r) = &mut cx.latency {
-                    // Frames queued before histograms saw them: from this iteration.
-                    let since = if since == 0 { self.last } else { since };
-                    time_sent(r, t, p, since, sent);
+                    time_sent(r, p, oldest, sent);
                 }
                 did += sent;
             }
@@ -254,7 +272,7 @@ impl LoopState {
                 continue;
             }
             if plan.capture_on {
-                capture::rx(&plan.captures, &plan.vlans, port, &self.burst[..n], stamp);
+                self.taps.rx(&plan.vlans, port, &self.burst[..n], stamp);
             }
             self.packets += n as u64;
             did += n;
@@ -266,10 +284,16 @@ impl LoopState {
             }
             for (p, t) in self.txq[..nports].iter_mut().enumerate() {
                 if t.len() > 0 {
-                    let since = if t.since == 0 { stamp } else { t.since };
-                    let sent = flush(cx, plan, t, p, self.last, self.stall_cycles);
+                    // Frames not stamped yet came with this burst (see `stamp_rest`).
+                    let oldest = if t.stamped > t.head {
+                        t.stamps[t.head]
+                    } else {
+                        stamp
+                    };
+                    let sent = flush(cx, plan, t, &mut self.taps, p, self.last, self.stall_cycles);
                     if let Some(r) = &mut cx.latency {
-                        time_sent(r, t, p, since, sent);
+                        time_sent(r, p, oldest, sent);
+                        stamp_rest(t, stamp);
                     }
                 }
             }
@@ -310,8 +334,15 @@ impl LoopState {
 /// dropped and only then the new plan's generation acknowledged: the control plane
 /// keeps the old plan until that acknowledgement, so the reference dropped here is
 /// never the last one, and nothing is freed on this thread.
-fn reload(cx: &mut PmdContext, txq: &mut [TxQueue], plan: &mut Arc<PollPlan>) {
+fn reload(cx: &mut PmdContext, txq: &mut [TxQueue], taps: &mut Taps, plan: &mut Arc<PollPlan>) {
     let new = cx.mailbox.take();
+    if taps.follow(&new.captures) {
+        // A new capture starts with the frames queued now, whatever earlier captures
+        // took of them.
+        for t in txq.iter_mut() {
+            t.cap_mark = t.head;
+        }
+    }
     let old: &PollPlan = plan;
     let n = old.ports.len().max(new.ports.len());
     for (p, t) in txq[..n].iter_mut().enumerate() {
@@ -599,10 +630,12 @@ fn flood<const VLAN: bool>(
 /// (see the module doc): drops the queue of a guest that is too slow, and drops at
 /// once what a congested one has no room for.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn flush(
     cx: &mut PmdContext,
     plan: &PollPlan,
     t: &mut TxQueue,
+    taps: &mut Taps,
     p: usize,
     now: u64,
     stall_cycles: u64,
@@ -617,7 +650,7 @@ fn flush(
     }
     if plan.capture_on {
         let from = t.cap_mark.max(t.head);
-        capture::tx(&plan.captures, &plan.vlans, p, &t.pkts[from..t.end]);
+        taps.tx(&plan.vlans, p, &t.pkts[from..t.end]);
         t.cap_mark = t.end;
     }
     let sent = port.tx_burst(
@@ -630,9 +663,7 @@ fn flush(
         t.head += sent;
         t.taken += sent;
         if t.head == t.end {
-            t.head = 0;
-            t.end = 0;
-            t.cap_mark = 0;
+            t.reset();
         } else {
             t.compact();
         }
@@ -685,22 +716,30 @@ fn drop_queue(
     if let Some(port) = plan.port(p) {
         PortStats::add(ctr(port.stats()), t.len() as u64);
     }
-    t.head = 0;
-    t.end = 0;
+    t.reset();
     t.stalled_since = 0;
     t.taken = 0;
-    t.since = 0;
-    t.cap_mark = 0;
 }
 
-/// With latency histograms, after a flush of port `p`'s queue that sent `sent`
-/// frames, the oldest of them received by the poll that began at `since`: records
-/// their time in the switch (one cycle-counter read), and keeps `since` for the
-/// frames still waiting (an upper bound of their age).
+/// With latency histograms, after the flush that followed a burst received by the
+/// poll that began at `stamp`: stamps the frames left waiting that have no stamp
+/// (they came with that burst: every frame left over from an earlier burst was
+/// stamped then). Frames sent at once, the usual case, are never stamped.
 #[inline]
-fn time_sent(r: &mut Recorder, t: &mut TxQueue, p: usize, since: u64, sent: usize) {
-    if sent > 0 {
-        r.set.frames(p, cycles().wrapping_sub(since), sent);
+fn stamp_rest(t: &mut TxQueue, stamp: u64) {
+    if t.end > t.stamped.max(t.head) {
+        let from = t.stamped.max(t.head);
+        t.stamps[from..t.end].fill(stamp);
+        t.stamped = t.end;
     }
-    t.since = if t.len() > 0 { since } else { 0 };
+}
+
+/// With latency histograms, after a flush of port `p` that sent `sent` frames, the
+/// oldest of them received by the poll that began at `oldest`: records their time
+/// in the switch (one cycle-counter read per burst).
+#[inline]
+fn time_sent(r: &mut Recorder, p: usize, oldest: u64, sent: usize) {
+    if sent > 0 {
+        r.set.frames(p, cycles().wrapping_sub(oldest), sent);
+    }
 }
