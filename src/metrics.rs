@@ -424,31 +424,78 @@ pub fn exposition(snap: &Snapshot, pool: &Mempool, started: f64) -> prometheus::
     .set(1);
 
     let mut families = r.gather();
-    families.extend(latency_families(snap));
+    families.extend(histogram_families(snap));
     let mut out = Vec::new();
     TextEncoder::new().encode(&families, &mut out)?;
     String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
 }
 
-/// The latency histograms (when the switch records them) as Prometheus histograms,
-/// built from the switch's own buckets: the `prometheus` crate's `Histogram` only
-/// observes values one by one.
-fn latency_families(snap: &Snapshot) -> Vec<MetricFamily> {
-    let ports: Vec<(Vec<(&str, String)>, &LatencySummary)> = snap
+/// A histogram as Prometheus takes it: count, sum, and cumulative counts at upper bounds.
+struct Buckets {
+    count: u64,
+    sum: f64,
+    le: Vec<(f64, u64)>,
+}
+
+impl Buckets {
+    fn latency(l: &LatencySummary) -> Buckets {
+        Buckets {
+            count: l.count,
+            sum: l.sum_secs,
+            le: BUCKETS
+                .iter()
+                .copied()
+                .zip(l.buckets.iter().copied())
+                .collect(),
+        }
+    }
+
+    /// A burst-size histogram (counts of 0, 1, ... 32 frames) at bounds 0, 1, 2, 4,
+    /// 8, 16, 24 and 31 frames (32 is `+Inf`).
+    fn bursts(counts: &[u64]) -> Buckets {
+        let at = |le: usize| counts.iter().take(le + 1).sum::<u64>();
+        Buckets {
+            count: counts.iter().sum(),
+            sum: counts
+                .iter()
+                .enumerate()
+                .map(|(k, &c)| (k as u64 * c) as f64)
+                .sum(),
+            le: [0, 1, 2, 4, 8, 16, 24, 31]
+                .iter()
+                .map(|&le| (le as f64, at(le)))
+                .collect(),
+        }
+    }
+}
+
+/// The histograms: latency (when the switch records it) and burst sizes, as
+/// Prometheus histograms built from the switch's own buckets (the `prometheus`
+/// crate's `Histogram` only observes values one by one).
+fn histogram_families(snap: &Snapshot) -> Vec<MetricFamily> {
+    let port_labels = |p: &switch::snapshot::PortSnapshot| {
+        vec![("port", p.name.clone()), ("driver", p.driver.to_string())]
+    };
+    let core = |p: &PmdSnapshot| vec![("core", p.core.to_string())];
+    let ports: Vec<_> = snap
         .ports
         .iter()
-        .filter_map(|p| {
-            let l = p.latency.as_ref()?;
-            Some((
-                vec![("port", p.name.clone()), ("driver", p.driver.to_string())],
-                l,
-            ))
-        })
+        .filter_map(|p| Some((port_labels(p), Buckets::latency(p.latency.as_ref()?))))
         .collect();
-    let pmds: Vec<(Vec<(&str, String)>, &LatencySummary)> = snap
+    let iterations: Vec<_> = snap
         .pmds
         .iter()
-        .filter_map(|p| Some((vec![("core", p.core.to_string())], p.iteration.as_ref()?)))
+        .filter_map(|p| Some((core(p), Buckets::latency(p.iteration.as_ref()?))))
+        .collect();
+    let rx: Vec<_> = snap
+        .pmds
+        .iter()
+        .map(|p| (core(p), Buckets::bursts(&p.rx_bursts)))
+        .collect();
+    let tx: Vec<_> = snap
+        .pmds
+        .iter()
+        .map(|p| (core(p), Buckets::bursts(&p.tx_bursts)))
         .collect();
     [
         (
@@ -459,7 +506,17 @@ fn latency_families(snap: &Snapshot) -> Vec<MetricFamily> {
         (
             "vswitch_pmd_iteration_seconds",
             "Time of the PMD thread's busy poll loop iterations.",
-            pmds,
+            iterations,
+        ),
+        (
+            "vswitch_pmd_rx_burst_frames",
+            "Frames per rx poll of the PMD thread (0: an empty poll).",
+            rx,
+        ),
+        (
+            "vswitch_pmd_tx_burst_frames",
+            "Frames per tx burst of the PMD thread to a port (0: the port took none; 32 counts 32 or more).",
+            tx,
         ),
     ]
     .into_iter()
@@ -472,21 +529,19 @@ fn latency_families(snap: &Snapshot) -> Vec<MetricFamily> {
 fn histogram_family(
     name: &str,
     help: &str,
-    series: &[(Vec<(&str, String)>, &LatencySummary)],
+    series: &[(Vec<(&str, String)>, Buckets)],
 ) -> MetricFamily {
     let mut fam = MetricFamily::default();
     fam.set_name(name.to_string());
     fam.set_help(help.to_string());
     fam.set_field_type(MetricType::HISTOGRAM);
-    for (labels, l) in series {
+    for (labels, b) in series {
         let mut h = proto::Histogram::default();
-        h.set_sample_count(l.count);
-        h.set_sample_sum(l.sum_secs);
+        h.set_sample_count(b.count);
+        h.set_sample_sum(b.sum);
         h.set_bucket(
-            BUCKETS
-                .iter()
-                .zip(&l.buckets)
-                .map(|(&le, &n)| {
+            b.le.iter()
+                .map(|&(le, n)| {
                     let mut b = proto::Bucket::default();
                     b.set_upper_bound(le);
                     b.set_cumulative_count(n);

@@ -102,15 +102,23 @@ impl CaptureClient {
         }
     }
 
-    /// Stops the client as a user would (SIGINT).
-    fn interrupt(mut self) -> PathBuf {
-        unsafe_kill(self.child.id(), "INT");
-        let _ = self.child.wait();
+    /// Stops the client as a user or a script would: SIGTERM (not SIGINT, which a
+    /// shell without job control, as CI's, makes its background jobs ignore).
+    fn stop(mut self) -> PathBuf {
+        kill(self.child.id(), "TERM");
+        let t0 = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > Duration::from_secs(5) {
+                kill(self.child.id(), "KILL");
+                panic!("the capture client outlived SIGTERM by 5 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.file.clone()
     }
 }
 
-fn unsafe_kill(pid: u32, sig: &str) {
+fn kill(pid: u32, sig: &str) {
     Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
         .status()
@@ -275,7 +283,7 @@ fn a_ping_on_af_xdp_ports_reads_back_in_tcpdump() {
     assert_eq!(a.ping(&b.ip, 1), 1);
     wait_no_capture(&sw, "after its reader left");
 
-    // A client stopped by ^C takes its capture with it.
+    // A client stopped by a signal takes its capture with it.
     let c = CaptureClient::start(
         &sw,
         &CaptureOpts {
@@ -286,12 +294,12 @@ fn a_ping_on_af_xdp_ports_reads_back_in_tcpdump() {
         &dir.path("b.pcap"),
     );
     assert_eq!(a.ping(&b.ip, 2), 2);
-    // The writer looks for frames every 20 ms: give it the last one before ^C.
+    // The writer looks for frames every 20 ms: give it the last one before the signal.
     std::thread::sleep(Duration::from_millis(200));
     let t0 = Instant::now();
-    let file = c.interrupt();
-    wait_no_capture(&sw, "after SIGINT to its client");
-    eprintln!("capture gone {:?} after SIGINT", t0.elapsed());
+    let file = c.stop();
+    wait_no_capture(&sw, "after SIGTERM to its client");
+    eprintln!("capture gone {:?} after SIGTERM", t0.elapsed());
     let lines = tcpdump(&file, &[]);
     assert!(
         lines.len() >= 2
@@ -426,12 +434,12 @@ fn two_captures_under_full_load_cost_the_switch_nothing() {
     );
     assert_eq!(captures(&sw).len(), 2);
     // traffic_round asserts that every frame crossed and no drop counter moved. The
-    // vm2 capture is stopped by ^C half a second into the load (its file stays small).
+    // vm2 capture is stopped by SIGTERM half a second into the load (its file stays small).
     let mut vm2_file = None;
     let moved = traffic_round(&sw, &mut tp, 4, || {
         std::thread::sleep(Duration::from_millis(500));
         eprintln!("captures under load: {:#?}", captures(&sw));
-        vm2_file = Some(open.interrupt());
+        vm2_file = Some(open.stop());
     });
     eprintln!("switch moved {moved} frames");
     let file = many.wait(Duration::from_secs(30));

@@ -179,6 +179,31 @@ fn ctl_json_parses_and_matches_the_text_form() {
         Some(field(pline, "packets=")),
         "{pmd}\n{pline}"
     );
+    // The rx burst-size histogram accounts for every frame the thread received, and
+    // the tx one for every frame sent (both ports' tx_packets), once traffic stopped.
+    let frames = |key: &str| -> u64 {
+        let h = pmd[key].as_array().unwrap();
+        assert_eq!(h.len(), 33, "{key}: {h:?}");
+        h.iter()
+            .enumerate()
+            .map(|(k, c)| k as u64 * c.as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(Some(frames("rx_bursts")), pmd["packets"].as_u64(), "{pmd}");
+    let tx: u64 = ["vm1", "vm2"]
+        .iter()
+        .map(|p| sw.port_stats(p)["tx_packets"])
+        .sum();
+    // (a tx burst of more than 32 frames counts as 32 in its bucket: at most that.)
+    assert!(
+        frames("tx_bursts") <= tx && frames("tx_bursts") > 0,
+        "{pmd}"
+    );
+    let bursts = text
+        .lines()
+        .find(|l| l.contains(" rx_bursts: mean="))
+        .unwrap();
+    eprintln!("{bursts}");
     // show: ports, rx queues, table, mempool.
     let show = parse("show");
     let text = sw.ctl("show");

@@ -591,6 +591,18 @@ impl Shared {
                 st.backpressure.load(Ordering::Relaxed),
                 self.tsc_hz,
             );
+            let _ = writeln!(
+                s,
+                "pmd core {} rx_bursts: {}",
+                p.core,
+                crate::stats::describe_bursts(&st.rx_bursts.read())
+            );
+            let _ = writeln!(
+                s,
+                "pmd core {} tx_bursts: {}",
+                p.core,
+                crate::stats::describe_bursts(&st.tx_bursts.read())
+            );
         }
         s
     }
@@ -643,6 +655,8 @@ impl Shared {
                     iterations: st.iterations.load(Ordering::Relaxed),
                     backpressure: st.backpressure.load(Ordering::Relaxed),
                     iteration: self.latency().map(|l| l.iteration(i, self.tsc_hz)),
+                    rx_bursts: st.rx_bursts.read(),
+                    tx_bursts: st.tx_bursts.read(),
                     rxqs: qs
                         .iter()
                         .map(|q| RxqSnapshot {

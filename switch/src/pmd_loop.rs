@@ -31,7 +31,7 @@ use crate::fdb::{Fdb, Learned, PortNo};
 use crate::frame::{self, FrameError};
 use crate::latency::Recorder;
 use crate::plan::{EndGuard, Mailbox, PollPlan, MAX_PORTS};
-use crate::stats::{cycles, PmdStats};
+use crate::stats::{cycles, PmdStats, BURST_BUCKETS};
 use crate::vlan::{self, Egress};
 use pmd::port::{PortStats, Traffic, TxLane, BURST};
 use pmd::rcu::RcuThread;
@@ -165,6 +165,8 @@ pub fn run(mut cx: PmdContext, mut plan: Arc<PollPlan>) {
                 r.swap(plan.gen);
             }
             publish(&cx, &plan);
+            cx.stats.rx_bursts.publish(&st.rx_sizes);
+            cx.stats.tx_bursts.publish(&st.tx_sizes);
         }
         if st.iters & 1023 == 0 {
             st.now_secs = cx.epoch.elapsed().as_secs() as u32;
@@ -201,6 +203,9 @@ struct LoopState {
     bp: u64,
     /// The captures this thread copies frames into.
     taps: Taps,
+    /// Burst-size histograms: frames per rx poll, frames per tx burst.
+    rx_sizes: [u64; BURST_BUCKETS],
+    tx_sizes: [u64; BURST_BUCKETS],
 }
 
 impl LoopState {
@@ -217,6 +222,8 @@ impl LoopState {
             iters: 0,
             bp: 0,
             taps: Taps::new(cx.index),
+            rx_sizes: [0; BURST_BUCKETS],
+            tx_sizes: [0; BURST_BUCKETS],
         }
     }
 
@@ -236,6 +243,7 @@ impl LoopState {
                 if let Some(r) = &mut cx.latency {
                     time_sent(r, p, oldest, sent);
                 }
+                self.tx_sizes[sent.min(BURST_BUCKETS - 1)] += 1;
                 did += sent;
             }
         }
@@ -268,6 +276,7 @@ impl LoopState {
                 &mut self.burst,
                 &mut cx.traffic[port],
             );
+            self.rx_sizes[n.min(BURST_BUCKETS - 1)] += 1;
             if n == 0 {
                 continue;
             }
@@ -295,6 +304,7 @@ impl LoopState {
                         time_sent(r, p, oldest, sent);
                         stamp_rest(t, stamp);
                     }
+                    self.tx_sizes[sent.min(BURST_BUCKETS - 1)] += 1;
                 }
             }
             let t = cycles();

@@ -43,6 +43,10 @@ pub struct PmdSnapshot {
     pub backpressure: u64,
     /// Busy iteration time (with latency histograms on).
     pub iteration: Option<LatencySummary>,
+    /// How many rx polls moved 0, 1, ... 31, 32 frames (see `stats::BurstSizes`).
+    pub rx_bursts: Vec<u64>,
+    /// How many tx bursts to a port moved 0, 1, ... 31, 32 or more frames.
+    pub tx_bursts: Vec<u64>,
     pub rxqs: Vec<RxqSnapshot>,
 }
 

@@ -37,6 +37,62 @@ impl PublishedTraffic {
     }
 }
 
+/// Buckets of a burst-size histogram: sizes 0 to 31, and 32 or more.
+pub const BURST_BUCKETS: usize = 33;
+
+/// How many rx polls (or tx flushes) moved 0, 1, ... 31, 32 or more frames, as a PMD
+/// thread last published it: a closed loop settles in small or large batches, and
+/// this shows which.
+pub struct BurstSizes([AtomicU64; BURST_BUCKETS]);
+
+impl Default for BurstSizes {
+    fn default() -> BurstSizes {
+        BurstSizes(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl BurstSizes {
+    /// Stores `counts` (only the owning PMD thread calls this).
+    pub fn publish(&self, counts: &[u64; BURST_BUCKETS]) {
+        for (c, &v) in self.0.iter().zip(counts) {
+            c.store(v, Relaxed);
+        }
+    }
+    pub fn read(&self) -> Vec<u64> {
+        self.0.iter().map(|c| c.load(Relaxed)).collect()
+    }
+}
+
+/// `counts` (a burst-size histogram) as `mean=M zero=Z% 1=N 2=N ... 32+=N`, the
+/// mean over the non-empty ones, the buckets that are not 0.
+pub fn describe_bursts(counts: &[u64]) -> String {
+    let zero = counts.first().copied().unwrap_or(0);
+    let (n, frames) = counts
+        .iter()
+        .enumerate()
+        .skip(1)
+        .fold((0u64, 0u64), |(n, f), (k, &c)| (n + c, f + k as u64 * c));
+    let all = n + zero;
+    let mut s = format!(
+        "mean={:.1} zero={:.1}%",
+        if n == 0 {
+            0.0
+        } else {
+            frames as f64 / n as f64
+        },
+        if all == 0 {
+            0.0
+        } else {
+            100.0 * zero as f64 / all as f64
+        }
+    );
+    for (k, &c) in counts.iter().enumerate().skip(1).filter(|(_, &c)| c > 0) {
+        let last = if k == BURST_BUCKETS - 1 { "+" } else { "" };
+        s += &format!(" {k}{last}={c}");
+    }
+    s
+}
+
 /// Written only by its PMD thread (plain stores), read by the control plane.
 #[derive(Default)]
 pub struct PmdStats {
@@ -52,6 +108,10 @@ pub struct PmdStats {
     pub backpressure: AtomicU64,
     /// Per port (by port number): what this thread received and sent on it.
     pub traffic: Box<[PublishedTraffic]>,
+    /// Frames per rx poll (0: an empty poll).
+    pub rx_bursts: BurstSizes,
+    /// Frames per tx burst to a port (0: its ring took none).
+    pub tx_bursts: BurstSizes,
 }
 
 impl PmdStats {
