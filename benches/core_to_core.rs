@@ -9,7 +9,9 @@
 //! lines cross between the cores), so `benches/pvp` runs this before and after each
 //! round to say which placement the round ran on.
 //!
-//! Usage: core_to_core [CORE_A CORE_B [TRIPS [REPEATS]]]   (default 0 1 100000 3)
+//! Usage: core_to_core [CORE_A CORE_B [TRIPS [REPEATS [SECONDS]]]]   (default 0 1
+//! 100000 3): with SECONDS, one measurement every 0.4 s for that long, each printed
+//! with its time (`t=12.3 ns=71`), to see the placement change.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -62,7 +64,19 @@ fn main() {
     };
     let (a, b) = (arg(1, 0) as usize, arg(2, 1) as usize);
     let (trips, repeats) = (arg(3, 100_000).max(1), arg(4, 3).max(1));
-    let mut v: Vec<f64> = (0..repeats).map(|_| measure(a, b, trips)).collect();
-    v.sort_by(f64::total_cmp);
-    println!("{:.0}", v[v.len() / 2]);
+    let median = || {
+        let mut v: Vec<f64> = (0..repeats).map(|_| measure(a, b, trips)).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    match arg(5, 0) {
+        0 => println!("{:.0}", median()),
+        secs => {
+            let t0 = Instant::now();
+            while t0.elapsed().as_secs() < secs {
+                println!("t={:.1} ns={:.0}", t0.elapsed().as_secs_f64(), median());
+                std::thread::sleep(std::time::Duration::from_millis(400));
+            }
+        }
+    }
 }
