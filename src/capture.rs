@@ -394,104 +394,114 @@ fn send(
     Ok(())
 }
 
+/// Why the client stopped short of a whole capture.
+#[derive(Debug)]
+enum ClientError {
+    /// The command line is wrong (exit 2).
+    Usage(String),
+    /// The switch refused the capture; its reply line (exit 2).
+    Refused(String),
+    /// The switch could not be reached, or the output not written (exit 1).
+    Io(String),
+}
+
 /// The client: `vswitch ctl capture PORT [options] -w FILE|-`. Sends the request,
 /// then copies the pcap stream to FILE (or stdout for `-`) until the switch ends the
 /// capture or this process is stopped (which ends it).
 pub fn client(socket: &Path, args: &[String]) -> ExitCode {
+    match run_client(socket, args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ClientError::Usage(e)) => {
+            eprintln!("error: capture: {e}");
+            ExitCode::from(2)
+        }
+        Err(ClientError::Refused(line)) => {
+            eprint!("{line}");
+            ExitCode::from(2)
+        }
+        Err(ClientError::Io(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_client(socket: &Path, args: &[String]) -> Result<(), ClientError> {
+    let (out_path, request) = split_args(args)?;
+    let (mut s, what) = open_capture(socket, &request)?;
+    let mut out: Box<dyn Write> = if out_path == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        let f = std::fs::File::create(&out_path)
+            .map_err(|e| ClientError::Io(format!("capture: cannot write {out_path}: {e}")))?;
+        Box::new(std::io::BufWriter::new(f))
+    };
+    eprintln!("{what}: writing to {out_path}");
+    copy_stream(&mut s, &mut out, &out_path)
+}
+
+/// `-w FILE` (the client's) apart from the words sent to the switch, checked.
+fn split_args(args: &[String]) -> Result<(String, Vec<&str>), ClientError> {
     let mut out_path = None;
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "-w" {
-            out_path = it.next().cloned();
-            if out_path.is_none() {
-                eprintln!("error: capture: -w needs a file name, or - for stdout");
-                return ExitCode::from(2);
-            }
+            let p = it.next().ok_or_else(|| {
+                ClientError::Usage("-w needs a file name, or - for stdout".into())
+            })?;
+            out_path = Some(p.clone());
         } else {
             rest.push(a.as_str());
         }
     }
-    let Some(out_path) = out_path else {
-        eprintln!("error: capture: {}", usage());
-        return ExitCode::from(2);
-    };
-    if let Err(e) = Request::parse(&rest) {
-        eprintln!("error: capture: {e}");
-        return ExitCode::from(2);
-    }
-    let mut s = match UnixStream::connect(socket) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!(
-                "error: cannot reach the switch at {}: {e}",
-                socket.display()
-            );
-            return ExitCode::from(1);
-        }
-    };
-    // The write side stays open: the switch takes its closing as the end of the capture.
-    if let Err(e) = s.write_all(format!("capture {}\n", rest.join(" ")).as_bytes()) {
-        eprintln!(
-            "error: cannot reach the switch at {}: {e}",
+    let out_path = out_path.ok_or_else(|| ClientError::Usage(usage().into()))?;
+    Request::parse(&rest).map_err(|e| ClientError::Usage(e.to_string()))?;
+    Ok((out_path, rest))
+}
+
+/// Connects, sends the request and reads the switch's answer: the connection, with
+/// the pcap stream to follow, and what the switch said (`capture ID on PORT`) once it
+/// runs the capture.
+fn open_capture(socket: &Path, request: &[&str]) -> Result<(UnixStream, String), ClientError> {
+    let unreachable = |e: std::io::Error| {
+        ClientError::Io(format!(
+            "cannot reach the switch at {}: {e}",
             socket.display()
-        );
-        return ExitCode::from(1);
-    }
-    let line = match read_line(&mut s) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: the switch did not answer: {e}");
-            return ExitCode::from(1);
-        }
+        ))
     };
+    let mut s = UnixStream::connect(socket).map_err(unreachable)?;
+    // The write side stays open: the switch takes its closing as the end of the capture.
+    s.write_all(format!("capture {}\n", request.join(" ")).as_bytes())
+        .map_err(unreachable)?;
+    let line = read_line(&mut s)
+        .map_err(|e| ClientError::Io(format!("the switch did not answer: {e}")))?;
     if !line.starts_with("ok ") {
-        eprint!("{line}");
-        return ExitCode::from(2);
+        return Err(ClientError::Refused(line));
     }
-    let mut out: Box<dyn Write> = if out_path == "-" {
-        Box::new(std::io::stdout().lock())
-    } else {
-        match std::fs::File::create(&out_path) {
-            Ok(f) => Box::new(std::io::BufWriter::new(f)),
-            Err(e) => {
-                eprintln!("error: capture: cannot write {out_path}: {e}");
-                return ExitCode::from(1);
-            }
-        }
-    };
-    eprintln!(
-        "{}: writing to {out_path}",
-        line.trim_end().trim_start_matches("ok ")
-    );
+    Ok((s, line.trim_end().trim_start_matches("ok ").to_string()))
+}
+
+/// Copies the pcap stream to `out` until the switch closes it. A reader of stdout
+/// that went away (tcpdump -c) ends the capture with this process, without error.
+fn copy_stream(s: &mut UnixStream, out: &mut dyn Write, out_path: &str) -> Result<(), ClientError> {
     let mut buf = vec![0u8; 64 << 10];
+    let cannot_write =
+        |e: std::io::Error| ClientError::Io(format!("capture: cannot write {out_path}: {e}"));
     loop {
-        match s.read(&mut buf) {
+        let n = match s.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => {
-                match out.write_all(&buf[..n]).and_then(|_| out.flush()) {
-                    Ok(()) => {}
-                    // The reader went away (tcpdump -c): the capture ends with us.
-                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                        return ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("error: capture: cannot write {out_path}: {e}");
-                        return ExitCode::from(1);
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                eprintln!("error: capture: {e}");
-                return ExitCode::from(1);
-            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ClientError::Io(format!("capture: {e}"))),
+        };
+        match out.write_all(&buf[..n]).and_then(|_| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(cannot_write(e)),
         }
     }
-    if out.flush().is_err() {
-        return ExitCode::from(1);
-    }
-    ExitCode::SUCCESS
+    out.flush().map_err(cannot_write)
 }
 
 /// The reply line, byte by byte (what follows it is the pcap stream).

@@ -308,36 +308,37 @@ impl Taps {
     #[cold]
     #[inline(never)]
     pub fn rx(&mut self, vlans: &[PortVlan], p: usize, frames: &[Option<Mbuf>], cycles: u64) {
-        for t in &mut self.list {
-            if t.capture.port == p && t.capture.spec.direction.rx() {
-                t.copy(
-                    frames.iter().flatten(),
-                    Direction::Rx,
-                    cycles,
-                    &vlans[p],
-                    self.pmd,
-                );
-            }
-        }
+        self.copy(vlans, p, frames, Direction::Rx, || cycles);
     }
 
     /// Tx frames of port `p`, about to be handed to its tx burst.
     #[cold]
     #[inline(never)]
     pub fn tx(&mut self, vlans: &[PortVlan], p: usize, frames: &[Option<Mbuf>]) {
-        let mut now = 0;
+        self.copy(vlans, p, frames, Direction::Tx, pmd::tsc::cycles);
+    }
+
+    /// Copies `frames` of port `p` seen in `dir` into every capture of that port and
+    /// direction; `now` is read once, and only if one wants them.
+    fn copy(
+        &mut self,
+        vlans: &[PortVlan],
+        p: usize,
+        frames: &[Option<Mbuf>],
+        dir: Direction,
+        now: impl Fn() -> u64,
+    ) {
+        let mut at = None;
         for t in &mut self.list {
-            if t.capture.port == p && t.capture.spec.direction.tx() {
-                if now == 0 {
-                    now = pmd::tsc::cycles();
-                }
-                t.copy(
-                    frames.iter().flatten(),
-                    Direction::Tx,
-                    now,
-                    &vlans[p],
-                    self.pmd,
-                );
+            let spec = &t.capture.spec;
+            let wants = if dir == Direction::Rx {
+                spec.direction.rx()
+            } else {
+                spec.direction.tx()
+            };
+            if t.capture.port == p && wants {
+                let cycles = *at.get_or_insert_with(&now);
+                t.copy(frames.iter().flatten(), dir, cycles, &vlans[p], self.pmd);
             }
         }
     }
