@@ -603,6 +603,10 @@ impl Shared {
                 p.core,
                 crate::stats::describe_bursts(&st.tx_bursts.read())
             );
+            let packets = st.packets.load(Ordering::Relaxed);
+            if let Some(d) = crate::steps::describe(&st.steps.read(), packets) {
+                let _ = writeln!(s, "pmd core {} cycles per packet by step: {d}", p.core);
+            }
         }
         s
     }
@@ -657,6 +661,7 @@ impl Shared {
                     iteration: self.latency().map(|l| l.iteration(i, self.tsc_hz)),
                     rx_bursts: st.rx_bursts.read(),
                     tx_bursts: st.tx_bursts.read(),
+                    step_cycles: st.steps.read(),
                     rxqs: qs
                         .iter()
                         .map(|q| RxqSnapshot {

@@ -17,6 +17,7 @@ pub mod pmd_loop;
 pub mod sched;
 pub mod snapshot;
 pub mod stats;
+pub mod steps;
 pub mod vlan;
 
 use control::{Control, Pmd, Shared};

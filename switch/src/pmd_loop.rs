@@ -32,6 +32,7 @@ use crate::frame::{self, FrameError};
 use crate::latency::Recorder;
 use crate::plan::{EndGuard, Mailbox, PollPlan, MAX_PORTS};
 use crate::stats::{cycles, PmdStats, BURST_BUCKETS};
+use crate::steps::{Step, StepClock};
 use crate::vlan::{self, Egress};
 use pmd::port::{PortStats, Traffic, TxLane, BURST};
 use pmd::rcu::RcuThread;
@@ -167,6 +168,7 @@ pub fn run(mut cx: PmdContext, mut plan: Arc<PollPlan>) {
             publish(&cx, &plan);
             cx.stats.rx_bursts.publish(&st.rx_sizes);
             cx.stats.tx_bursts.publish(&st.tx_sizes);
+            cx.stats.steps.publish(&st.clock);
         }
         if st.iters & 1023 == 0 {
             st.now_secs = cx.epoch.elapsed().as_secs() as u32;
@@ -206,6 +208,8 @@ struct LoopState {
     /// Burst-size histograms: frames per rx poll, frames per tx burst.
     rx_sizes: [u64; BURST_BUCKETS],
     tx_sizes: [u64; BURST_BUCKETS],
+    /// Cycles per step (counted in `step-cycles` builds only).
+    clock: StepClock,
 }
 
 impl LoopState {
@@ -224,6 +228,7 @@ impl LoopState {
             taps: Taps::new(cx.index),
             rx_sizes: [0; BURST_BUCKETS],
             tx_sizes: [0; BURST_BUCKETS],
+            clock: StepClock::default(),
         }
     }
 
@@ -231,6 +236,7 @@ impl LoopState {
     #[inline(always)]
     fn flush_backlog(&mut self, cx: &mut PmdContext, plan: &PollPlan) -> usize {
         let mut did = 0;
+        self.clock.start();
         for (p, t) in self.txq[..plan.ports.len()].iter_mut().enumerate() {
             if t.len() > 0 {
                 // Frames queued before this thread stamped them: from this iteration.
@@ -247,6 +253,7 @@ impl LoopState {
                 did += sent;
             }
         }
+        self.clock.mark(Step::Tx);
         did
     }
 
@@ -280,6 +287,7 @@ impl LoopState {
             if n == 0 {
                 continue;
             }
+            self.clock.mark(Step::Rx);
             if plan.capture_on {
                 self.taps.rx(&plan.vlans, port, &self.burst[..n], stamp);
             }
@@ -291,6 +299,7 @@ impl LoopState {
             } else {
                 switch_burst::<false>(cx, plan, txq, port, frames, self.now_secs);
             }
+            self.clock.mark(Step::Switch);
             for (p, t) in self.txq[..nports].iter_mut().enumerate() {
                 if t.len() > 0 {
                     // Frames not stamped yet came with this burst (see `stamp_rest`).
@@ -307,10 +316,12 @@ impl LoopState {
                     self.tx_sizes[sent.min(BURST_BUCKETS - 1)] += 1;
                 }
             }
+            self.clock.mark(Step::Tx);
             let t = cycles();
             rxq.load.add(t.wrapping_sub(stamp));
             stamp = t;
         }
+        self.clock.mark(Step::Rx); // the empty polls after the last busy one
         did
     }
 

@@ -47,6 +47,9 @@ pub struct PmdSnapshot {
     pub rx_bursts: Vec<u64>,
     /// How many tx bursts to a port moved 0, 1, ... 31, 32 or more frames.
     pub tx_bursts: Vec<u64>,
+    /// Cycles spent in each loop step, rx, switch and tx (all zero unless built with
+    /// the `step-cycles` feature).
+    pub step_cycles: [u64; crate::steps::STEPS],
     pub rxqs: Vec<RxqSnapshot>,
 }
 

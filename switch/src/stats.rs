@@ -112,6 +112,8 @@ pub struct PmdStats {
     pub rx_bursts: BurstSizes,
     /// Frames per tx burst to a port (0: its ring took none).
     pub tx_bursts: BurstSizes,
+    /// Cycles per loop step (builds with the `step-cycles` feature).
+    pub steps: crate::steps::StepCycles,
 }
 
 impl PmdStats {
