@@ -172,6 +172,7 @@ pub fn run(mut cx: PmdContext, mut plan: Arc<PollPlan>) {
         }
         if st.iters & 1023 == 0 {
             st.now_secs = cx.epoch.elapsed().as_secs() as u32;
+            st.clock.probe();
         }
         let did = st.flush_backlog(&mut cx, &plan) + st.receive(&mut cx, &plan);
         st.account(&mut cx, did);
@@ -330,6 +331,7 @@ impl LoopState {
     #[inline(always)]
     fn account(&mut self, cx: &mut PmdContext, did: usize) {
         let now = cycles();
+        self.clock.end_iteration(did > 0);
         if did > 0 {
             if let Some(r) = &mut cx.latency {
                 r.set.iteration(now - self.last);

@@ -47,9 +47,10 @@ pub struct PmdSnapshot {
     pub rx_bursts: Vec<u64>,
     /// How many tx bursts to a port moved 0, 1, ... 31, 32 or more frames.
     pub tx_bursts: Vec<u64>,
-    /// Cycles spent in each loop step, rx, switch and tx (all zero unless built with
-    /// the `step-cycles` feature).
-    pub step_cycles: [u64; crate::steps::STEPS],
+    /// Cycles spent in each loop step, rx, switch and tx, then the ticks the core
+    /// speed probes took and their additions (all zero unless built with the
+    /// `step-cycles` feature; see `steps`).
+    pub step_cycles: [u64; 5],
     pub rxqs: Vec<RxqSnapshot>,
 }
 

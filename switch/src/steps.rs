@@ -1,9 +1,13 @@
-//! Cycles per step of the PMD loop (rx poll, switching, tx to ports), for diagnosis.
+//! Cycles per step of the PMD loop (rx poll, switching, tx to ports), and the speed
+//! of the PMD's core while it ran them, for diagnosis.
 //!
 //! Counted only in builds with the `step-cycles` feature (`cargo build --release
-//! --features step-cycles`), where each step costs one more cycle-counter read; in
-//! other builds the clock is empty and every call compiles to nothing. `benches/pvp`
-//! prints the split when the switch under test has it.
+//! --features step-cycles`), where each step costs one more cycle-counter read and
+//! every 1024th iteration times a chain of 1000 dependent additions
+//! ([`pmd::tsc::add_chain`], about 1000 cycles); in other builds the clock is empty and
+//! every call compiles to nothing. `benches/pvp` prints both when the switch under
+//! test has them: on a host that slows a vCPU down, every step's cycles per packet
+//! rise with the core's ticks per addition.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -21,6 +25,10 @@ pub enum Step {
 pub const STEPS: usize = 3;
 pub const NAMES: [&str; STEPS] = ["rx", "switch", "tx"];
 
+/// Additions per speed probe.
+#[cfg(feature = "step-cycles")]
+const PROBE_ADDS: u64 = 1000;
+
 /// A PMD thread's running sums (plain fields: only its thread touches them).
 #[derive(Default)]
 pub struct StepClock {
@@ -28,6 +36,12 @@ pub struct StepClock {
     last: u64,
     #[cfg(feature = "step-cycles")]
     sums: [u64; STEPS],
+    /// This iteration's, added to `sums` if it turns out busy (as the loop's busy cycles).
+    #[cfg(feature = "step-cycles")]
+    cur: [u64; STEPS],
+    /// Ticks the speed probes took, and their additions.
+    #[cfg(feature = "step-cycles")]
+    probe: [u64; 2],
 }
 
 impl StepClock {
@@ -46,46 +60,144 @@ impl StepClock {
         #[cfg(feature = "step-cycles")]
         {
             let t = crate::stats::cycles();
-            self.sums[s as usize] += t.wrapping_sub(self.last);
+            self.cur[s as usize] += t.wrapping_sub(self.last);
             self.last = t;
         }
         #[cfg(not(feature = "step-cycles"))]
         let _ = s;
     }
 
-    fn sums(&self) -> [u64; STEPS] {
+    /// Ends an iteration: its steps count if it moved frames (idle polls do not, as
+    /// they do not count in the thread's busy cycles).
+    #[inline(always)]
+    pub fn end_iteration(&mut self, busy: bool) {
         #[cfg(feature = "step-cycles")]
-        return self.sums;
+        {
+            if busy {
+                for (s, c) in self.sums.iter_mut().zip(self.cur) {
+                    *s += c;
+                }
+            }
+            self.cur = [0; STEPS];
+        }
         #[cfg(not(feature = "step-cycles"))]
-        [0; STEPS]
+        let _ = busy;
+    }
+
+    /// Times one chain of additions (call it now and then, off the steps).
+    #[inline]
+    pub fn probe(&mut self) {
+        #[cfg(feature = "step-cycles")]
+        {
+            self.probe[0] += pmd::tsc::add_chain(PROBE_ADDS);
+            self.probe[1] += PROBE_ADDS;
+        }
+    }
+
+    /// rx, switch, tx, probe ticks, probe additions.
+    fn numbers(&self) -> [u64; NUMBERS] {
+        #[cfg(feature = "step-cycles")]
+        return [
+            self.sums[0],
+            self.sums[1],
+            self.sums[2],
+            self.probe[0],
+            self.probe[1],
+        ];
+        #[cfg(not(feature = "step-cycles"))]
+        [0; NUMBERS]
     }
 }
 
+const NUMBERS: usize = STEPS + 2;
+
 /// The sums as the control plane reads them (all zero without the feature).
 #[derive(Default)]
-pub struct StepCycles([AtomicU64; STEPS]);
+pub struct StepCycles([AtomicU64; NUMBERS]);
+
+/// What [`StepCycles::read`] gives.
+pub struct StepReading {
+    /// Cycles spent in each step.
+    pub steps: [u64; STEPS],
+    /// Ticks the speed probes took, and their additions.
+    pub probe_ticks: u64,
+    pub probe_adds: u64,
+}
 
 impl StepCycles {
     /// Stores `c`'s sums (only the owning PMD thread calls this).
     pub fn publish(&self, c: &StepClock) {
-        for (a, v) in self.0.iter().zip(c.sums()) {
+        for (a, v) in self.0.iter().zip(c.numbers()) {
             a.store(v, Relaxed);
         }
     }
-    pub fn read(&self) -> [u64; STEPS] {
-        self.0.each_ref().map(|a| a.load(Relaxed))
+    pub fn read(&self) -> StepReading {
+        let v = self.0.each_ref().map(|a| a.load(Relaxed));
+        StepReading {
+            steps: [v[0], v[1], v[2]],
+            probe_ticks: v[3],
+            probe_adds: v[4],
+        }
     }
 }
 
-/// `rx=R switch=S tx=T` cycles per packet, or `None` when nothing was counted.
-pub fn describe(sums: &[u64; STEPS], packets: u64) -> Option<String> {
-    if sums.iter().all(|&c| c == 0) || packets == 0 {
+/// `rx=R switch=S tx=T` cycles per packet and `core_speed=K` ticks per addition, or
+/// `None` when nothing was counted.
+pub fn describe(r: &StepReading, packets: u64) -> Option<String> {
+    if r.steps.iter().all(|&c| c == 0) || packets == 0 || r.probe_adds == 0 {
         return None;
     }
-    let parts: Vec<String> = NAMES
+    let mut parts: Vec<String> = NAMES
         .iter()
-        .zip(sums)
-        .map(|(n, &c)| format!("{n}={:.1}", c as f64 / packets as f64))
+        .zip(r.steps)
+        .map(|(n, c)| format!("{n}={:.1}", c as f64 / packets as f64))
         .collect();
+    parts.push(format!(
+        "core_speed={:.2} ticks/add",
+        r.probe_ticks as f64 / r.probe_adds as f64
+    ));
     Some(parts.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_per_packet_and_speed() {
+        let r = StepReading {
+            steps: [6400, 2560, 10240],
+            probe_ticks: 720,
+            probe_adds: 1000,
+        };
+        assert_eq!(
+            describe(&r, 100).as_deref(),
+            Some("rx=64.0 switch=25.6 tx=102.4 core_speed=0.72 ticks/add")
+        );
+        // Nothing counted (a build without the feature), or no packets: no line.
+        let none = StepReading {
+            steps: [0; STEPS],
+            probe_ticks: 0,
+            probe_adds: 0,
+        };
+        assert_eq!(describe(&none, 100), None);
+        assert_eq!(describe(&r, 0), None);
+    }
+
+    #[cfg(feature = "step-cycles")]
+    #[test]
+    fn only_busy_iterations_count() {
+        let mut c = StepClock::default();
+        c.start();
+        c.mark(Step::Rx);
+        c.end_iteration(false);
+        assert_eq!(c.numbers()[..STEPS], [0; STEPS]);
+        c.start();
+        std::hint::black_box(pmd::tsc::add_chain(1000));
+        c.mark(Step::Tx);
+        c.end_iteration(true);
+        let n = c.numbers();
+        assert_eq!(n[0], 0);
+        assert!(n[2] > 0, "the busy iteration's tx step counted: {n:?}");
+    }
 }
