@@ -17,6 +17,7 @@
 use super::{bpf, kick_tx, os_err, setsockopt, socket, NicError, Promisc, RingMap};
 use crate::mempool::{Mbuf, Mempool, MempoolCache};
 use crate::port::{Port, PortStats, Traffic, TxLane, TxLock};
+use crate::prefetch;
 use std::cell::UnsafeCell;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
@@ -200,14 +201,44 @@ impl Lender {
     }
 }
 
+/// Wakes a driver that asked for it (need_wakeup on the fill ring) to go on receiving.
+#[cold]
+fn wake_rx(fd: &OwnedFd) {
+    // SAFETY: a zero-length receive with no buffer: only wakes the driver.
+    unsafe {
+        libc::recvfrom(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+    }
+}
+
 /// The rx half of a queue: fill and rx rings, touched only by the PMD that polls it.
 struct RxSide {
     fill: XRing,
     rx: XRing,
     lender: Lender,
+    /// Frames received since the fill ring was last topped up: each took a fill
+    /// entry, so this says when a refill is due without reading the kernel's fill
+    /// consumer index (see `rx_burst`).
+    taken: u32,
 }
 
 impl RxSide {
+    /// Tops the fill ring up if a batch of its slots is free.
+    #[inline]
+    fn refill(&mut self, pool: &Mempool, lent: &[AtomicU8], cache: &mut MempoolCache) {
+        let free = self.fill.free();
+        if free >= REFILL_BATCH {
+            self.lend_to_fill(pool, lent, free, || cache.alloc());
+            self.taken = 0;
+        }
+    }
+
     /// Lends up to `n` mbufs taken from `alloc` to the kernel on the fill ring, where
     /// `n` is at most the ring's free slots; marks each in `lent`.
     fn lend_to_fill(
@@ -473,6 +504,7 @@ fn open_queue(
             fill,
             rx,
             lender: Lender::new(pool, try_zero_copy),
+            taken: 0,
         }),
         tx: UnsafeCell::new(TxSide { tx, comp }),
         tx_lock: TxLock::new(),
@@ -693,6 +725,10 @@ impl Port for AfXdpPort {
             let off = (d.addr & ADDR_MASK) + (d.addr >> 48);
             // An address we did not lend cannot come from the kernel; skip it if it does.
             if let Some(m) = take_back(&self.pool, &queue.lent, off, d.len) {
+                // The kernel wrote the frame on another core: start fetching its
+                // header now, so the misses of a burst's frames overlap each other and
+                // this poll, instead of each stalling the switch step in turn.
+                prefetch::read(m.data().as_ptr());
                 bytes += m.len() as u64;
                 out[got] = Some(m);
                 got += 1;
@@ -700,22 +736,17 @@ impl Port for AfXdpPort {
         }
         side.rx.local = side.rx.local.wrapping_add(n);
         side.rx.cons().store(side.rx.local, Ordering::Release);
-        // Keep the fill ring stocked.
-        let free = side.fill.free();
-        if free >= REFILL_BATCH {
-            side.lend_to_fill(&self.pool, &queue.lent, free, || cache.alloc());
-        }
-        if side.fill.needs_wakeup() {
-            // SAFETY: a zero-length receive with no buffer: only wakes the driver.
-            unsafe {
-                libc::recvfrom(
-                    queue.fd.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    0,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                );
+        side.taken += n;
+        // Keep the fill ring stocked. The kernel writes the line holding the fill
+        // ring's consumer index and flags for every frame it receives, so reading it
+        // costs a cache miss on a busy poll: read it only once a refill is due by the
+        // frames received, or on an empty poll, where it is cheap (the line has not
+        // changed since) and catches entries the kernel took for frames it dropped, and
+        // a driver waiting for a wake-up.
+        if n == 0 || side.taken >= REFILL_BATCH {
+            side.refill(&self.pool, &queue.lent, cache);
+            if side.fill.needs_wakeup() {
+                wake_rx(&queue.fd);
             }
         }
         tr.rx_packets += got as u64;
