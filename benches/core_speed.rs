@@ -5,8 +5,9 @@
 //! On a virtual machine the host decides how much of a physical core a vCPU gets: on
 //! this project's test hosts a loaded vCPU runs for seconds at a time at about 0.72
 //! ticks per addition and for seconds at about 1.2-1.4 (under 60% of the speed), each
-//! vCPU on its own. Every PMD's cycles per packet follow, so `benches/pvp` runs this
-//! before and after each round to say at which speed the round ran.
+//! vCPU on its own. Use it to see whether a host does that; a PMD built with
+//! `--features step-cycles` runs the same chain inside its loop (switch/src/steps.rs),
+//! which tells the speed of the core a measured round ran at.
 //!
 //! Usage: core_speed [CORE_A CORE_B [MILLIS [SECONDS]]]   (default 0 1 300): the median
 //! over MILLIS of 5 ms samples, per core (`0.72 1.31`); with SECONDS, one line every
