@@ -3,14 +3,15 @@
 //! them). A core at the counter's rate takes 1.0; in turbo less.
 //!
 //! On a virtual machine the host decides how much of a physical core a vCPU gets: on
-//! this project's test hosts a loaded vCPU runs for seconds at a time at about 0.72
-//! ticks per addition and for seconds at about 1.2-1.4 (under 60% of the speed), each
-//! vCPU on its own. Use it to see whether a host does that; a PMD built with
+//! this project's test hosts a loaded vCPU runs at about 0.72 ticks per addition most
+//! of the time, with spells of a fraction of a second to several seconds at about
+//! 1.2-1.4 (under 60% of the speed), each vCPU on its own. The chain is bound by the
+//! core's clock alone: a neighbour sharing the core's caches barely shows in it. Use it to see whether a host does that; a PMD built with
 //! `--features step-cycles` runs the same chain inside its loop (switch/src/steps.rs),
 //! which tells the speed of the core a measured round ran at.
 //!
 //! Usage: core_speed [CORE_A CORE_B [MILLIS [SECONDS]]]   (default 0 1 300): the median
-//! over MILLIS of 5 ms samples, per core (`0.72 1.31`); with SECONDS, one line every
+//! over MILLIS of samples of about 1.5 ms, per core (`0.72 1.31`); with SECONDS, one line every
 //! MILLIS for that long, each with its time, to watch the speed change.
 
 use std::time::Instant;
@@ -22,7 +23,7 @@ fn pin(core: usize) {
     }
 }
 
-/// Median ticks per addition over `millis` of samples of about 5 ms, on `core`.
+/// Median ticks per addition over `millis` of samples of about 1.5 ms, on `core`.
 fn speed(core: usize, millis: u64) -> f64 {
     pin(core);
     const ADDS: u64 = 4_000_000;

@@ -5,18 +5,25 @@
 //! --features step-cycles`), where each step costs one more cycle-counter read and
 //! every 1024th iteration times a chain of 1000 dependent additions
 //! ([`pmd::tsc::add_chain`], about 1000 cycles); in other builds the clock is empty and
-//! every call compiles to nothing. `benches/pvp` prints both when the switch under
-//! test has them: on a host that slows a vCPU down, every step's cycles per packet
-//! rise with the core's ticks per addition.
+//! every call compiles to nothing. `benches/pvp` and `benches/nic` print both when the
+//! switch under test has them. The chain is bound by the core's clock alone: it shows
+//! a host running the vCPU slower, not a neighbour sharing its caches or execution
+//! units, nor slower memory. The probe's cycles count in the thread's busy or idle
+//! cycles (outside the steps), and the clock reads the counter three more times per
+//! iteration, idle ones too: a build for finding where cycles go, not for measuring
+//! speed.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// The steps, in loop order.
 #[derive(Clone, Copy)]
 pub enum Step {
-    /// Polling an rx queue (empty polls included) up to the frames in hand.
+    /// Polling an rx queue (empty polls included) up to the frames in hand, with what
+    /// the loop does before a poll (the backpressure check and its settle, the
+    /// queue's load accounting).
     Rx = 0,
-    /// Parsing, learning, looking up and queueing the burst's frames.
+    /// Capture taps on receive, then parsing, learning, looking up and queueing the
+    /// burst's frames.
     Switch = 1,
     /// Writing queued frames to their ports' rings (backlog included).
     Tx = 2,
@@ -95,17 +102,15 @@ impl StepClock {
     }
 
     /// rx, switch, tx, probe ticks, probe additions.
+    #[cfg(feature = "step-cycles")]
     fn numbers(&self) -> [u64; NUMBERS] {
-        #[cfg(feature = "step-cycles")]
-        return [
+        [
             self.sums[0],
             self.sums[1],
             self.sums[2],
             self.probe[0],
             self.probe[1],
-        ];
-        #[cfg(not(feature = "step-cycles"))]
-        [0; NUMBERS]
+        ]
     }
 }
 
@@ -119,17 +124,23 @@ pub struct StepCycles([AtomicU64; NUMBERS]);
 pub struct StepReading {
     /// Cycles spent in each step.
     pub steps: [u64; STEPS],
-    /// Ticks the speed probes took, and their additions.
+    /// Ticks the speed probes took.
     pub probe_ticks: u64,
+    /// Additions the speed probes made.
     pub probe_adds: u64,
 }
 
 impl StepCycles {
     /// Stores `c`'s sums (only the owning PMD thread calls this).
+    /// Without the feature there is nothing to store: the numbers stay zero.
+    #[inline(always)]
     pub fn publish(&self, c: &StepClock) {
+        #[cfg(feature = "step-cycles")]
         for (a, v) in self.0.iter().zip(c.numbers()) {
             a.store(v, Relaxed);
         }
+        #[cfg(not(feature = "step-cycles"))]
+        let _ = c;
     }
     pub fn read(&self) -> StepReading {
         let v = self.0.each_ref().map(|a| a.load(Relaxed));

@@ -56,7 +56,9 @@ const FILL_SIZE: u32 = 2048;
 const RX_SIZE: u32 = 2048;
 const TX_SIZE: u32 = 1024;
 const COMP_SIZE: u32 = 2048;
-/// The fill ring is topped up once this many slots are free.
+/// The fill ring is topped up once this many slots are free; on a busy poll, its
+/// free slots are read only once this many frames were received since the last
+/// top-up (see `rx_burst`).
 const REFILL_BATCH: u32 = 32;
 /// How long a bind keeps retrying a queue that is busy (see `open_queue`).
 const BIND_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -222,32 +224,38 @@ struct RxSide {
     fill: XRing,
     rx: XRing,
     lender: Lender,
-    /// Frames received since the fill ring was last topped up: each took a fill
-    /// entry, so this says when a refill is due without reading the kernel's fill
-    /// consumer index (see `rx_burst`).
+    /// Frames received since the fill ring was last topped up. In copy mode each took
+    /// a fill entry (the kernel also takes some for frames it drops, and a zero-copy
+    /// driver takes them ahead of frames), so this tells roughly when a refill is due
+    /// without reading the kernel's fill consumer index (see `rx_burst`).
     taken: u32,
 }
 
 impl RxSide {
-    /// Tops the fill ring up if a batch of its slots is free.
+    /// Tops the fill ring up if a batch of its slots is free. `taken` starts again
+    /// from zero only once the ring is full: when the pool ran short, the next busy
+    /// poll tries again.
     #[inline]
     fn refill(&mut self, pool: &Mempool, lent: &[AtomicU8], cache: &mut MempoolCache) {
         let free = self.fill.free();
-        if free >= REFILL_BATCH {
-            self.lend_to_fill(pool, lent, free, || cache.alloc());
+        if free < REFILL_BATCH {
+            return;
+        }
+        if self.lend_to_fill(pool, lent, free, || cache.alloc()) == free {
             self.taken = 0;
         }
     }
 
     /// Lends up to `n` mbufs taken from `alloc` to the kernel on the fill ring, where
-    /// `n` is at most the ring's free slots; marks each in `lent`.
+    /// `n` is at most the ring's free slots; marks each in `lent`. Returns how many.
     fn lend_to_fill(
         &mut self,
         pool: &Mempool,
         lent: &[AtomicU8],
         n: u32,
         mut alloc: impl FnMut() -> Option<Mbuf>,
-    ) {
+    ) -> u32 {
+        let first = self.fill.local;
         for _ in 0..n {
             let Some(m) = self.lender.next(pool, &mut alloc) else {
                 break;
@@ -260,6 +268,7 @@ impl RxSide {
             self.fill.local = self.fill.local.wrapping_add(1);
         }
         self.fill.prod().store(self.fill.local, Ordering::Release);
+        self.fill.local.wrapping_sub(first)
     }
 }
 
@@ -725,9 +734,10 @@ impl Port for AfXdpPort {
             let off = (d.addr & ADDR_MASK) + (d.addr >> 48);
             // An address we did not lend cannot come from the kernel; skip it if it does.
             if let Some(m) = take_back(&self.pool, &queue.lent, off, d.len) {
-                // The kernel wrote the frame on another core: start fetching its
-                // header now, so the misses of a burst's frames overlap each other and
-                // this poll, instead of each stalling the switch step in turn.
+                // The kernel (or in zero-copy the NIC) wrote the frame elsewhere:
+                // start fetching its header now, so the misses of a burst's frames
+                // overlap each other and this poll, instead of each stalling the
+                // switch step in turn.
                 prefetch::read(m.data().as_ptr());
                 bytes += m.len() as u64;
                 out[got] = Some(m);
@@ -736,13 +746,13 @@ impl Port for AfXdpPort {
         }
         side.rx.local = side.rx.local.wrapping_add(n);
         side.rx.cons().store(side.rx.local, Ordering::Release);
-        side.taken += n;
+        side.taken = side.taken.saturating_add(n);
         // Keep the fill ring stocked. The kernel writes the line holding the fill
-        // ring's consumer index and flags for every frame it receives, so reading it
-        // costs a cache miss on a busy poll: read it only once a refill is due by the
-        // frames received, or on an empty poll, where it is cheap (the line has not
-        // changed since) and catches entries the kernel took for frames it dropped, and
-        // a driver waiting for a wake-up.
+        // ring's consumer index and flags as it takes entries, so reading it is a cache
+        // miss on most busy polls at low rates: read it on a busy poll only once a
+        // refill is due by the frames received, and on every empty poll, which also
+        // catches entries the kernel took for frames it dropped and a driver waiting
+        // for a wake-up (a full-burst poll still reads it: REFILL_BATCH is a burst).
         if n == 0 || side.taken >= REFILL_BATCH {
             side.refill(&self.pool, &queue.lent, cache);
             if side.fill.needs_wakeup() {
