@@ -12,8 +12,8 @@
 //! The pcap format (nanosecond timestamps, Ethernet link type) is written with the
 //! `pcap-file` crate; see `switch::capture` for where frames are seen.
 
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
-use pcap_file::{DataLink, TsResolution};
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapParser, PcapWriter};
+use pcap_file::{DataLink, PcapError, TsResolution};
 use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -484,8 +484,13 @@ fn open_capture(socket: &Path, request: &[&str]) -> Result<(UnixStream, String),
 
 /// Copies the pcap stream to `out` until the switch closes it. A reader of stdout
 /// that went away (tcpdump -c) ends the capture with this process, without error.
-fn copy_stream(s: &mut UnixStream, out: &mut dyn Write, out_path: &str) -> Result<(), ClientError> {
+/// Only whole records are written, each batch in one write: a client stopped by a
+/// signal (SIGTERM, as `ctl capture` is meant to be stopped) leaves a file that ends
+/// on a record, never inside one (a read from the socket can end anywhere).
+fn copy_stream(s: &mut impl Read, out: &mut dyn Write, out_path: &str) -> Result<(), ClientError> {
     let mut buf = vec![0u8; 64 << 10];
+    let mut pending = Vec::with_capacity(buf.len());
+    let mut parser = None;
     let cannot_write =
         |e: std::io::Error| ClientError::Io(format!("capture: cannot write {out_path}: {e}"));
     loop {
@@ -495,13 +500,48 @@ fn copy_stream(s: &mut UnixStream, out: &mut dyn Write, out_path: &str) -> Resul
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ClientError::Io(format!("capture: {e}"))),
         };
-        match out.write_all(&buf[..n]).and_then(|_| out.flush()) {
+        pending.extend_from_slice(&buf[..n]);
+        let whole = whole_records(&mut parser, &pending).map_err(|e| {
+            ClientError::Io(format!(
+                "capture: the switch sent a broken pcap stream: {e}"
+            ))
+        })?;
+        if whole == 0 {
+            continue;
+        }
+        match out.write_all(&pending[..whole]).and_then(|_| out.flush()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
             Err(e) => return Err(cannot_write(e)),
         }
+        pending.drain(..whole);
     }
     out.flush().map_err(cannot_write)
+}
+
+/// How many bytes at the front of `data` are whole: the file header (the first time,
+/// which sets `parser` up) and the whole records after it.
+fn whole_records(parser: &mut Option<PcapParser>, data: &[u8]) -> Result<usize, PcapError> {
+    let mut rest = data;
+    let p = match parser {
+        Some(p) => p,
+        None => match PcapParser::new(rest) {
+            Ok((r, p)) => {
+                rest = r;
+                parser.insert(p)
+            }
+            Err(PcapError::IncompleteBuffer) => return Ok(0),
+            Err(e) => return Err(e),
+        },
+    };
+    loop {
+        match p.next_raw_packet(rest) {
+            Ok((r, _)) => rest = r,
+            Err(PcapError::IncompleteBuffer) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(data.len() - rest.len())
 }
 
 /// The reply line, byte by byte (what follows it is the pcap stream).
@@ -530,6 +570,77 @@ fn read_line(s: &mut UnixStream) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader that hands out `step` bytes at a time and ends after `len`.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(self.data.len()).min(buf.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_client_writes_whole_records_only() {
+        let header = PcapHeader {
+            snaplen: 262144,
+            datalink: DataLink::ETHERNET,
+            ts_resolution: TsResolution::NanoSecond,
+            ..Default::default()
+        };
+        let mut w = PcapWriter::with_header(Vec::new(), header).unwrap();
+        // Where each record ends: the 24-byte file header, then 16 + data per record.
+        let mut ends = Vec::new();
+        let mut end = 24;
+        for len in [60usize, 1514, 97] {
+            let data = vec![len as u8; len];
+            let p = PcapPacket::new(Duration::from_nanos(len as u64), len as u32, &data);
+            w.write_packet(&p).unwrap();
+            end += 16 + len;
+            ends.push(end);
+        }
+        let stream = w.into_writer();
+        assert_eq!(stream.len(), end);
+        // The stream stops 5 bytes into the third record's data, read 7 bytes at a time.
+        let cut = ends[1] + 16 + 5;
+        let mut out = Vec::new();
+        copy_stream(
+            &mut Trickle {
+                data: &stream[..cut],
+                step: 7,
+            },
+            &mut out,
+            "test",
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            &stream[..ends[1]],
+            "two whole records, not the third's start"
+        );
+        // Whole, it is copied as it came.
+        let mut out = Vec::new();
+        let mut r = Trickle {
+            data: &stream,
+            step: 1000,
+        };
+        copy_stream(&mut r, &mut out, "test").unwrap();
+        assert_eq!(out, stream);
+        // A stream that is not pcap is refused, not copied.
+        let mut out = Vec::new();
+        let mut r = Trickle {
+            data: &[0x55; 64],
+            step: 64,
+        };
+        assert!(copy_stream(&mut r, &mut out, "test").is_err());
+        assert!(out.is_empty());
+    }
 
     #[test]
     fn requests_parse_and_refuse_with_the_option_named() {
