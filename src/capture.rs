@@ -571,7 +571,7 @@ fn read_line(s: &mut UnixStream) -> std::io::Result<String> {
 mod tests {
     use super::*;
 
-    /// A reader that hands out `step` bytes at a time and ends after `len`.
+    /// A reader that hands out `step` bytes at a time until its data runs out.
     struct Trickle<'a> {
         data: &'a [u8],
         step: usize,

@@ -661,16 +661,7 @@ impl Shared {
                     iteration: self.latency().map(|l| l.iteration(i, self.tsc_hz)),
                     rx_bursts: st.rx_bursts.read(),
                     tx_bursts: st.tx_bursts.read(),
-                    step_cycles: {
-                        let r = st.steps.read();
-                        [
-                            r.steps[0],
-                            r.steps[1],
-                            r.steps[2],
-                            r.probe_ticks,
-                            r.probe_adds,
-                        ]
-                    },
+                    step_cycles: st.steps.raw(),
                     rxqs: qs
                         .iter()
                         .map(|q| RxqSnapshot {

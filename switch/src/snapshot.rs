@@ -50,7 +50,7 @@ pub struct PmdSnapshot {
     /// Cycles spent in each loop step, rx, switch and tx, then the ticks the core
     /// speed probes took and their additions (all zero unless built with the
     /// `step-cycles` feature; see `steps`).
-    pub step_cycles: [u64; 5],
+    pub step_cycles: [u64; crate::steps::NUMBERS],
     pub rxqs: Vec<RxqSnapshot>,
 }
 

@@ -114,7 +114,8 @@ impl StepClock {
     }
 }
 
-const NUMBERS: usize = STEPS + 2;
+/// The numbers a [`StepCycles`] holds: the steps', then the probe's ticks and additions.
+pub const NUMBERS: usize = STEPS + 2;
 
 /// The sums as the control plane reads them (all zero without the feature).
 #[derive(Default)]
@@ -142,8 +143,12 @@ impl StepCycles {
         #[cfg(not(feature = "step-cycles"))]
         let _ = c;
     }
+    /// rx, switch, tx, then the speed probes' ticks and additions (`ctl --json`).
+    pub fn raw(&self) -> [u64; NUMBERS] {
+        self.0.each_ref().map(|a| a.load(Relaxed))
+    }
     pub fn read(&self) -> StepReading {
-        let v = self.0.each_ref().map(|a| a.load(Relaxed));
+        let v = self.raw();
         StepReading {
             steps: [v[0], v[1], v[2]],
             probe_ticks: v[3],

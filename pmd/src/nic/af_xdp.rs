@@ -14,7 +14,7 @@
 //! dropping the port, or the process dying in any way, detaches it. Promiscuous mode is
 //! held the same way ([`super::Promisc`]).
 
-use super::{bpf, kick_tx, os_err, setsockopt, socket, NicError, Promisc, RingMap};
+use super::{bpf, kick_tx, os_err, setsockopt, socket, wake_rx, NicError, Promisc, RingMap};
 use crate::mempool::{Mbuf, Mempool, MempoolCache};
 use crate::port::{Port, PortStats, Traffic, TxLane, TxLock};
 use crate::prefetch;
@@ -200,22 +200,6 @@ impl Lender {
         for m in self.parked.drain(..) {
             pool.free(m);
         }
-    }
-}
-
-/// Wakes a driver that asked for it (need_wakeup on the fill ring) to go on receiving.
-#[cold]
-fn wake_rx(fd: &OwnedFd) {
-    // SAFETY: a zero-length receive with no buffer: only wakes the driver.
-    unsafe {
-        libc::recvfrom(
-            fd.as_raw_fd(),
-            std::ptr::null_mut(),
-            0,
-            libc::MSG_DONTWAIT,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        );
     }
 }
 

@@ -210,3 +210,20 @@ pub(crate) fn kick_tx(fd: &OwnedFd) {
         );
     }
 }
+
+/// Tells the kernel to look at a socket's fill ring and go on receiving (`recvfrom`
+/// with no buffer), for a driver that asked for it (need_wakeup).
+#[cold]
+pub(crate) fn wake_rx(fd: &OwnedFd) {
+    // SAFETY: a zero-length receive with no buffer and no address.
+    unsafe {
+        libc::recvfrom(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            0,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+    }
+}
