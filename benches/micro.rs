@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use pmd::hugepage::HugepagePolicy;
 use pmd::vhost::driver::{DriverMem, DriverRing, F_WRITE};
 use pmd::vhost::mem::GuestMemory;
-use pmd::vhost::virtq::{LiveRing, RingFeatures};
+use pmd::vhost::virtq::{LiveRing, RingFeatures, RxDrops};
 use pmd::{Mbuf, Mempool, MempoolCache};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -85,6 +85,7 @@ fn vhost(c: &mut Criterion) {
         mrg_rxbuf: true,
         indirect: true,
         hdr_len: 12,
+        max_frame: pmd::port::max_frame(pmd::port::DEFAULT_MTU),
     };
     let mut g = c.benchmark_group("vhost");
     g.throughput(Throughput::Elements(32));
@@ -107,7 +108,7 @@ fn vhost(c: &mut Criterion) {
                     ring.push(head % 256);
                     head = head.wrapping_add(1);
                 }
-                let (mut over, mut bytes) = (0, 0);
+                let (mut over, mut bytes) = (RxDrops::default(), 0);
                 let n = lr.dequeue(&mut cache, &mut out, &mut over, &mut bytes);
                 assert_eq!(n, 32);
                 for m in out[..n].iter_mut() {

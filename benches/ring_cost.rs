@@ -15,7 +15,7 @@ use pmd::port::{PortStats, Traffic, TxLane};
 use pmd::rcu::Rcu;
 use pmd::vhost::driver::{DriverMem, DriverRing, F_WRITE};
 use pmd::vhost::mem::GuestMemory;
-use pmd::vhost::virtq::{LiveRing, RingFeatures};
+use pmd::vhost::virtq::{LiveRing, RingFeatures, RxDrops};
 use pmd::Port;
 use pmd::{Mbuf, Mempool, MempoolCache};
 use std::hint::black_box;
@@ -39,6 +39,7 @@ const FEAT: RingFeatures = RingFeatures {
     mrg_rxbuf: true,
     indirect: true,
     hdr_len: 12,
+    max_frame: pmd::port::max_frame(pmd::port::DEFAULT_MTU),
 };
 
 fn live(mem: &DriverMem, ring: &DriverRing) -> LiveRing {
@@ -60,7 +61,7 @@ fn dequeue_bursts(
             ring.push(head % 256);
             head = head.wrapping_add(1);
         }
-        let (mut over, mut bytes) = (0, 0);
+        let (mut over, mut bytes) = (RxDrops::default(), 0);
         let n = lr.dequeue(cache, &mut out, &mut over, &mut bytes);
         assert_eq!(n, 32);
         for m in out[..n].iter_mut() {
@@ -200,6 +201,8 @@ fn loop_bursts(bursts: usize, pool: Arc<Mempool>, vlan: PortVlan, latency: bool)
         ports: ports.into(),
         vlan_on: !vlan.is_plain(),
         vlans: vec![vlan.clone(), vlan].into(),
+        max_frames: vec![1518, 1518].into(),
+        mtu_on: false,
         rxqs: vec![rxq(0), rxq(1)],
         captures: Arc::from(Vec::new()),
         capture_on: false,

@@ -200,6 +200,7 @@ const DROPS: &[(&str, &str)] = &[
     ("drop_tx_full", "tx_full"),
     ("drop_tx_down", "tx_down"),
     ("drop_oversize", "oversize"),
+    ("drop_mtu", "mtu"),
     ("drop_no_mbuf", "no_mbuf"),
     ("drop_hairpin", "hairpin"),
     ("drop_runt", "runt"),
@@ -402,6 +403,16 @@ pub fn exposition(snap: &Snapshot, pool: &Mempool, started: f64) -> prometheus::
         "vswitch_mempool_mbufs_capacity",
         "Packet buffers in the pool (mempool.mbufs).",
         pool.capacity() as u64,
+    )?;
+    single(
+        "vswitch_mempool_large_mbufs_free",
+        "Large packet buffers (68 KiB slots, for frames longer than an mbuf) free in the pool.",
+        pool.large_available() as u64,
+    )?;
+    single(
+        "vswitch_mempool_large_mbufs_capacity",
+        "Large packet buffers in the pool (mempool.large_mbufs).",
+        pool.large_capacity() as u64,
     )?;
     single(
         "vswitch_tsc_hz",

@@ -98,6 +98,7 @@ impl OpenPort {
                 mode,
                 max_memory,
                 socket_perms,
+                mtu,
             } => {
                 let vc = VhostConfig {
                     name: p.name.clone(),
@@ -106,6 +107,7 @@ impl OpenPort {
                     queues: p.queues,
                     max_memory: *max_memory,
                     socket_perms: *socket_perms,
+                    mtu: *mtu,
                 };
                 let v = Arc::new(VhostUserPort::open(vc, rcu.clone())?);
                 (v.clone(), Some(v))
@@ -135,10 +137,11 @@ impl OpenPort {
                     None,
                 )
             }
-            PortKind::Tap { iface } => {
+            PortKind::Tap { iface, mtu } => {
                 let tc = TapConfig {
                     name: p.name.clone(),
                     iface: iface.clone(),
+                    mtu: *mtu,
                 };
                 (
                     Arc::new(TapPort::open(tc).map_err(|e| e.to_string())?),
@@ -262,7 +265,7 @@ pub fn diff(old: &[PortConfig], new: &[PortConfig]) -> Diff {
 
 /// The first key outside `[[port]]` whose value differs: a reload cannot apply it.
 fn restart_key(old: &Config, new: &Config) -> Option<&'static str> {
-    let keys: [(&'static str, bool); 13] = [
+    let keys: [(&'static str, bool); 14] = [
         ("switch.pmd_cores", old.pmd_cores != new.pmd_cores),
         (
             "switch.socket_group",
@@ -279,6 +282,7 @@ fn restart_key(old: &Config, new: &Config) -> Option<&'static str> {
         ),
         ("switch.tx_stall_ms", old.tx_stall_ms != new.tx_stall_ms),
         ("mempool.mbufs", old.mbufs != new.mbufs),
+        ("mempool.large_mbufs", old.large_mbufs != new.large_mbufs),
         ("mempool.hugepages", old.hugepages != new.hugepages),
         ("fdb.capacity", old.fdb_capacity != new.fdb_capacity),
         ("fdb.aging_secs", old.aging_secs != new.aging_secs),

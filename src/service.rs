@@ -22,7 +22,7 @@ pub fn run(cfg: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let pool = match Mempool::new(cfg.mbufs, cfg.hugepages) {
+    let pool = match Mempool::with_large(cfg.mbufs, cfg.large_mbufs, cfg.hugepages) {
         Ok(p) => p,
         Err(e) => {
             eprintln!(
@@ -34,6 +34,7 @@ pub fn run(cfg: Config) -> ExitCode {
     };
     tracing::info!(
         mbufs = cfg.mbufs,
+        large_mbufs = cfg.large_mbufs,
         hugepages = pool.is_huge(),
         "mbuf pool ready"
     );
@@ -114,6 +115,8 @@ pub fn run(cfg: Config) -> ExitCode {
     tracing::info!(
         free_mbufs = pool.available(),
         total = pool.capacity(),
+        free_large_mbufs = pool.large_available(),
+        large_total = pool.large_capacity(),
         "stopped"
     );
     ExitCode::SUCCESS
@@ -187,6 +190,8 @@ struct ShowJson {
 struct MempoolJson {
     free: usize,
     total: u32,
+    large_free: usize,
+    large_total: u32,
 }
 
 /// A value as one line of JSON.
@@ -209,10 +214,12 @@ fn answer(sw: &Switch, ports: &Ports, pool: &Mempool, line: &str) -> String {
     };
     match (cmd, args.as_slice()) {
         ("show", []) => format!(
-            "{}mempool: free={} total={}\n",
+            "{}mempool: free={} total={} large_free={} large_total={}\n",
             sw.show(),
             pool.available(),
-            pool.capacity()
+            pool.capacity(),
+            pool.large_available(),
+            pool.large_capacity()
         ),
         ("stats", []) => sw.stats(),
         ("fdb", []) => sw.fdb_dump(),
@@ -221,6 +228,8 @@ fn answer(sw: &Switch, ports: &Ports, pool: &Mempool, line: &str) -> String {
             mempool: MempoolJson {
                 free: pool.available(),
                 total: pool.capacity(),
+                large_free: pool.large_available(),
+                large_total: pool.large_capacity(),
             },
         }),
         ("fdb", ["--json"]) => json(&sw.fdb_entries()),

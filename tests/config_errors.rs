@@ -81,6 +81,29 @@ fn bad_configs_exit_2_with_file_key_and_value() {
     );
     expect_error(
         &d,
+        "mtu-too-big",
+        &format!("{b}{p1}mtu = 9216\n"),
+        &["key 'mtu' = 9216", "must be 68..=9000"],
+    );
+    expect_error(
+        &d,
+        "mtu-on-af-packet",
+        &format!(
+            "{b}[[port]]\nname = \"n\"\ndriver = \"af-packet\"\niface = \"eth9\"\nmtu = 9000\n"
+        ),
+        &[
+            "key 'mtu' does not apply to driver \"af-packet\" (only to vhost-user, tap)",
+            "ip link set IFACE mtu N",
+        ],
+    );
+    expect_error(
+        &d,
+        "large-mbufs",
+        &format!("{b}[mempool]\nlarge_mbufs = 8\n{p1}"),
+        &["key 'mempool.large_mbufs' = 8", "must be 256..=65536"],
+    );
+    expect_error(
+        &d,
         "dup-name",
         &format!("{b}{p1}{p1}"),
         &["key 'name' = \"a\"", "duplicate port name"],

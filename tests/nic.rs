@@ -93,7 +93,7 @@ fn af_xdp_namespaces_ping_and_burst() {
     eprintln!("{show}");
     assert!(show.contains("driver=af-xdp") && show.contains("kernel_rx_dropped=0"));
     assert!(
-        show.contains(&format!("iface={} link=up queues=2", a.host))
+        show.contains(&format!("iface={} mtu=1500 link=up queues=2", a.host))
             && show.contains("rxqs [a:0 a:1 b:0]"),
         "both queues of port a should be open and polled:\n{show}"
     );
@@ -307,6 +307,21 @@ fn nic_errors_exit_2_and_leave_nothing_attached() {
         "{err}"
     );
     assert!(clean, "the failed start left something on {br}");
+
+    // An MTU above what one UMEM chunk holds: refused before anything is attached,
+    // naming the limit and the way out.
+    must("ip", &["link", "set", &b.host, "mtu", "9000"]);
+    let cfg = write_config_ports(&dir, &port("b", "af-xdp", &b.host, ""));
+    let (code, err) = run_failing(&cfg, &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(&format!(
+            "\"{}\": MTU 9000 is more than an af-xdp port carries (1902",
+            b.host
+        )) && err.contains("af-packet"),
+        "{err}"
+    );
+    assert_clean(&b.host);
 }
 
 #[test]

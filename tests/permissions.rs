@@ -119,6 +119,7 @@ fn only_a_qemu_in_the_socket_group_can_connect() {
             socket: SocketRole::QemuConnects,
             mem_path: None,
             user,
+            host_mtu: None,
         })
     };
     let b = guest(

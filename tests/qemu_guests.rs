@@ -86,6 +86,7 @@ fn two_guests_ping_pktgen_and_reconnect() {
         &img,
         &BootOpts {
             mem_path: Some("/dev/hugepages"),
+            ..BootOpts::default()
         },
     );
     let b = Guest::boot(

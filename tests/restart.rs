@@ -319,6 +319,7 @@ fn guests_keep_their_traffic_across_switch_restart_and_crash() {
         socket: SocketRole::QemuListens,
         mem_path: None,
         user: None,
+        host_mtu: None,
     });
     let mut b = Guest::launch(&GuestSpec {
         name: "guest-b",
@@ -329,6 +330,7 @@ fn guests_keep_their_traffic_across_switch_restart_and_crash() {
         socket: SocketRole::QemuListens,
         mem_path: None,
         user: None,
+        host_mtu: None,
     });
     // QEMU creates its listening socket at once, then waits for a backend.
     let t0 = Instant::now();

@@ -27,7 +27,7 @@ use pmd::hugepage::HugepagePolicy;
 use pmd::vhost::driver::{eventfd, DriverMem};
 use pmd::vhost::mem::{GuestMemory, RegionDesc};
 use pmd::vhost::notify::{Irq, Notifier};
-use pmd::vhost::virtq::{LiveRing, RingAddrs, RingFeatures};
+use pmd::vhost::virtq::{LiveRing, RingAddrs, RingFeatures, RxDrops};
 use pmd::{Mbuf, Mempool, MempoolCache};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -42,6 +42,8 @@ pub const CANARY: u8 = 0xc5;
 /// Mbufs in the pool: a few bursts' worth, so that a guest offering many frames runs
 /// the pool dry.
 pub const POOL: u32 = 96;
+/// Large buffers in the rig's pool: few, so that running out of them is exercised too.
+pub const LARGE_POOL: u32 = 4;
 pub const MAX_OPS: usize = 16;
 pub const HEADER: usize = 11;
 
@@ -158,7 +160,7 @@ struct Rig {
 thread_local! {
     static RIG: Rig = Rig {
         mem: DriverMem::new(GUARD, FILE_LEN - GUARD, GPA, UVA),
-        pool: Mempool::new(POOL, HugepagePolicy::Off).expect("mempool"),
+        pool: Mempool::with_large(POOL, LARGE_POOL, HugepagePolicy::Off).expect("mempool"),
         zeros: vec![0; REGION as usize],
         canary: vec![CANARY; FILE_LEN as usize],
     };
@@ -286,6 +288,8 @@ fn run_on(rig: &Rig, inp: &Input, dir: Dir) {
         } else {
             12
         },
+        // Jumbo frames: longer frames take the large-buffer path.
+        max_frame: pmd::port::max_frame(pmd::port::MAX_MTU),
     };
     // Interrupts go through a notifier without a thread: delivered after each burst.
     let notifier = (inp.flags & F_CALL != 0).then(|| {
@@ -305,7 +309,7 @@ fn run_on(rig: &Rig, inp: &Input, dir: Dir) {
     };
     let mut cache = MempoolCache::new(rig.pool.clone());
     let mut held: Vec<Mbuf> = Vec::new();
-    let mut seen: HashSet<u32> = HashSet::new();
+    let mut seen: HashSet<(u32, bool)> = HashSet::new();
     if let Ok(mut lr) = LiveRing::new(gm, inp.size, addrs, inp.base, feat, irq) {
         rig.check_canaries(two);
         for &b in inp.ops {
@@ -319,7 +323,7 @@ fn run_on(rig: &Rig, inp: &Input, dir: Dir) {
                 Dir::Dequeue => {
                     if op.bits56 & 2 != 0 {
                         for m in held.drain(..) {
-                            seen.remove(&m.index());
+                            seen.remove(&(m.index(), m.is_large()));
                             cache.free(m);
                         }
                     }
@@ -358,12 +362,12 @@ fn dequeue(
     cache: &mut MempoolCache,
     op: Op,
     held: &mut Vec<Mbuf>,
-    seen: &mut HashSet<u32>,
+    seen: &mut HashSet<(u32, bool)>,
 ) -> usize {
     let mut out: [Option<Mbuf>; 32] = Default::default();
     let want = op.frames.min(out.len());
-    let (mut oversize, mut bytes) = (0u64, 0u64);
-    let n = lr.dequeue(cache, &mut out[..want], &mut oversize, &mut bytes);
+    let (mut drops, mut bytes) = (RxDrops::default(), 0u64);
+    let n = lr.dequeue(cache, &mut out[..want], &mut drops, &mut bytes);
     assert!(n <= want, "dequeue returned {n} of {want} slots");
     let mut sum = 0u64;
     for (i, slot) in out.iter_mut().enumerate() {
@@ -372,7 +376,7 @@ fn dequeue(
                 assert!(i < n, "slot {i} filled past the {n} returned");
                 assert!(m.len() <= m.capacity());
                 assert!(
-                    seen.insert(m.index()),
+                    seen.insert((m.index(), m.is_large())),
                     "mbuf {} handed out twice",
                     m.index()
                 );

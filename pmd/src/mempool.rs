@@ -5,6 +5,15 @@
 //! lock-free shared ring; each PMD thread keeps a [`MempoolCache`], a plain stack
 //! in front of it that is refilled and drained in bursts, so the hot path touches
 //! the shared ring once per [`CACHE_BURST`] buffers and takes no lock.
+//!
+//! Beside the small buffers the pool may hold a second area of large ones
+//! ([`LARGE_SLOT`] bytes each, for jumbo frames and, later, TCP segmentation
+//! offload): linear buffers, not chains of small ones, so every consumer of a frame
+//! still sees one `&[u8]`. A large buffer carries [`LARGE`] in its index; it is taken
+//! with [`MempoolCache::alloc_large`] and freed like any other, through a cold branch
+//! of the same ownership check. A frame that fits a small buffer is always in one
+//! (the drivers copy down), so an AF_XDP port, whose UMEM is the small area, is never
+//! handed a large buffer.
 
 use crate::hugepage::{HugeMem, HugepageError, HugepagePolicy};
 use crossbeam::queue::ArrayQueue;
@@ -17,6 +26,15 @@ pub const HEADROOM: usize = 128;
 pub const DATA_ROOM: usize = 2048;
 /// Size of one buffer slot: headroom + data, a multiple of the cache line.
 pub const BUF_SIZE: usize = HEADROOM + DATA_ROOM;
+/// Size of one large buffer slot, a multiple of the page size. Only its first 65535
+/// bytes are used: an [`Mbuf`]'s data offset and length are `u16`s.
+pub const LARGE_SLOT: usize = 68 * 1024;
+/// Bytes of packet data one large buffer holds after the headroom: 65407, more than
+/// the longest TSO frame Linux builds (its 64 KiB GSO limit includes the headers).
+pub const LARGE_DATA_ROOM: usize = u16::MAX as usize - HEADROOM;
+/// The index bit that marks a large buffer. Pools hold at most 2^22 buffers, so the
+/// bit is free.
+pub const LARGE: u32 = 1 << 31;
 /// Buffers moved between a cache and the shared ring at once.
 pub const CACHE_BURST: usize = 64;
 /// Most buffers a per-thread cache holds before it drains.
@@ -31,6 +49,15 @@ pub fn crosses_page(off: u64, len: u64, page: u64) -> bool {
 
 /// A pool of packet buffers.
 pub struct Mempool {
+    mem: HugeMem,
+    count: u32,
+    free: ArrayQueue<u32>,
+    large: Option<LargeArea>,
+}
+
+/// The pool's large buffers: their own memory and free ring, taken and given back
+/// directly (at most tens of thousands a second, so no per-thread cache).
+struct LargeArea {
     mem: HugeMem,
     count: u32,
     free: ArrayQueue<u32>,
@@ -56,8 +83,9 @@ impl Mbuf {
     /// The packet bytes.
     #[inline]
     pub fn data(&self) -> &[u8] {
-        // SAFETY: buf points at BUF_SIZE bytes owned exclusively by this handle;
-        // data_off + len <= BUF_SIZE is kept by every setter.
+        // SAFETY: buf points at a slot (BUF_SIZE bytes, or LARGE_SLOT for a large
+        // buffer) owned exclusively by this handle; data_off + len <= slot_size() is
+        // kept by every setter.
         unsafe {
             std::slice::from_raw_parts(
                 self.buf.as_ptr().add(self.data_off as usize),
@@ -80,8 +108,33 @@ impl Mbuf {
     /// Lengths past the buffer's data room are clamped to it.
     #[inline]
     pub fn set_len(&mut self, len: usize) -> &mut [u8] {
-        self.len = len.min(BUF_SIZE - self.data_off as usize) as u16;
+        // One compare, as the `min` it replaces; large buffers take the cold branch.
+        self.len = if self.data_off as usize + len <= BUF_SIZE {
+            len as u16
+        } else {
+            self.clamp_len(len)
+        };
         self.data_mut()
+    }
+    #[cold]
+    fn clamp_len(&self, len: usize) -> u16 {
+        len.min(self.capacity()) as u16
+    }
+    /// Whether this is a large buffer ([`LARGE_SLOT`] bytes).
+    #[inline]
+    pub fn is_large(&self) -> bool {
+        self.idx & LARGE != 0
+    }
+    /// The bytes of this buffer's slot that may hold data, headroom included: the
+    /// whole small slot, or the first 65535 bytes of a large one (so that data offset
+    /// plus length always fits a `u16`).
+    #[inline]
+    fn slot_size(&self) -> usize {
+        if self.is_large() {
+            u16::MAX as usize
+        } else {
+            BUF_SIZE
+        }
     }
     /// Grows the data by `n` bytes at the front (new bytes unspecified): into the
     /// headroom, or, when there is not enough, by moving the data back. `false`, and
@@ -91,7 +144,7 @@ impl Mbuf {
         let (off, len) = (self.data_off as usize, self.len as usize);
         if off >= n {
             self.data_off -= n as u16;
-        } else if len + n <= BUF_SIZE {
+        } else if len + n <= self.slot_size() {
             // Move the data back by n - off and start it at the buffer's first byte.
             let shift = n - off;
             let whole = self.set_whole(off + len + shift);
@@ -112,10 +165,11 @@ impl Mbuf {
     }
     /// The first `len` bytes of the whole buffer, headroom included, writable.
     fn set_whole(&mut self, len: usize) -> &mut [u8] {
-        debug_assert!(len <= BUF_SIZE);
-        // SAFETY: buf points at BUF_SIZE bytes owned exclusively by this handle, and
-        // len <= BUF_SIZE (checked by the caller).
-        unsafe { std::slice::from_raw_parts_mut(self.buf.as_ptr(), len.min(BUF_SIZE)) }
+        let slot = self.slot_size();
+        debug_assert!(len <= slot);
+        // SAFETY: buf points at a slot of at least slot_size() bytes owned exclusively
+        // by this handle, and the length is clamped to slot_size().
+        unsafe { std::slice::from_raw_parts_mut(self.buf.as_ptr(), len.min(slot)) }
     }
     #[inline]
     pub fn len(&self) -> usize {
@@ -128,30 +182,73 @@ impl Mbuf {
     /// Bytes that can be stored from the start of data.
     #[inline]
     pub fn capacity(&self) -> usize {
-        BUF_SIZE - self.data_off as usize
+        self.slot_size() - self.data_off as usize
     }
     /// Raw pointer to the start of data, for copies into and out of guest memory.
     #[inline]
     pub fn data_ptr(&mut self) -> *mut u8 {
-        // SAFETY: data_off <= BUF_SIZE, inside the buffer.
+        // SAFETY: data_off <= slot_size(), inside the buffer.
         unsafe { self.buf.as_ptr().add(self.data_off as usize) }
     }
-    /// The buffer's index in its pool (stable identity, used by tests).
+    /// The buffer's index in its pool (stable identity, used by tests); small and
+    /// large buffers are numbered apart.
     pub fn index(&self) -> u32 {
-        self.idx
+        self.idx & !LARGE
     }
 }
 
 impl Mempool {
-    /// Creates a pool of `count` buffers.
+    /// Creates a pool of `count` buffers and no large ones.
     pub fn new(count: u32, policy: HugepagePolicy) -> Result<Arc<Mempool>, HugepageError> {
+        Mempool::with_large(count, 0, policy)
+    }
+
+    /// Creates a pool of `count` buffers and `large` large ones.
+    pub fn with_large(
+        count: u32,
+        large: u32,
+        policy: HugepagePolicy,
+    ) -> Result<Arc<Mempool>, HugepageError> {
         let count = count.max(1);
         let mem = HugeMem::new(count as usize * BUF_SIZE, policy)?;
-        let free = ArrayQueue::new(count as usize);
-        for i in 0..count {
-            free.push(i).expect("ring sized to count");
-        }
-        Ok(Arc::new(Mempool { mem, count, free }))
+        let large = match large {
+            0 => None,
+            n => Some(LargeArea {
+                mem: HugeMem::new(n as usize * LARGE_SLOT, policy)?,
+                count: n,
+                free: free_ring(n),
+            }),
+        };
+        Ok(Arc::new(Mempool {
+            mem,
+            count,
+            free: free_ring(count),
+            large,
+        }))
+    }
+
+    /// Total large buffers in the pool.
+    pub fn large_capacity(&self) -> u32 {
+        self.large.as_ref().map_or(0, |l| l.count)
+    }
+    /// Large buffers free now.
+    pub fn large_available(&self) -> usize {
+        self.large.as_ref().map_or(0, |l| l.free.len())
+    }
+
+    /// Takes one large buffer; `None` when there are none free (or none at all).
+    pub fn alloc_large(&self) -> Option<Mbuf> {
+        let l = self.large.as_ref()?;
+        let i = l.free.pop()?;
+        // SAFETY: i < l.count (only such indexes are on the ring), so the slot lies
+        // inside the large area's mapping.
+        let p = unsafe { l.mem.as_ptr().add(i as usize * LARGE_SLOT) };
+        Some(Mbuf {
+            buf: NonNull::new(p).expect("mapping is non-null"),
+            idx: i | LARGE,
+            data_off: HEADROOM as u16,
+            len: 0,
+        })
     }
 
     /// Total buffers in the pool.
@@ -199,7 +296,9 @@ impl Mempool {
 
     /// Gives one buffer back to the shared ring.
     pub fn free(&self, m: Mbuf) {
-        self.check_owner(&m);
+        if !self.owns_small(&m) {
+            return self.free_other(m.buf, m.idx);
+        }
         // The ring holds every index at most once, so it cannot be full here.
         let _ = self.free.push(m.idx);
     }
@@ -214,9 +313,12 @@ impl Mempool {
     /// Hands a buffer to a device: returns the offset of its packet data from the
     /// region's base and its length. The caller must give the offset back to
     /// [`Mempool::reclaim`] exactly once, when the device is done with it.
+    /// Only small buffers are lent: a large one here is a bug of the caller (panic).
     #[inline]
     pub(crate) fn lend(&self, m: Mbuf) -> (u64, u32) {
-        self.check_owner(&m);
+        if !self.owns_small(&m) {
+            foreign(&m);
+        }
         (
             m.idx as u64 * BUF_SIZE as u64 + m.data_off as u64,
             m.len as u32,
@@ -242,22 +344,50 @@ impl Mempool {
         Some(m)
     }
 
+    /// Whether `m` is one of this pool's small buffers. One compare: pools never
+    /// overlap and an Mbuf is only ever made by its pool (`mbuf`, `reclaim`) pointing
+    /// at its own slot, so a buffer inside this pool's memory is this pool's.
     #[inline(always)]
-    fn check_owner(&self, m: &Mbuf) {
-        // One compare: pools never overlap and an Mbuf is only ever made by its pool
-        // (`mbuf`, `reclaim`) pointing at its own slot, so a buffer inside this pool's
-        // memory is this pool's.
+    fn owns_small(&self, m: &Mbuf) -> bool {
         let off = (m.buf.as_ptr() as usize).wrapping_sub(self.mem.as_ptr() as usize);
-        if off >= self.count as usize * BUF_SIZE {
-            foreign(m);
-        }
+        off < self.count as usize * BUF_SIZE
     }
+
+    /// Frees what is not a small buffer of this pool (an Mbuf's `buf` and `idx`, passed
+    /// apart so that the hot caller keeps the handle in registers): one of its large
+    /// buffers, or (a bug) another pool's buffer, which would get two owners: panic.
+    #[cold]
+    #[inline(never)]
+    fn free_other(&self, buf: NonNull<u8>, idx: u32) {
+        if let Some(l) = &self.large {
+            let off = (buf.as_ptr() as usize).wrapping_sub(l.mem.as_ptr() as usize);
+            if idx & LARGE != 0 && off < l.count as usize * LARGE_SLOT {
+                let _ = l.free.push(idx & !LARGE);
+                return;
+            }
+        }
+        foreign_idx(idx)
+    }
+}
+
+fn free_ring(count: u32) -> ArrayQueue<u32> {
+    let free = ArrayQueue::new(count as usize);
+    for i in 0..count {
+        free.push(i).expect("ring sized to count");
+    }
+    free
 }
 
 #[cold]
 #[inline(never)]
 fn foreign(m: &Mbuf) -> ! {
-    panic!("mbuf {} freed to a pool it does not come from", m.idx)
+    foreign_idx(m.idx)
+}
+
+#[cold]
+#[inline(never)]
+fn foreign_idx(idx: u32) -> ! {
+    panic!("mbuf {idx:#x} freed to a pool it does not come from")
 }
 
 /// A per-thread cache of free buffers in front of a [`Mempool`].
@@ -293,11 +423,50 @@ impl MempoolCache {
     pub fn free(&mut self, m: Mbuf) {
         // In release builds too: a foreign mbuf pushed here would become a buffer of
         // this pool with two owners. A few compares per frame, against silent corruption.
-        self.pool.check_owner(&m);
+        // Large buffers go back through the same (cold) branch.
+        if !self.pool.owns_small(&m) {
+            return self.pool.free_other(m.buf, m.idx);
+        }
         self.stack.push(m.idx);
         if self.stack.len() >= CACHE_MAX + CACHE_BURST {
             self.drain(CACHE_BURST);
         }
+    }
+
+    /// One large buffer, or `None` when none is free.
+    #[inline]
+    pub fn alloc_large(&mut self) -> Option<Mbuf> {
+        self.pool.alloc_large()
+    }
+
+    /// A buffer for a frame of `len` bytes: small when it fits one, else large.
+    #[inline]
+    pub fn alloc_for(&mut self, len: usize) -> Option<Mbuf> {
+        if len <= DATA_ROOM {
+            self.alloc()
+        } else {
+            self.alloc_large()
+        }
+    }
+
+    /// The frame in the smallest buffer that holds it: a large buffer whose frame fits
+    /// a small one is copied down (AF_XDP ports are never lent a large buffer, and small
+    /// buffers are plenty). `None`, the frame freed, when no small buffer is left.
+    pub fn fit(&mut self, m: Mbuf) -> Option<Mbuf> {
+        if !m.is_large() || m.len() > DATA_ROOM {
+            return Some(m);
+        }
+        let c = self.copy_of(&m);
+        self.free(m);
+        c
+    }
+
+    /// A copy of `m`'s frame in a new buffer of the size it needs.
+    #[inline]
+    pub fn copy_of(&mut self, m: &Mbuf) -> Option<Mbuf> {
+        let mut c = self.alloc_for(m.len())?;
+        c.set_len(m.len()).copy_from_slice(m.data());
+        Some(c)
     }
 
     fn refill(&mut self) {
@@ -440,6 +609,78 @@ mod tests {
             let _ = m; // not freed: the loop empties the ring
         }
         assert_eq!(ids.len(), N as usize);
+    }
+
+    #[test]
+    fn large_buffers_hold_the_longest_frame_and_go_back_to_their_own_ring() {
+        let pool = Mempool::with_large(1024, 2, HugepagePolicy::Off).unwrap();
+        let mut c = MempoolCache::new(pool.clone());
+        let mut a = c.alloc_large().unwrap();
+        let b = c.alloc_large().unwrap();
+        assert!(a.is_large() && b.is_large());
+        assert!(c.alloc_large().is_none(), "two large buffers only");
+        assert_eq!(a.capacity(), LARGE_DATA_ROOM);
+        a.set_len(100_000).fill(0x5a);
+        assert_eq!(a.len(), LARGE_DATA_ROOM, "offset and length fit a u16");
+        a.set_len(9018);
+        assert!(a.prepend(4), "headroom");
+        assert_eq!(a.len(), 9022);
+        assert!(a.data()[4..].iter().all(|&x| x == 0x5a));
+        // Freed through a cache (the cold branch), they come back to the large ring, and
+        // the cache's small stack does not grow.
+        c.free(a);
+        pool.free(b);
+        assert_eq!(pool.large_available(), 2);
+        assert!(c.alloc_large().is_some_and(|m| {
+            pool.free(m);
+            true
+        }));
+        drop(c);
+        assert_eq!(pool.available(), 1024);
+    }
+
+    #[test]
+    fn fit_copies_a_short_frame_down_and_keeps_a_long_one() {
+        let pool = Mempool::with_large(1024, 4, HugepagePolicy::Off).unwrap();
+        let mut c = MempoolCache::new(pool.clone());
+        let mut short = c.alloc_large().unwrap();
+        short.set_len(DATA_ROOM).fill(7);
+        let short = c.fit(short).unwrap();
+        assert!(!short.is_large());
+        assert_eq!(short.data(), &[7u8; DATA_ROOM][..]);
+        let mut long = c.alloc_large().unwrap();
+        long.set_len(DATA_ROOM + 1).fill(8);
+        let long = c.fit(long).unwrap();
+        assert!(long.is_large());
+        let copy = c.copy_of(&long).unwrap();
+        assert!(copy.is_large() && copy.data() == long.data());
+        let small_copy = c.copy_of(&short).unwrap();
+        assert!(!small_copy.is_large());
+        for m in [short, long, copy, small_copy] {
+            c.free(m);
+        }
+        drop(c);
+        assert_eq!((pool.available(), pool.large_available()), (1024, 4));
+    }
+
+    #[test]
+    fn without_large_buffers_a_long_frame_gets_none() {
+        let pool = Mempool::new(1024, HugepagePolicy::Off).unwrap();
+        let mut c = MempoolCache::new(pool.clone());
+        assert_eq!(pool.large_capacity(), 0);
+        assert!(c.alloc_for(DATA_ROOM + 1).is_none());
+        let m = c.alloc_for(DATA_ROOM).unwrap();
+        assert!(!m.is_large());
+        c.free(m);
+    }
+
+    #[test]
+    #[should_panic(expected = "freed to a pool it does not come from")]
+    fn another_pools_large_buffer_is_refused() {
+        let a = Mempool::with_large(1024, 1, HugepagePolicy::Off).unwrap();
+        let b = Mempool::with_large(1024, 1, HugepagePolicy::Off).unwrap();
+        let mut cache = MempoolCache::new(a);
+        cache.free(b.alloc_large().unwrap());
     }
 
     #[test]

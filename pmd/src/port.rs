@@ -6,6 +6,23 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
 /// Most packets moved by one rx or tx burst.
 pub const BURST: usize = 32;
 
+/// A port's MTU unless configured (or read from its interface), as OVS and Linux.
+pub const DEFAULT_MTU: u16 = 1500;
+/// The smallest MTU a port may have (IPv4's minimum).
+pub const MIN_MTU: u16 = 68;
+/// The largest MTU a port may have: jumbo frames of 9000 bytes of IP, as OVS-DPDK's
+/// usual ceiling.
+pub const MAX_MTU: u16 = 9000;
+
+/// The longest frame a port of MTU `mtu` sends or receives: the Ethernet header and
+/// room for one VLAN tag on top of the MTU (OVS's `MTU_TO_FRAME_LEN`, with the 4 bytes
+/// it counts as CRC). An access port pushes a tag onto a full-size frame, so a frame
+/// within this limit at ingress stays within it at egress.
+#[inline]
+pub const fn max_frame(mtu: u16) -> usize {
+    mtu as usize + 14 + 4
+}
+
 /// A switch port: a set of rx queues polled by PMD threads and tx queues they send on.
 ///
 /// `rx_burst` on one queue is only ever called by the one PMD thread that queue is
@@ -45,6 +62,11 @@ pub trait Port: Send + Sync {
     fn stats(&self) -> &PortStats;
     /// One line describing the port's state for `vswitch ctl show`.
     fn describe(&self) -> String;
+    /// The port's MTU: frames longer than [`max_frame`] of it are dropped at its rx
+    /// (by the driver) and before its tx (by the switch), and counted in `drop_mtu`.
+    fn mtu(&self) -> u16 {
+        DEFAULT_MTU
+    }
     /// The driver's name as in the configuration (`"vhost-user"`, `"af-xdp"`, ...).
     fn driver(&self) -> &'static str;
     /// Numbers about the port's state beyond its counters, for metrics and JSON:
@@ -177,6 +199,8 @@ pub struct PortStats {
     /// Received frames dropped because they were larger than an mbuf, or the guest's
     /// rx buffer was too small without mergeable buffers.
     pub drop_oversize: AtomicU64,
+    /// Frames longer than the port's MTU allows, at its rx or before its tx.
+    pub drop_mtu: AtomicU64,
     /// Dropped because the mbuf pool was empty.
     pub drop_no_mbuf: AtomicU64,
     /// Frames whose destination was learned on the port they came from.
@@ -214,6 +238,7 @@ impl PortStats {
             ("drop_tx_full", Self::get(&self.drop_tx_full)),
             ("drop_tx_down", Self::get(&self.drop_tx_down)),
             ("drop_oversize", Self::get(&self.drop_oversize)),
+            ("drop_mtu", Self::get(&self.drop_mtu)),
             ("drop_no_mbuf", Self::get(&self.drop_no_mbuf)),
             ("drop_hairpin", Self::get(&self.drop_hairpin)),
             ("drop_runt", Self::get(&self.drop_runt)),

@@ -43,6 +43,8 @@ pub struct Config {
     /// `[switch] pmd_auto_lb`: re-place rx queues by load on its own; `None` when off.
     pub pmd_auto_lb: Option<AutoLb>,
     pub mbufs: u32,
+    /// `[mempool] large_mbufs`: buffers of 64 KiB for frames longer than an mbuf.
+    pub large_mbufs: u32,
     pub hugepages: HugepagePolicy,
     pub fdb_capacity: usize,
     pub aging_secs: u32,
@@ -74,6 +76,7 @@ pub enum PortKind {
         /// Server mode: the socket's group and mode (the port's `socket_group` and
         /// `socket_mode`, else the switch's). Client mode: unused, the default.
         socket_perms: SocketPerms,
+        mtu: u16,
     },
     AfXdp {
         iface: String,
@@ -85,6 +88,8 @@ pub enum PortKind {
     },
     Tap {
         iface: String,
+        /// Set on the device when the switch creates it.
+        mtu: u16,
     },
 }
 
@@ -109,6 +114,9 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9477";
 pub const DEFAULT_MAX_GUEST_MEMORY_GIB: i64 = 1024;
 /// The largest `max_guest_memory_gib` accepted (64 TiB: half the address space).
 pub const MAX_GUEST_MEMORY_GIB: i64 = 64 * 1024;
+/// `[mempool] large_mbufs` unless configured: 512 buffers of 68 KiB (34 MiB, as the
+/// default small pool).
+pub const DEFAULT_LARGE_MBUFS: i64 = 512;
 /// Most ports a switch holds (its port numbers).
 pub const MAX_PORTS: usize = switch::plan::MAX_PORTS;
 
@@ -128,7 +136,7 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
         let sw = switch_section(raw.switch).map_err(err)?;
-        let (mbufs, hugepages) = mempool_section(raw.mempool).map_err(err)?;
+        let (mbufs, large_mbufs, hugepages) = mempool_section(raw.mempool).map_err(err)?;
         let (fdb_capacity, aging_secs, max_per_port) = fdb_section(raw.fdb).map_err(err)?;
         let latency_histograms = raw.metrics.latency_histograms.unwrap_or(true);
         let metrics_listen = metrics_section(raw.metrics).map_err(err)?;
@@ -140,6 +148,7 @@ impl Config {
             tx_stall_ms: sw.tx_stall_ms,
             pmd_auto_lb: sw.pmd_auto_lb,
             mbufs,
+            large_mbufs,
             hugepages,
             fdb_capacity,
             aging_secs,
@@ -302,11 +311,18 @@ fn pmd_cores(cores: &[i64]) -> Result<Vec<usize>, String> {
     Ok(out)
 }
 
-fn mempool_section(raw: RawMempool) -> Result<(u32, HugepagePolicy), String> {
+fn mempool_section(raw: RawMempool) -> Result<(u32, u32, HugepagePolicy), String> {
     let mbufs = raw.mbufs.unwrap_or(16384);
     if !(1024..=4_194_304).contains(&mbufs) {
         return Err(format!(
             "key 'mempool.mbufs' = {mbufs}: must be 1024..=4194304"
+        ));
+    }
+    // Always some: the features a vhost-user port offers may not depend on them.
+    let large = raw.large_mbufs.unwrap_or(DEFAULT_LARGE_MBUFS);
+    if !(256..=65_536).contains(&large) {
+        return Err(format!(
+            "key 'mempool.large_mbufs' = {large}: must be 256..=65536"
         ));
     }
     let hugepages = match raw.hugepages.as_deref().unwrap_or("auto") {
@@ -319,7 +335,7 @@ fn mempool_section(raw: RawMempool) -> Result<(u32, HugepagePolicy), String> {
             ))
         }
     };
-    Ok((mbufs as u32, hugepages))
+    Ok((mbufs as u32, large as u32, hugepages))
 }
 
 /// `[fdb]`: (capacity, aging_secs, max_per_port).

@@ -42,7 +42,7 @@ impl Taken {
             }
             PortKind::AfXdp { iface, .. }
             | PortKind::AfPacket { iface }
-            | PortKind::Tap { iface } => {
+            | PortKind::Tap { iface, .. } => {
                 self.ifaces.insert(iface.clone());
             }
         }
@@ -93,8 +93,13 @@ fn unknown_key(key: &str, value: &Value, driver: &str, own: &[&str]) -> String {
             keys.join(", ")
         )
     } else {
+        let hint = if key == "mtu" {
+            "; an af-xdp or af-packet port has its interface's MTU: `ip link set IFACE mtu N`"
+        } else {
+            ""
+        };
         format!(
-            "key '{key}' does not apply to driver {driver:?} (only to {})",
+            "key '{key}' does not apply to driver {driver:?} (only to {}){hint}",
             takers.join(", ")
         )
     }
@@ -123,6 +128,7 @@ fn check(raw: RawPort, sw: &Config, taken: &Taken) -> Result<PortConfig, String>
         },
         RawDriver::Tap(t) => PortKind::Tap {
             iface: iface(t.iface.as_deref().unwrap_or(&raw.name), taken)?,
+            mtu: mtu(t.mtu)?,
         },
     };
     Ok(PortConfig {
@@ -183,6 +189,7 @@ fn vhost_user(v: RawVhostUser, sw: &Config, taken: &Taken) -> Result<PortKind, S
         mode,
         max_memory: (gib as u64) << 30,
         socket_perms,
+        mtu: mtu(v.mtu)?,
     })
 }
 
@@ -207,6 +214,17 @@ fn af_xdp(x: RawAfXdp, taken: &Taken) -> Result<PortKind, String> {
             .zero_copy
             .map_or(pmd::nic::af_xdp::ZeroCopy::Auto, Into::into),
     })
+}
+
+/// `mtu` of a vhost-user or tap port (af-xdp and af-packet ports take their
+/// interface's).
+fn mtu(v: Option<i64>) -> Result<u16, String> {
+    use pmd::port::{DEFAULT_MTU, MAX_MTU, MIN_MTU};
+    let v = v.unwrap_or(DEFAULT_MTU as i64);
+    if !(MIN_MTU as i64..=MAX_MTU as i64).contains(&v) {
+        return Err(format!("key 'mtu' = {v}: must be {MIN_MTU}..={MAX_MTU}"));
+    }
+    Ok(v as u16)
 }
 
 fn iface(name: &str, taken: &Taken) -> Result<String, String> {

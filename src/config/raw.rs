@@ -49,6 +49,7 @@ pub(crate) struct RawSwitch {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMempool {
     pub mbufs: Option<i64>,
+    pub large_mbufs: Option<i64>,
     pub hugepages: Option<String>,
 }
 
@@ -115,6 +116,7 @@ pub(crate) struct RawVhostUser {
     pub max_guest_memory_gib: Option<i64>,
     pub socket_group: Option<GroupSpec>,
     pub socket_mode: Option<i64>,
+    pub mtu: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +138,7 @@ pub(crate) struct RawAfPacket {
 pub(crate) struct RawTap {
     /// Default: the port's name.
     pub iface: Option<String>,
+    pub mtu: Option<i64>,
 }
 
 /// `mode`: who listens on a vhost-user socket.

@@ -112,6 +112,7 @@ fn add_port_builds_the_same_port_as_the_file() {
                 gid: Some(0),
                 mode: 0o600,
             },
+            mtu: 1500,
         },
     };
     assert_eq!(p, expect);
@@ -147,7 +148,13 @@ fn add_port_nic_drivers_and_defaults() {
     let p = cfg
         .port_from_args("t2", &["driver=tap", "vlan_mode=access", "tag=100"])
         .unwrap();
-    assert_eq!(p.kind, PortKind::Tap { iface: "t2".into() });
+    assert_eq!(
+        p.kind,
+        PortKind::Tap {
+            iface: "t2".into(),
+            mtu: 1500
+        }
+    );
     assert_eq!(
         p.vlan,
         VlanConfig {

@@ -28,7 +28,9 @@ use std::sync::{Arc, Mutex};
 pub const RING_BYTES: usize = 4 << 20;
 /// Captures running at once, at most.
 pub const MAX_CAPTURES: usize = 16;
-/// The largest frame a port delivers: what a capture keeps at most of one.
+/// What a capture keeps at most of one frame: an mbuf's data room. Longer frames
+/// (jumbo frames, in large buffers) are cut to it, their length on the wire kept in
+/// the record, as a snap length cuts them.
 pub const MAX_FRAME: usize = pmd::mempool::DATA_ROOM;
 /// A record's header: cycle count (8 bytes), length on the wire (4), bytes kept (4,
 /// the top bit set for tx), little-endian.

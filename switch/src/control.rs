@@ -96,6 +96,16 @@ impl Shared {
         let table: PortTable = c.ports[..used].to_vec().into();
         let vlans: Arc<[PortVlan]> = c.vlans[..used].to_vec().into();
         let vlan_on = vlans.iter().any(|v| !v.is_plain());
+        let max_frames: Arc<[u32]> = table
+            .iter()
+            .map(|p| {
+                p.as_ref()
+                    .map_or(0, |p| pmd::port::max_frame(p.mtu()) as u32)
+            })
+            .collect();
+        let mut present = max_frames.iter().filter(|&&f| f != 0);
+        let first = present.next().copied();
+        let mtu_on = present.any(|&f| Some(f) != first);
         let captures: Arc<[Arc<Capture>]> = c.captures.clone().into();
         let old: Vec<Arc<PollPlan>> = self
             .pmds
@@ -107,6 +117,8 @@ impl Shared {
                     ports: table.clone(),
                     vlans: vlans.clone(),
                     vlan_on,
+                    max_frames: max_frames.clone(),
+                    mtu_on,
                     rxqs: rxqs.clone(),
                     captures: captures.clone(),
                     capture_on: !captures.is_empty(),

@@ -67,6 +67,11 @@ pub struct PollPlan {
     /// Whether any port is more than a plain trunk: otherwise frames pass untouched
     /// and the VLAN step is skipped.
     pub vlan_on: bool,
+    /// Each port's longest frame (`pmd::port::max_frame` of its MTU), by port number.
+    pub max_frames: Arc<[u32]>,
+    /// Whether the ports' MTUs differ: only then can a frame a driver accepted at rx
+    /// be too long for another port, and the MTU step runs per frame.
+    pub mtu_on: bool,
     pub rxqs: Vec<Rxq>,
     /// Packet captures running (`ctl capture`).
     pub captures: Arc<[Arc<Capture>]>,
@@ -81,6 +86,8 @@ impl PollPlan {
             ports: Arc::from(Vec::new()),
             vlans: Arc::from(Vec::new()),
             vlan_on: false,
+            max_frames: Arc::from(Vec::new()),
+            mtu_on: false,
             rxqs: Vec::new(),
             captures: Arc::from(Vec::new()),
             capture_on: false,

@@ -295,10 +295,12 @@ impl LoopState {
             self.packets += n as u64;
             did += n;
             let (txq, frames) = (&mut self.txq, &mut self.burst[..n]);
-            if plan.vlan_on {
-                switch_burst::<true>(cx, plan, txq, port, frames, self.now_secs);
-            } else {
-                switch_burst::<false>(cx, plan, txq, port, frames, self.now_secs);
+            let now = self.now_secs;
+            match (plan.vlan_on, plan.mtu_on) {
+                (false, false) => switch_burst::<false, false>(cx, plan, txq, port, frames, now),
+                (true, false) => switch_burst::<true, false>(cx, plan, txq, port, frames, now),
+                (false, true) => switch_burst::<false, true>(cx, plan, txq, port, frames, now),
+                (true, true) => switch_burst::<true, true>(cx, plan, txq, port, frames, now),
             }
             self.clock.mark(Step::Switch);
             for (p, t) in self.txq[..nports].iter_mut().enumerate() {
@@ -431,10 +433,11 @@ fn word(mac: &[u8], vlan: u16) -> u64 {
 }
 
 /// Switches a burst received on `in_port`. `VLAN`: whether some port has a VLAN mode
-/// (`PollPlan::vlan_on`), decided once per burst so that a switch of plain trunks
-/// carries no VLAN test per frame.
+/// (`PollPlan::vlan_on`); `MTU`: whether the ports' MTUs differ (`PollPlan::mtu_on`).
+/// Both are decided once per burst, so that a switch of plain trunks of one MTU
+/// carries no VLAN or length test per frame.
 #[inline]
-fn switch_burst<const VLAN: bool>(
+fn switch_burst<const VLAN: bool, const MTU: bool>(
     cx: &mut PmdContext,
     plan: &PollPlan,
     txq: &mut [TxQueue],
@@ -445,12 +448,12 @@ fn switch_burst<const VLAN: bool>(
     let mut memo = Memo::default();
     for slot in burst.iter_mut() {
         let m = slot.take().expect("rx_burst filled it");
-        switch_one::<VLAN>(cx, plan, txq, in_port, m, now, &mut memo);
+        switch_one::<VLAN, MTU>(cx, plan, txq, in_port, m, now, &mut memo);
     }
 }
 
 #[inline(always)]
-fn switch_one<const VLAN: bool>(
+fn switch_one<const VLAN: bool, const MTU: bool>(
     cx: &mut PmdContext,
     plan: &PollPlan,
     txq: &mut [TxQueue],
@@ -520,10 +523,10 @@ fn switch_one<const VLAN: bool>(
                 PortStats::add(&op.stats().drop_tx_down, 1);
                 cx.cache.free(m);
             }
-            Some(_) => send_to::<VLAN>(cx, plan, txq, p, m, vlan),
-            None => flood::<VLAN>(cx, plan, txq, in_port, m, vlan),
+            Some(_) => send_to::<VLAN, MTU>(cx, plan, txq, p, m, vlan),
+            None => flood::<VLAN, MTU>(cx, plan, txq, in_port, m, vlan),
         },
-        None => flood::<VLAN>(cx, plan, txq, in_port, m, vlan),
+        None => flood::<VLAN, MTU>(cx, plan, txq, in_port, m, vlan),
     }
 }
 
@@ -536,9 +539,11 @@ fn count(plan: &PollPlan, p: usize, ctr: fn(&PortStats) -> &AtomicU64) {
     }
 }
 
-/// Queues a frame of VLAN `vlan` for port `p`, tagged as the port's VLAN mode says.
+/// Queues a frame of VLAN `vlan` for port `p`, tagged as the port's VLAN mode says;
+/// with `MTU`, a frame longer than the port takes is dropped (`drop_mtu`). The length
+/// is the one before a tag is pushed: a port's frame limit leaves room for one tag.
 #[inline(always)]
-fn send_to<const VLAN: bool>(
+fn send_to<const VLAN: bool, const MTU: bool>(
     cx: &mut PmdContext,
     plan: &PollPlan,
     txq: &mut [TxQueue],
@@ -546,6 +551,11 @@ fn send_to<const VLAN: bool>(
     m: Mbuf,
     vlan: u16,
 ) {
+    if MTU && m.len() > plan.max_frames[p] as usize {
+        count(plan, p, |s| &s.drop_mtu);
+        cx.cache.free(m);
+        return;
+    }
     if VLAN {
         send_vlan(cx, plan, txq, p, m, vlan);
     } else {
@@ -554,8 +564,10 @@ fn send_to<const VLAN: bool>(
 }
 
 /// `send_to` when some port has a VLAN mode: the tag pushed, popped or rewritten;
-/// dropped and counted if the port does not carry the VLAN (`drop_vlan`) or a tag
-/// does not fit (`drop_oversize`).
+/// dropped and counted if the port does not carry the VLAN (`drop_vlan`), a tag
+/// does not fit (`drop_oversize`), or the pushed tag makes the frame longer than the
+/// port takes (`drop_mtu`: an untagged frame of MTU + 18 bytes is accepted at ingress,
+/// as a tagged one would be).
 #[inline(never)]
 fn send_vlan(
     cx: &mut PmdContext,
@@ -571,6 +583,9 @@ fn send_vlan(
         cx.cache.free(m);
     } else if !vlan::retag(&mut m, e) {
         count(plan, p, |s| &s.drop_oversize);
+        cx.cache.free(m);
+    } else if m.len() > plan.max_frames[p] as usize {
+        count(plan, p, |s| &s.drop_mtu);
         cx.cache.free(m);
     } else {
         enqueue_out(cx, plan, txq, p, m);
@@ -612,7 +627,7 @@ fn enqueue_out(cx: &mut PmdContext, plan: &PollPlan, txq: &mut [TxQueue], p: usi
 
 /// Sends a copy to every other port that is up and carries VLAN `vlan`; the last
 /// one gets the original.
-fn flood<const VLAN: bool>(
+fn flood<const VLAN: bool, const MTU: bool>(
     cx: &mut PmdContext,
     plan: &PollPlan,
     txq: &mut [TxQueue],
@@ -630,11 +645,15 @@ fn flood<const VLAN: bool>(
             continue;
         }
         if let Some(prev) = last_target.replace(p) {
-            match cx.cache.alloc() {
-                Some(mut c) => {
-                    c.set_len(m.len()).copy_from_slice(m.data());
+            if MTU && m.len() > plan.max_frames[prev] as usize {
+                // Too long for that port: counted, without a copy made only to drop.
+                count(plan, prev, |s| &s.drop_mtu);
+                continue;
+            }
+            match cx.cache.copy_of(&m) {
+                Some(c) => {
                     cx.traffic[prev].tx_flood += 1;
-                    send_to::<VLAN>(cx, plan, txq, prev, c, vlan);
+                    send_to::<VLAN, MTU>(cx, plan, txq, prev, c, vlan);
                 }
                 None => {
                     count(plan, prev, |s| &s.drop_no_mbuf);
@@ -645,7 +664,7 @@ fn flood<const VLAN: bool>(
     match last_target {
         Some(p) => {
             cx.traffic[p].tx_flood += 1;
-            send_to::<VLAN>(cx, plan, txq, p, m, vlan);
+            send_to::<VLAN, MTU>(cx, plan, txq, p, m, vlan);
         }
         None => cx.cache.free(m), // nowhere to go (every other port is down): not a drop of a port
     }

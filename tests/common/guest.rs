@@ -32,6 +32,9 @@ pub struct BootOpts<'a> {
     /// Guest RAM in a file under this directory (`memory-backend-file`, e.g.
     /// `/dev/hugepages`) instead of a memfd.
     pub mem_path: Option<&'a str>,
+    /// QEMU's `host_mtu`: the MTU the guest is told (sent to the switch with
+    /// `NET_SET_MTU`).
+    pub host_mtu: Option<u16>,
 }
 
 /// Who listens on a guest's vhost-user socket.
@@ -62,6 +65,8 @@ pub struct GuestSpec<'a> {
     pub mem_path: Option<&'a str>,
     /// Run QEMU as this user (with the user's groups) instead of root.
     pub user: Option<&'a str>,
+    /// QEMU's `host_mtu` for the NIC.
+    pub host_mtu: Option<u16>,
 }
 
 impl Guest {
@@ -85,6 +90,9 @@ impl Guest {
         cmd.arg(script);
         if let Some(p) = spec.mem_path {
             cmd.args(["--mem-path", p]);
+        }
+        if let Some(m) = spec.host_mtu {
+            cmd.args(["--host-mtu", &m.to_string()]);
         }
         if spec.socket == SocketRole::QemuListens {
             cmd.arg("--server");
@@ -150,6 +158,7 @@ impl Guest {
             socket: SocketRole::QemuConnects,
             mem_path: opts.mem_path,
             user: None,
+            host_mtu: opts.host_mtu,
         })
     }
 

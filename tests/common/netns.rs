@@ -125,21 +125,24 @@ impl VethNs {
 
     /// Pings `ip` from inside the namespace; returns how many of `count` were answered.
     pub fn ping(&self, ip: &str, count: u32) -> u32 {
-        let o = self.exec(&["ping", "-c", &count.to_string(), "-W", "2", "-i", "0.3", ip]);
-        let out = String::from_utf8_lossy(&o.stdout);
-        eprintln!(
-            "[{} ping {ip}] {}",
-            self.ns,
-            out.lines().last().unwrap_or("")
+        ping_in(
+            &self.ns,
+            ip,
+            &Ping {
+                count,
+                ..Ping::default()
+            },
+        )
+    }
+
+    /// Sets the MTU of both ends of the pair.
+    pub fn set_mtu(&self, mtu: u32) {
+        let m = mtu.to_string();
+        must("ip", &["link", "set", &self.host, "mtu", &m]);
+        must(
+            "ip",
+            &["-n", &self.ns, "link", "set", &self.inner, "mtu", &m],
         );
-        out.lines()
-            .find_map(|l| {
-                l.split(", ")
-                    .find(|p| p.ends_with("received"))
-                    .and_then(|p| p.split(' ').next())
-                    .and_then(|n| n.parse().ok())
-            })
-            .unwrap_or(0)
     }
 
     /// Sends `count` Ethernet frames (EtherType 0x88b5, 64 bytes) to `dst_mac` with
@@ -222,6 +225,117 @@ impl Drop for VethNs {
     fn drop(&mut self) {
         let _ = sh("ip", &["netns", "del", &self.ns]);
         let _ = sh("ip", &["link", "del", &self.host]);
+    }
+}
+
+/// How [`ping_in`] pings (iputils ping).
+pub struct Ping {
+    pub count: u32,
+    /// ICMP payload bytes (`-s`); ping's default (56) when `None`.
+    pub size: Option<u32>,
+    /// Set Don't Fragment and never fragment locally (`-M do`).
+    pub dont_fragment: bool,
+}
+
+impl Default for Ping {
+    fn default() -> Ping {
+        Ping {
+            count: 3,
+            size: None,
+            dont_fragment: false,
+        }
+    }
+}
+
+/// Pings `ip` from namespace `ns`; returns how many were answered.
+pub fn ping_in(ns: &str, ip: &str, p: &Ping) -> u32 {
+    let (count, size) = (p.count.to_string(), p.size.unwrap_or(56).to_string());
+    let mut args = vec![
+        "netns", "exec", ns, "ping", "-c", &count, "-W", "2", "-i", "0.3",
+    ];
+    args.extend(["-s", &size]);
+    if p.dont_fragment {
+        args.extend(["-M", "do"]);
+    }
+    args.push(ip);
+    let o = sh("ip", &args);
+    let out = String::from_utf8_lossy(&o.stdout);
+    eprintln!(
+        "[{ns} ping -s {size}{} {ip}] {}",
+        if p.dont_fragment { " -M do" } else { "" },
+        out.lines().last().unwrap_or("")
+    );
+    out.lines()
+        .find_map(|l| {
+            l.split(", ")
+                .find(|p| p.ends_with("received"))
+                .and_then(|p| p.split(' ').next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A namespace holding a device the switch made (a tap port's), moved into it after
+/// the switch started, with an IPv4 address. The namespace is removed on drop.
+pub struct NsDevice {
+    pub ns: String,
+    pub iface: String,
+    pub ip: String,
+}
+
+impl NsDevice {
+    /// Moves `iface` into a new namespace named after `tag` and gives it `cidr`.
+    pub fn adopt(tag: &str, iface: &str, cidr: &str) -> NsDevice {
+        let ns = format!("vswtest-{}-{tag}", std::process::id() % 100_000);
+        let _ = sh("ip", &["netns", "del", &ns]);
+        must("ip", &["netns", "add", &ns]);
+        must("ip", &["link", "set", iface, "netns", &ns]);
+        must(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+            ],
+        );
+        must("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        must("ip", &["-n", &ns, "addr", "add", cidr, "dev", iface]);
+        must("ip", &["-n", &ns, "link", "set", iface, "up"]);
+        NsDevice {
+            ns,
+            iface: iface.to_string(),
+            ip: cidr.split('/').next().unwrap().to_string(),
+        }
+    }
+
+    pub fn ping(&self, ip: &str, p: &Ping) -> u32 {
+        ping_in(&self.ns, ip, p)
+    }
+
+    /// The device's MTU, as the namespace's kernel has it.
+    pub fn mtu(&self) -> u32 {
+        must(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.ns,
+                "cat",
+                &format!("/sys/class/net/{}/mtu", self.iface),
+            ],
+        )
+        .trim()
+        .parse()
+        .unwrap()
+    }
+}
+
+impl Drop for NsDevice {
+    fn drop(&mut self) {
+        let _ = sh("ip", &["netns", "del", &self.ns]);
     }
 }
 

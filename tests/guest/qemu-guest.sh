@@ -17,13 +17,15 @@
 #   --mem-path D  guest RAM in a file under D instead (memory-backend-file,
 #                 share=on), e.g. /dev/hugepages for 2 MiB hugepages.
 #   --append S    extra kernel command line, e.g. "vsw.ip=10.0.0.1/24 vsw.role=idle".
+#   --host-mtu N  virtio-net host_mtu=N: the guest is told MTU N (and a vhost-user
+#                 backend is asked for it with NET_SET_MTU).
 #   --dry-run     print the QEMU command line instead of running it.
 set -euo pipefail
 
 die() { echo "qemu-guest.sh: error: $*" >&2; exit 2; }
 
 sock=""; server=0; tap=""; images=""; mac=52:54:00:12:34:56; queues=1; mem=256
-append=""; dry=0; extra=(); mem_path=""
+append=""; dry=0; extra=(); mem_path=""; host_mtu=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --sock)    sock=${2:?}; shift 2 ;;
@@ -35,6 +37,7 @@ while [ $# -gt 0 ]; do
     --mem)     mem=${2:?}; shift 2 ;;
     --mem-path) mem_path=${2:?}; shift 2 ;;
     --append)  append=${2?}; shift 2 ;;
+    --host-mtu) host_mtu=${2:?}; shift 2 ;;
     --dry-run) dry=1; shift ;;
     --)        shift; extra=("$@"); break ;;
     *) die "unknown option $1" ;;
@@ -48,6 +51,7 @@ if [ -n "$sock" ] && [ -n "$tap" ]; then die "--sock and --tap are exclusive"; f
 if [ -z "$sock" ] && [ -z "$tap" ]; then die "one of --sock PATH or --tap IFNAME is required"; fi
 [[ "$queues" =~ ^[1-9][0-9]*$ ]] || die "bad --queues $queues"
 [[ "$mem" =~ ^[1-9][0-9]*$ ]] || die "bad --mem $mem"
+[ -z "$host_mtu" ] || [[ "$host_mtu" =~ ^[1-9][0-9]*$ ]] || die "bad --host-mtu $host_mtu"
 
 qemu=${QEMU:-qemu-system-x86_64}
 if [ -n "$mem_path" ]; then
@@ -94,6 +98,7 @@ dev="virtio-net-pci,netdev=net0,mac=$mac,mrg_rxbuf=on"
 if [ "$queues" -gt 1 ]; then
   dev="$dev,mq=on,vectors=$((2 * queues + 2))"
 fi
+[ -n "$host_mtu" ] && dev="$dev,host_mtu=$host_mtu"
 args+=(-device "$dev")
 args+=("${extra[@]}")
 

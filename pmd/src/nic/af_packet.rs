@@ -6,11 +6,13 @@
 //! the kernel once per burst. Frames the kernel received with their VLAN tag stripped
 //! into metadata get the tag put back. Frames this socket sends are not received back
 //! (PACKET_IGNORE_OUTGOING), and the interface is put in promiscuous mode for as long as
-//! the socket is open.
+//! the socket is open. The port carries the interface's MTU as it was at open: tx
+//! frames are sized for it, and longer frames (jumbo frames above an mbuf) are received
+//! into large buffers.
 
 use super::{add_promisc, kick_tx, os_err, setsockopt, socket, NicError, RingMap};
 use crate::mempool::{Mbuf, MempoolCache};
-use crate::port::{Port, PortStats, Traffic, TxLane, TxLock};
+use crate::port::{max_frame, Port, PortStats, Traffic, TxLane, TxLock};
 use std::cell::UnsafeCell;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -25,6 +27,7 @@ const BLOCK_SIZE: u32 = 1 << 17;
 const RX_BLOCKS: u32 = 32;
 /// A partly filled rx block is handed to us after this many milliseconds.
 const RX_RETIRE_MS: u32 = 1;
+/// A tx frame slot unless the MTU needs more (then the next power of two).
 const TX_FRAME: u32 = 2048;
 const TX_FRAMES: u32 = 1024;
 /// Where packet data starts in a tx frame: the V3 header, aligned.
@@ -41,6 +44,10 @@ struct RxCursor {
 
 pub struct AfPacketPort {
     cfg: PacketConfig,
+    /// The interface's MTU when the port opened.
+    mtu: u16,
+    /// Bytes of one tx frame slot (header and frame).
+    tx_frame: u32,
     fd: OwnedFd,
     ring: RingMap,
     rx: UnsafeCell<RxCursor>,
@@ -58,6 +65,18 @@ impl AfPacketPort {
     pub fn open(cfg: PacketConfig) -> Result<AfPacketPort, NicError> {
         let iface = cfg.iface.as_str();
         let ifindex = super::ifindex(iface)?;
+        let mtu = super::iface_mtu(iface)?;
+        if mtu > crate::port::MAX_MTU {
+            return Err(NicError(format!(
+                "interface {iface:?}: MTU {mtu} is more than a port carries ({}): lower it with \
+                 `ip link set {iface} mtu {}`",
+                crate::port::MAX_MTU,
+                crate::port::MAX_MTU
+            )));
+        }
+        let tx_frame = ((max_frame(mtu) + TX_DATA) as u32)
+            .next_power_of_two()
+            .max(TX_FRAME);
         let e = |what: &str, x| os_err(iface, what, x);
         // Protocol 0: receive nothing until bound to the interface below.
         let fd = socket(iface, libc::AF_PACKET, libc::SOCK_RAW, 0)?;
@@ -88,8 +107,8 @@ impl AfPacketPort {
             .map_err(|x| e("rx ring", x))?;
         let txreq = libc::tpacket_req3 {
             tp_block_size: BLOCK_SIZE,
-            tp_block_nr: TX_FRAMES * TX_FRAME / BLOCK_SIZE,
-            tp_frame_size: TX_FRAME,
+            tp_block_nr: TX_FRAMES * tx_frame / BLOCK_SIZE,
+            tp_frame_size: tx_frame,
             tp_frame_nr: TX_FRAMES,
             tp_retire_blk_tov: 0,
             tp_sizeof_priv: 0,
@@ -97,7 +116,7 @@ impl AfPacketPort {
         };
         setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_TX_RING, &txreq)
             .map_err(|x| e("tx ring", x))?;
-        let len = (BLOCK_SIZE * RX_BLOCKS + TX_FRAMES * TX_FRAME) as usize;
+        let len = (BLOCK_SIZE * RX_BLOCKS + TX_FRAMES * tx_frame) as usize;
         let ring = RingMap::map(&fd, len, 0).map_err(|x| e("mapping the rings", x))?;
         let sll = libc::sockaddr_ll {
             sll_family: libc::AF_PACKET as u16,
@@ -120,9 +139,11 @@ impl AfPacketPort {
             return Err(e("bind", std::io::Error::last_os_error()));
         }
         add_promisc(&fd, ifindex).map_err(|x| e("promiscuous mode", x))?;
-        tracing::info!(port = %cfg.name, iface, "af-packet port open");
+        tracing::info!(port = %cfg.name, iface, mtu, "af-packet port open");
         Ok(AfPacketPort {
             cfg,
+            mtu,
+            tx_frame,
             fd,
             ring,
             rx: UnsafeCell::new(RxCursor {
@@ -156,8 +177,21 @@ impl AfPacketPort {
         unsafe {
             self.ring
                 .ptr
-                .add((BLOCK_SIZE * RX_BLOCKS + i * TX_FRAME) as usize)
+                .add((BLOCK_SIZE * RX_BLOCKS + i * self.tx_frame) as usize)
         }
+    }
+}
+
+impl AfPacketPort {
+    /// Counts a received frame too long to take: cut by the kernel, or over the MTU.
+    #[cold]
+    fn count_long(&self, cut: bool) {
+        let c = if cut {
+            &self.stats.drop_oversize
+        } else {
+            &self.stats.drop_mtu
+        };
+        PortStats::add(c, 1);
     }
 }
 
@@ -197,6 +231,7 @@ impl Port for AfPacketPort {
         let (num_pkts, first) = (hdr + 4, hdr + 8);
         let mut n = 0;
         let mut bytes = 0u64;
+        let limit = max_frame(self.mtu);
         while n < out.len() {
             let st = self.block_status(cur.block);
             if st.load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
@@ -217,6 +252,7 @@ impl Port for AfPacketPort {
                 let h = |f| rd32(p, f);
                 let next_off = h(offset_of!(libc::tpacket3_hdr, tp_next_offset)) as usize;
                 let snap = h(offset_of!(libc::tpacket3_hdr, tp_snaplen)) as usize;
+                let wire = h(offset_of!(libc::tpacket3_hdr, tp_len)) as usize;
                 let status = h(offset_of!(libc::tpacket3_hdr, tp_status));
                 let mac = rd16(p, offset_of!(libc::tpacket3_hdr, tp_mac)) as usize;
                 let vlan = status & libc::TP_STATUS_VLAN_VALID != 0;
@@ -239,7 +275,13 @@ impl Port for AfPacketPort {
                     PortStats::add(&self.stats.drop_runt, 1);
                     continue;
                 }
-                let Some(mut m) = cache.alloc() else {
+                if wire != snap || total > limit {
+                    // Cut by the kernel (longer than a block holds), or over the MTU (GRO
+                    // can merge frames past it).
+                    self.count_long(wire != snap);
+                    continue;
+                }
+                let Some(mut m) = cache.alloc_for(total) else {
                     PortStats::add(&self.stats.drop_no_mbuf, 1);
                     continue;
                 };
@@ -298,7 +340,7 @@ impl Port for AfPacketPort {
             }
             let m = slot.take().expect("checked above");
             let len = m.len();
-            if len > TX_FRAME as usize - TX_DATA {
+            if len > self.tx_frame as usize - TX_DATA {
                 PortStats::add(&self.stats.drop_oversize, 1);
             } else {
                 // SAFETY: the frame is ours (status AVAILABLE) and len fits after the header.
@@ -337,10 +379,15 @@ impl Port for AfPacketPort {
         "af-packet"
     }
 
+    fn mtu(&self) -> u16 {
+        self.mtu
+    }
+
     fn describe(&self) -> String {
         format!(
-            "driver=af-packet iface={} link={} queues=1",
+            "driver=af-packet iface={} mtu={} link={} queues=1",
             self.cfg.iface,
+            self.mtu,
             super::operstate(&self.cfg.iface)
         )
     }

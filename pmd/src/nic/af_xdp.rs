@@ -52,6 +52,10 @@ pub struct XdpConfig {
 
 /// Ring sizes (entries). The fill ring is kept full, so each queue lends this many
 /// mbufs to the kernel for receiving.
+/// Where the kernel puts a received frame in its chunk (XDP_PACKET_HEADROOM).
+const XDP_HEADROOM: usize = 256;
+/// The longest frame one UMEM chunk (an mbuf slot) holds after the kernel's headroom.
+pub const MAX_FRAME: usize = crate::mempool::BUF_SIZE - XDP_HEADROOM;
 const FILL_SIZE: u32 = 2048;
 const RX_SIZE: u32 = 2048;
 const TX_SIZE: u32 = 1024;
@@ -283,6 +287,8 @@ pub struct AfXdpPort {
     pool: Arc<Mempool>,
     queues: Vec<Queue>,
     stats: PortStats,
+    /// The interface's MTU when the port opened.
+    mtu: u16,
     mode: &'static str,
     zero_copy: bool,
     // Dropped after the sockets: detaching the program, then the map, then promiscuity.
@@ -303,6 +309,16 @@ impl AfXdpPort {
             return Err(NicError(format!(
                 "interface {iface:?}: {} queues configured but the interface has {have} rx queues",
                 cfg.queues
+            )));
+        }
+        let mtu = super::iface_mtu(iface)?;
+        if crate::port::max_frame(mtu) > MAX_FRAME {
+            return Err(NicError(format!(
+                "interface {iface:?}: MTU {mtu} is more than an af-xdp port carries ({}: frames of at \
+                 most {MAX_FRAME} bytes, one UMEM chunk; XDP multi-buffer is not supported yet): \
+                 lower it with `ip link set {iface} mtu {}`, or use driver \"af-packet\"",
+                MAX_FRAME - 18,
+                MAX_FRAME - 18
             )));
         }
         let try_zero_copy = zero_copy_possible(&cfg, &pool)?;
@@ -356,6 +372,7 @@ impl AfXdpPort {
             pool,
             queues,
             stats: PortStats::default(),
+            mtu,
             mode,
             zero_copy,
             _link: link,
@@ -781,7 +798,13 @@ impl Port for AfXdpPort {
             }
             let Some(m) = slot.take() else { break };
             taken += 1;
-            let m = if self.zero_copy && frame_crosses_page(&self.pool, &m) {
+            let m = if m.is_large() {
+                // Not reachable through the switch (it drops frames over this port's MTU,
+                // and a frame that fits a small buffer is in one), but never lend it.
+                PortStats::add(&self.stats.drop_mtu, 1);
+                cache.free(m);
+                continue;
+            } else if self.zero_copy && frame_crosses_page(&self.pool, &m) {
                 match bounce(&self.pool, m, cache) {
                     Some(m) => m,
                     None => {
@@ -829,6 +852,10 @@ impl Port for AfXdpPort {
         "af-xdp"
     }
 
+    fn mtu(&self) -> u16 {
+        self.mtu
+    }
+
     fn describe(&self) -> String {
         let (mut dropped, mut ring_full, mut fill_empty) = (0, 0, 0);
         for q in &self.queues {
@@ -839,9 +866,10 @@ impl Port for AfXdpPort {
             }
         }
         format!(
-            "driver=af-xdp iface={} link={} queues={} xdp_mode={} zero_copy={} kernel_rx_dropped={dropped} \
+            "driver=af-xdp iface={} mtu={} link={} queues={} xdp_mode={} zero_copy={} kernel_rx_dropped={dropped} \
              rx_ring_full={ring_full} fill_ring_empty={fill_empty}",
             self.cfg.iface,
+            self.mtu,
             super::operstate(&self.cfg.iface),
             self.queues.len(),
             self.mode,

@@ -81,6 +81,18 @@ pub fn rx_queue_count(iface: &str) -> usize {
         .max(1)
 }
 
+/// The interface's MTU, as sysfs reports it: what an af-xdp or af-packet port
+/// carries.
+pub fn iface_mtu(iface: &str) -> Result<u16, NicError> {
+    let path = format!("/sys/class/net/{iface}/mtu");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| os_err(iface, &format!("reading {path}"), e))?;
+    text.trim()
+        .parse::<u32>()
+        .map(|m| m.min(u16::MAX as u32) as u16)
+        .map_err(|_| NicError(format!("interface {iface:?}: {path} says {text:?}")))
+}
+
 /// The interface's operational state as sysfs reports it ("up", "down", ...).
 pub fn operstate(iface: &str) -> String {
     std::fs::read_to_string(format!("/sys/class/net/{iface}/operstate"))

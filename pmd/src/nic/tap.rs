@@ -4,11 +4,13 @@
 //! The switch creates the device (named by `iface`), sets it administratively up and
 //! leaves addresses, routes and namespaces to the host's tools; the device disappears
 //! when the switch exits. Frames cross with one `read`/`write` system call each, so
-//! this port is for management and host traffic, not for line rate.
+//! this port is for management and host traffic, not for line rate. The device gets
+//! the port's `mtu`; with an MTU above what an mbuf holds, frames are read into a
+//! large buffer and copied down when they fit a small one.
 
 use super::{os_err, NicError};
-use crate::mempool::{Mbuf, MempoolCache};
-use crate::port::{Port, PortStats, Traffic, TxLane};
+use crate::mempool::{Mbuf, MempoolCache, DATA_ROOM};
+use crate::port::{max_frame, Port, PortStats, Traffic, TxLane};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -18,11 +20,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub struct TapConfig {
     pub name: String,
     pub iface: String,
+    pub mtu: u16,
 }
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_TAP: libc::c_short = libc::IFF_TAP as libc::c_short;
+const IFF_NO_PI: libc::c_short = libc::IFF_NO_PI as libc::c_short;
 
 pub struct TapPort {
     cfg: TapConfig,
@@ -52,13 +54,15 @@ impl TapPort {
         }
         ifr.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI;
         // SAFETY: TUNSETIFF reads and writes an ifreq, which ifr is.
-        if unsafe { libc::ioctl(dev.as_raw_fd(), TUNSETIFF, &mut ifr) } < 0 {
+        if unsafe { libc::ioctl(dev.as_raw_fd(), libc::TUNSETIFF, &mut ifr) } < 0 {
             return Err(os_err(
                 iface,
                 "creating the TAP device",
                 std::io::Error::last_os_error(),
             ));
         }
+        set_mtu(iface, cfg.mtu)
+            .map_err(|e| os_err(iface, &format!("setting the MTU to {}", cfg.mtu), e))?;
         set_up(iface).map_err(|e| os_err(iface, "setting the TAP device up", e))?;
         tracing::info!(port = %cfg.name, iface, "tap port open");
         Ok(TapPort {
@@ -72,8 +76,36 @@ impl TapPort {
 
 use std::os::unix::fs::OpenOptionsExt;
 
+/// Sets an interface's MTU (SIOCSIFMTU).
+fn set_mtu(iface: &str, mtu: u16) -> Result<(), std::io::Error> {
+    if_ioctl(iface, |s, ifr| {
+        ifr.ifr_ifru.ifru_mtu = mtu as libc::c_int;
+        // SAFETY: SIOCSIFMTU reads an ifreq, which ifr is; s is an open socket.
+        unsafe { libc::ioctl(s, libc::SIOCSIFMTU, ifr) }
+    })
+}
+
 /// Sets IFF_UP on an interface.
 fn set_up(iface: &str) -> Result<(), std::io::Error> {
+    if_ioctl(iface, |s, ifr| {
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write an ifreq, which ifr is; s is
+        // an open socket.
+        unsafe {
+            let r = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut *ifr);
+            if r != 0 {
+                return r;
+            }
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(s, libc::SIOCSIFFLAGS, ifr)
+        }
+    })
+}
+
+/// Runs `op` (ioctls on an `ifreq` naming `iface`) with a socket made for it.
+fn if_ioctl(
+    iface: &str,
+    op: impl FnOnce(libc::c_int, &mut libc::ifreq) -> libc::c_int,
+) -> Result<(), std::io::Error> {
     // SAFETY: plain syscall; the fd is closed below.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if s < 0 {
@@ -84,21 +116,14 @@ fn set_up(iface: &str) -> Result<(), std::io::Error> {
     for (d, c) in ifr.ifr_name.iter_mut().zip(iface.bytes()) {
         *d = c as libc::c_char;
     }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write an ifreq, which ifr is; s is ours.
-
-    unsafe {
-        let mut r = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr);
-        if r == 0 {
-            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            r = libc::ioctl(s, libc::SIOCSIFFLAGS, &mut ifr);
-        }
-        let e = std::io::Error::last_os_error();
-        libc::close(s);
-        if r < 0 {
-            Err(e)
-        } else {
-            Ok(())
-        }
+    let r = op(s, &mut ifr);
+    let e = std::io::Error::last_os_error();
+    // SAFETY: s is the socket made above, closed once.
+    unsafe { libc::close(s) };
+    if r < 0 {
+        Err(e)
+    } else {
+        Ok(())
     }
 }
 
@@ -125,15 +150,29 @@ impl Port for TapPort {
         }
         let mut n = 0;
         let mut bytes = 0u64;
+        let limit = max_frame(self.cfg.mtu);
         while n < out.len() {
-            let Some(mut m) = cache.alloc() else {
-                break;
+            let m = if limit > DATA_ROOM {
+                cache.alloc_large()
+            } else {
+                cache.alloc()
+            };
+            let Some(mut m) = m else {
+                break; // the frames wait in the device's queue
             };
             let cap = m.capacity();
             let r = (&self.dev).read(m.set_len(cap));
             match r {
+                Ok(len) if len > limit => {
+                    PortStats::add(&self.stats.drop_mtu, 1);
+                    cache.free(m);
+                }
                 Ok(len) if len >= 14 => {
                     m.set_len(len);
+                    let Some(m) = cache.fit(m) else {
+                        PortStats::add(&self.stats.drop_no_mbuf, 1);
+                        continue;
+                    };
                     bytes += len as u64;
                     out[n] = Some(m);
                     n += 1;
@@ -196,10 +235,15 @@ impl Port for TapPort {
         "tap"
     }
 
+    fn mtu(&self) -> u16 {
+        self.cfg.mtu
+    }
+
     fn describe(&self) -> String {
         format!(
-            "driver=tap iface={} link={}",
+            "driver=tap iface={} mtu={} link={}",
             self.cfg.iface,
+            self.cfg.mtu,
             super::operstate(&self.cfg.iface)
         )
     }

@@ -50,6 +50,9 @@ pub struct VhostConfig {
     pub max_memory: u64,
     /// Group and mode of a server-mode socket (unused in client mode).
     pub socket_perms: crate::sockperm::SocketPerms,
+    /// The port's MTU: longer frames from the guest are dropped (`drop_mtu`), and a
+    /// frontend's `NET_SET_MTU` above it is refused.
+    pub mtu: u16,
 }
 
 /// Where a virtqueue is, in one place.
@@ -152,6 +155,8 @@ pub struct Shared {
     pub log_limit: RateLimit,
     /// Connections and disconnections logged per window.
     pub conn_log_limit: RateLimit,
+    /// Dropped frames logged per window.
+    pub drop_log_limit: RateLimit,
 }
 
 impl Shared {
@@ -195,6 +200,7 @@ impl VhostUserPort {
             notifier,
             log_limit: RateLimit::new(),
             conn_log_limit: RateLimit::new(),
+            drop_log_limit: RateLimit::new(),
         });
         let thread = protocol::spawn(shared.clone())?;
         Ok(VhostUserPort {
@@ -227,6 +233,23 @@ impl VhostUserPort {
                 .unwrap_or_else(|e| e.into_inner())
                 .take(),
         );
+    }
+
+    /// Counts the frames a dequeue dropped, and logs MTU drops (rate-limited): a
+    /// guest whose MTU is larger than its port's is a configuration error to see.
+    #[cold]
+    #[inline(never)]
+    fn count_drops(&self, d: virtq::RxDrops) {
+        let s = &self.shared;
+        PortStats::add(&s.stats.drop_oversize, d.oversize);
+        PortStats::add(&s.stats.drop_mtu, d.mtu);
+        PortStats::add(&s.stats.drop_no_mbuf, d.no_mbuf);
+        if d.mtu != 0 {
+            if let Some(suppressed) = s.drop_log_limit.allow() {
+                tracing::warn!(port = %s.cfg.name, mtu = s.cfg.mtu, frames = d.mtu, suppressed,
+                    "guest sent frames longer than the port's MTU allows; dropped");
+            }
+        }
     }
 
     #[cold]
@@ -276,11 +299,11 @@ impl Port for VhostUserPort {
         let Some(ring) = (unsafe { &mut *slot.ring.get() }) else {
             return 0;
         };
-        let mut oversize = 0u64;
-        let n = ring.dequeue(cache, out, &mut oversize, &mut tr.rx_bytes);
+        let mut drops = virtq::RxDrops::default();
+        let n = ring.dequeue(cache, out, &mut drops, &mut tr.rx_bytes);
         tr.rx_packets += n as u64;
-        if oversize != 0 {
-            PortStats::add(&self.shared.stats.drop_oversize, oversize);
+        if drops != virtq::RxDrops::default() {
+            self.count_drops(drops);
         }
         if let Some(e) = ring.error() {
             self.report(slot, idx, e);
@@ -354,6 +377,10 @@ impl Port for VhostUserPort {
         "vhost-user"
     }
 
+    fn mtu(&self) -> u16 {
+        self.shared.cfg.mtu
+    }
+
     fn gauges(&self) -> Vec<(&'static str, u64)> {
         let s = &self.shared;
         let count = |st: RingState| s.vrings.iter().filter(|v| v.state() == st).count() as u64;
@@ -376,13 +403,14 @@ impl Port for VhostUserPort {
             .map(|v| v.state().name().to_string())
             .collect();
         format!(
-            "driver=vhost-user mode={} path={} queues={} connected={} connections={} vrings=[{}] irq_sent={} irq_dropped={}",
+            "driver=vhost-user mode={} path={} queues={} mtu={} connected={} connections={} vrings=[{}] irq_sent={} irq_dropped={}",
             match s.cfg.mode {
                 Mode::Server => "server",
                 Mode::Client => "client",
             },
             s.cfg.path.display(),
             s.cfg.queues,
+            s.cfg.mtu,
             s.connected.load(Ordering::Relaxed),
             s.connections.load(Ordering::Relaxed),
             rings.join(","),

@@ -28,31 +28,45 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use vhost::vhost_user::message::{
     FrontendReq, VhostUserHeaderFlag, VhostUserMemory, VhostUserMemoryRegion,
-    VhostUserMsgValidator, VhostUserProtocolFeatures, VhostUserVringAddr, VhostUserVringState,
-    MAX_ATTACHED_FD_ENTRIES, MAX_MSG_SIZE,
+    VhostUserMsgValidator, VhostUserProtocolFeatures, VhostUserVirtioFeatures, VhostUserVringAddr,
+    VhostUserVringState, MAX_ATTACHED_FD_ENTRIES, MAX_MSG_SIZE,
 };
 use vhost::vhost_user::Listener;
+use virtio_bindings::{virtio_config, virtio_net, virtio_ring};
 use vm_memory::ByteValued;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
-pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
-pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// A feature bit as a mask (virtio-bindings gives bit numbers).
+const fn bit(n: u32) -> u64 {
+    1 << n
+}
+pub const VIRTIO_NET_F_MRG_RXBUF: u64 = bit(virtio_net::VIRTIO_NET_F_MRG_RXBUF);
+pub const VIRTIO_NET_F_MQ: u64 = bit(virtio_net::VIRTIO_NET_F_MQ);
+pub const VIRTIO_NET_F_MTU: u64 = bit(virtio_net::VIRTIO_NET_F_MTU);
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = bit(virtio_ring::VIRTIO_RING_F_INDIRECT_DESC);
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = bit(virtio_ring::VIRTIO_RING_F_EVENT_IDX);
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+pub const VIRTIO_F_VERSION_1: u64 = bit(virtio_config::VIRTIO_F_VERSION_1);
 
-/// Virtio features this backend implements.
+/// Virtio features this backend implements. Bits are only ever added to this set: a
+/// frontend that reconnects restores what its guest acknowledged before, and QEMU
+/// refuses a backend that offers less ("vhost lacks feature mask").
+/// `VIRTIO_NET_F_MTU` reaches the guest only when QEMU is given `host_mtu`.
 pub const OFFERED_FEATURES: u64 = VIRTIO_NET_F_MRG_RXBUF
     | VIRTIO_NET_F_MQ
+    | VIRTIO_NET_F_MTU
     | VIRTIO_RING_F_INDIRECT_DESC
     | VIRTIO_RING_F_EVENT_IDX
     | VHOST_USER_F_PROTOCOL_FEATURES
     | VIRTIO_F_VERSION_1;
 
-/// Protocol features this backend implements: multiqueue and acknowledged requests.
+/// Protocol features this backend implements: multiqueue, acknowledged requests and
+/// the frontend's MTU (`NET_SET_MTU`, checked against the port's `mtu`).
 pub fn offered_protocol_features() -> u64 {
-    (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK).bits()
+    (VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::MTU)
+        .bits()
 }
 
 const HDR_LEN: usize = 12;
@@ -637,11 +651,8 @@ impl Conn {
                 self.set_vring_fd(req, body, files)?
             }
             R::GET_MAX_MEM_SLOTS => Reply::Value(MAX_REGIONS as u64),
-            R::SET_BACKEND_REQ_FD
-            | R::SET_LOG_BASE
-            | R::SET_LOG_FD
-            | R::NET_SET_MTU
-            | R::SEND_RARP => {
+            R::NET_SET_MTU => Reply::Ack(self.set_mtu(body_u64(req, body)?)),
+            R::SET_BACKEND_REQ_FD | R::SET_LOG_BASE | R::SET_LOG_FD | R::SEND_RARP => {
                 // Not offered: a frontend that sends them anyway gets a failure when it
                 // asks for an acknowledgement, and any descriptor is closed.
                 self.refused(req);
@@ -649,6 +660,23 @@ impl Conn {
             }
             other => return Err(ProtocolError::Unsupported(other)),
         })
+    }
+
+    /// NET_SET_MTU (QEMU's `host_mtu`): the MTU the guest will be told. Acknowledged
+    /// when the port carries it; refused above the port's `mtu`, which QEMU reports
+    /// ("N Bytes MTU not supported by the backend") and then does not start the device.
+    fn set_mtu(&self, mtu: u64) -> bool {
+        let port = self.sh.cfg.mtu;
+        let ok = (crate::port::MIN_MTU as u64..=port as u64).contains(&mtu);
+        if let Some(suppressed) = self.sh.log_limit.allow() {
+            if ok {
+                tracing::info!(port = %self.sh.cfg.name, mtu, suppressed, "frontend set the guest's MTU");
+            } else {
+                tracing::warn!(port = %self.sh.cfg.name, mtu, port_mtu = port, suppressed,
+                    "frontend asked for an MTU the port does not carry; refused (raise the port's mtu)");
+            }
+        }
+        ok
     }
 
     /// SET_VRING_NUM, _ADDR, _BASE and _ENABLE: one field of one ring.
@@ -740,6 +768,7 @@ impl Conn {
             } else {
                 10
             },
+            max_frame: crate::port::max_frame(self.sh.cfg.mtu),
         }
     }
 
@@ -924,6 +953,7 @@ impl Session {
                 queues,
                 max_memory: super::mem::DEFAULT_MAX_GUEST_MEMORY,
                 socket_perms: crate::sockperm::SocketPerms::default(),
+                mtu: crate::port::DEFAULT_MTU,
             },
             rcu: Rcu::new(),
             stats: PortStats::default(),
@@ -934,6 +964,7 @@ impl Session {
             notifier: Notifier::new(name, 2 * queues),
             log_limit: RateLimit::new(),
             conn_log_limit: RateLimit::new(),
+            drop_log_limit: RateLimit::new(),
         });
         Session {
             conn: Conn::new(sh),
@@ -985,5 +1016,39 @@ mod backoff_tests {
         assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
         b.connected();
         assert_eq!(b.failed(), RECONNECT_MIN);
+    }
+}
+
+#[cfg(test)]
+mod mtu_tests {
+    use super::*;
+
+    /// NET_SET_MTU with NEED_REPLY, as QEMU sends it for `host_mtu`: the reply's
+    /// value (0 = acknowledged).
+    fn set_mtu(s: &mut Session, mtu: u64) -> u64 {
+        let flags = 1 | VhostUserHeaderFlag::NEED_REPLY.bits();
+        let code = FrontendReq::NET_SET_MTU as u32;
+        let reply = s
+            .request(code, flags, &mtu.to_le_bytes(), Vec::new())
+            .expect("not a protocol error")
+            .expect("a reply was asked for");
+        u64::from_le_bytes(reply[HDR_LEN..].try_into().unwrap())
+    }
+
+    #[test]
+    fn net_set_mtu_is_acknowledged_up_to_the_ports_mtu_only() {
+        let mut s = Session::new("mtu", 1);
+        let proto = offered_protocol_features();
+        assert_ne!(proto & VhostUserProtocolFeatures::MTU.bits(), 0);
+        assert_ne!(OFFERED_FEATURES & VIRTIO_NET_F_MTU, 0);
+        let code = FrontendReq::SET_PROTOCOL_FEATURES as u32;
+        s.request(code, 1, &proto.to_le_bytes(), Vec::new())
+            .unwrap();
+        // The session's port has the default MTU, 1500.
+        assert_eq!(set_mtu(&mut s, 1500), 0, "the port's own MTU");
+        assert_eq!(set_mtu(&mut s, 576), 0, "a smaller one");
+        assert_eq!(set_mtu(&mut s, 1501), 1, "more than the port carries");
+        assert_eq!(set_mtu(&mut s, 9000), 1);
+        assert_eq!(set_mtu(&mut s, 67), 1, "less than IPv4's minimum");
     }
 }

@@ -6,7 +6,7 @@
 use super::driver::{DriverMem, DriverRing, F_INDIRECT, F_NEXT, F_WRITE};
 use super::mem::{GuestMemory, MemError};
 use super::notify::{Irq, Notifier};
-use super::virtq::{GuestError, LiveRing, RingError, RingFeatures};
+use super::virtq::{GuestError, LiveRing, RingError, RingFeatures, RxDrops};
 use crate::hugepage::HugepagePolicy;
 use crate::mempool::{Mbuf, Mempool, MempoolCache};
 use std::io::Read;
@@ -28,7 +28,7 @@ struct Rig {
 fn rig() -> Rig {
     let mem = DriverMem::new(OUTSIDE, SIZE, GPA, UVA);
     mem.fill_outside(CANARY);
-    let pool = Mempool::new(1024, HugepagePolicy::Off).unwrap();
+    let pool = Mempool::with_large(1024, 4, HugepagePolicy::Off).unwrap();
     let cache = MempoolCache::new(pool.clone());
     Rig { mem, pool, cache }
 }
@@ -39,6 +39,7 @@ fn feat(mrg: bool, event_idx: bool) -> RingFeatures {
         mrg_rxbuf: mrg,
         indirect: true,
         hdr_len: 12,
+        max_frame: crate::port::max_frame(crate::port::DEFAULT_MTU),
     }
 }
 
@@ -63,7 +64,7 @@ fn frame(n: usize, tag: u8) -> Vec<u8> {
 
 fn dequeue(cache: &mut MempoolCache, lr: &mut LiveRing) -> Vec<Mbuf> {
     let mut out: [Option<Mbuf>; 32] = Default::default();
-    let (mut over, mut bytes) = (0, 0);
+    let (mut over, mut bytes) = (RxDrops::default(), 0);
     let n = lr.dequeue(cache, &mut out, &mut over, &mut bytes);
     let v: Vec<Mbuf> = out[..n].iter_mut().map(|m| m.take().unwrap()).collect();
     assert_eq!(bytes, v.iter().map(|m| m.len() as u64).sum::<u64>());
@@ -312,7 +313,7 @@ fn errors_after_good_chains_keep_the_good_ones() {
 }
 
 #[test]
-fn oversize_frame_is_dropped_not_fatal() {
+fn a_frame_over_the_mtu_is_dropped_not_fatal() {
     let mut r = rig();
     let mut ring = DriverRing::new(&r.mem, 0, 256);
     let len = put_frame(&r, BUF, &vec![1u8; 3000]);
@@ -323,12 +324,86 @@ fn oversize_frame_is_dropped_not_fatal() {
     ring.push(1);
     let mut lr = live(&r, &ring, feat(true, false), None);
     let mut out: [Option<Mbuf>; 32] = Default::default();
-    let (mut over, mut bytes) = (0, 0);
+    let (mut over, mut bytes) = (RxDrops::default(), 0);
     let n = lr.dequeue(&mut r.cache, &mut out, &mut over, &mut bytes);
-    assert_eq!((n, over, bytes), (1, 1, 64));
+    assert_eq!((n, over.mtu, bytes), (1, 1, 64));
     assert_eq!(ring.used_idx(), 2);
     assert!(lr.error().is_none());
     r.cache.free(out[0].take().unwrap());
+}
+
+#[test]
+fn a_jumbo_frame_crosses_both_ways_in_a_large_buffer() {
+    let mut r = rig();
+    let jumbo = RingFeatures {
+        max_frame: crate::port::max_frame(9000),
+        ..feat(true, false)
+    };
+    // Guest tx: the longest frame MTU 9000 allows, one byte more, and a short one.
+    let mut ring = DriverRing::new(&r.mem, 0, 256);
+    let long = frame(9018, 3);
+    let frames = [long.clone(), frame(9019, 4), frame(1514, 5)];
+    let mut at = BUF;
+    for (i, f) in frames.iter().enumerate() {
+        let len = put_frame(&r, at, f);
+        ring.set_desc(i as u16, ring.gpa(at), len, 0, 0);
+        ring.push(i as u16);
+        at += 16384;
+    }
+    let mut lr = live(&r, &ring, jumbo, None);
+    let mut out: [Option<Mbuf>; 32] = Default::default();
+    let (mut drops, mut bytes) = (RxDrops::default(), 0);
+    let n = lr.dequeue(&mut r.cache, &mut out, &mut drops, &mut bytes);
+    assert_eq!((n, drops.mtu, drops.oversize), (2, 1, 0));
+    let got_long = out[0].take().unwrap();
+    let got_short = out[1].take().unwrap();
+    assert!(got_long.is_large() && got_long.data() == &long[..]);
+    assert!(!got_short.is_large() && got_short.data() == &frame(1514, 5)[..]);
+    assert_eq!(ring.used_idx(), 3);
+    r.cache.free(got_short);
+
+    // Guest rx with mergeable 2048-byte buffers: the frame spreads over five.
+    let mut rx = DriverRing::new(&r.mem, 0x8000, 256);
+    for i in 0..8u16 {
+        rx.set_desc(i, rx.gpa(BUF + 0x40000 + 4096 * i as u64), 2048, F_WRITE, 0);
+        rx.push(i);
+    }
+    let mut lr = live(&r, &rx, jumbo, None);
+    let mut pkts = vec![Some(got_long)];
+    assert_eq!(enqueue(&mut r.cache, &mut lr, &mut pkts), 1);
+    assert_eq!(rx.used_idx(), 5);
+    let h = r.mem.read(BUF + 0x40000, 12);
+    assert_eq!(u16::from_le_bytes([h[10], h[11]]), 5, "num_buffers");
+    let mut back = r.mem.read(BUF + 0x40000 + 12, 2036);
+    for i in 1..5u64 {
+        let (_, len) = rx.used_elem(i as u16);
+        back.extend(r.mem.read(BUF + 0x40000 + 4096 * i, len as usize));
+    }
+    assert_eq!(back, long);
+    assert!(lr.error().is_none());
+    assert_eq!(r.pool.large_available(), 4, "the large buffer went back");
+}
+
+#[test]
+fn a_long_frame_without_large_buffers_is_dropped_not_waited_for() {
+    let mut r = rig();
+    let pool = Mempool::new(64, HugepagePolicy::Off).unwrap();
+    let mut cache = MempoolCache::new(pool);
+    let mut ring = DriverRing::new(&r.mem, 0, 256);
+    let len = put_frame(&r, BUF, &frame(4000, 1));
+    ring.set_desc(0, ring.gpa(BUF), len, 0, 0);
+    ring.push(0);
+    let f = RingFeatures {
+        max_frame: crate::port::max_frame(9000),
+        ..feat(true, false)
+    };
+    let mut lr = live(&r, &ring, f, None);
+    let mut out: [Option<Mbuf>; 32] = Default::default();
+    let (mut drops, mut bytes) = (RxDrops::default(), 0);
+    assert_eq!(lr.dequeue(&mut cache, &mut out, &mut drops, &mut bytes), 0);
+    assert_eq!((drops.oversize, ring.used_idx()), (1, 1));
+    drop(r.cache);
+    r.cache = cache;
 }
 
 fn rx_frames(n: usize, len: usize, cache: &mut MempoolCache) -> Vec<Option<Mbuf>> {
@@ -619,7 +694,7 @@ fn transmit_completion_interrupt_comes_at_the_next_poll() {
     assert_eq!((got.len(), ring.used_idx()), (1, 1));
     assert_eq!(call.count(), 0, "owed, not yet sent");
     let mut none: [Option<Mbuf>; 0] = [];
-    let (mut over, mut bytes) = (0, 0);
+    let (mut over, mut bytes) = (RxDrops::default(), 0);
     assert_eq!(
         lr.dequeue(&mut r.cache, &mut none, &mut over, &mut bytes),
         0

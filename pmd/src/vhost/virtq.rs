@@ -15,12 +15,14 @@ use crate::mempool::{Mbuf, MempoolCache, DATA_ROOM};
 use crate::prefetch;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
+use virtio_bindings::virtio_ring;
 
-pub const VRING_DESC_F_NEXT: u16 = 1;
-pub const VRING_DESC_F_WRITE: u16 = 2;
-pub const VRING_DESC_F_INDIRECT: u16 = 4;
-pub const VRING_USED_F_NO_NOTIFY: u16 = 1;
-pub const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+// The flag words are 16 bits; virtio-bindings declares the values as u32.
+pub const VRING_DESC_F_NEXT: u16 = virtio_ring::VRING_DESC_F_NEXT as u16;
+pub const VRING_DESC_F_WRITE: u16 = virtio_ring::VRING_DESC_F_WRITE as u16;
+pub const VRING_DESC_F_INDIRECT: u16 = virtio_ring::VRING_DESC_F_INDIRECT as u16;
+pub const VRING_USED_F_NO_NOTIFY: u16 = virtio_ring::VRING_USED_F_NO_NOTIFY as u16;
+pub const VRING_AVAIL_F_NO_INTERRUPT: u16 = virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16;
 /// Largest ring the virtio spec allows for split rings.
 pub const MAX_RING: u32 = 32768;
 /// Descriptors of one chain the data path copies through; longer chains are
@@ -31,9 +33,10 @@ const MAX_SEGS: usize = 64;
 /// segments per chain, Linux vhost 1024): a longer chain is a guest error, so a chain
 /// costs a bounded number of descriptor reads.
 pub const MAX_CHAIN: u32 = 256;
-/// Most receive chains one frame may take with mergeable buffers: a frame of at most
-/// an mbuf needs far fewer unless the guest posts tiny buffers on purpose.
-pub const MAX_MRG_CHAINS: u16 = 64;
+/// Most receive chains one frame may take with mergeable buffers (DPDK allows the
+/// ring's size): a 9018-byte jumbo frame fits in 256 chains of 36 bytes, so only a
+/// guest that posts tiny buffers on purpose exceeds it (a guest error).
+pub const MAX_MRG_CHAINS: u16 = 256;
 /// Descriptor reads one burst may spend on chains that are not a single descriptor;
 /// the burst stops there and the rest waits for the next poll (room for at least one
 /// chain of `MAX_CHAIN`).
@@ -182,6 +185,20 @@ pub struct RingFeatures {
     pub indirect: bool,
     /// virtio-net header length: 12 with VERSION_1 or MRG_RXBUF, else 10.
     pub hdr_len: usize,
+    /// The longest frame the guest may send (the port's MTU, `port::max_frame`);
+    /// longer ones are dropped and counted in [`RxDrops::mtu`].
+    pub max_frame: usize,
+}
+
+/// Frames a dequeue dropped, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxDrops {
+    /// Spread over more descriptors than are copied, or no buffer large enough.
+    pub oversize: u64,
+    /// Longer than the port's MTU allows.
+    pub mtu: u64,
+    /// Longer than a small buffer while no large one was free.
+    pub no_mbuf: u64,
 }
 
 /// Ring addresses as the frontend gave them (its virtual addresses).
@@ -201,6 +218,9 @@ pub struct LiveRing {
     last_avail: u16,
     last_used: u16,
     feat: RingFeatures,
+    /// Frames up to this long are copied into a small mbuf in line; longer ones go
+    /// to `dequeue_long` (min of the MTU's frame and an mbuf's data room).
+    fast_payload: u64,
     table: FastTable,
     hint: usize,
     /// How this ring interrupts its guest (never a write to the guest's fd from here:
@@ -287,6 +307,20 @@ unsafe fn write_net_header(p: *mut u8, hdr_len: usize) {
     }
 }
 
+/// What `dequeue_long` made of a frame.
+enum Long {
+    Frame(Mbuf),
+    Drop(LongDrop),
+    /// No buffer free: the frame stays on the ring.
+    NoBuffer,
+}
+
+enum LongDrop {
+    Mtu,
+    Oversize,
+    NoBuffer,
+}
+
 /// Avail entries a burst reads ahead.
 const AHEAD: usize = 32;
 
@@ -359,6 +393,7 @@ impl LiveRing {
             last_avail: base,
             last_used: base,
             feat,
+            fast_payload: feat.max_frame.min(DATA_ROOM) as u64,
             table,
             hint: 0,
             irq,
@@ -676,9 +711,10 @@ impl LiveRing {
         self.budget > MAX_CHAIN
     }
 
-    /// Moves up to `out.len()` frames the guest transmitted into fresh mbufs.
-    /// Frames too large for an mbuf are dropped and counted in `oversize`; when the
-    /// pool runs dry, the rest stay on the ring. First it interrupts the guest if the
+    /// Moves up to `out.len()` frames the guest transmitted into fresh mbufs (large
+    /// ones for frames longer than an mbuf's data room). Frames over the MTU, or over
+    /// [`MAX_SEGS`] descriptors, are dropped and counted in `drops`; when the pool
+    /// runs dry, the rest stay on the ring. First it interrupts the guest if the
     /// previous call published used entries the guest asked to hear about.
     /// Returns the number of mbufs stored at the front of `out` (their bytes are added
     /// to `bytes`).
@@ -687,7 +723,7 @@ impl LiveRing {
         &mut self,
         cache: &mut MempoolCache,
         out: &mut [Option<Mbuf>],
-        oversize: &mut u64,
+        drops: &mut RxDrops,
         bytes: &mut u64,
     ) -> usize {
         if self.error.is_some() {
@@ -730,9 +766,20 @@ impl LiveRing {
                 }
             };
             let payload = total.saturating_sub(hdr);
-            if payload > DATA_ROOM as u64 || stored != total {
-                // Larger than an mbuf (or than MAX_SEGS descriptors): drop it, return the chain.
-                *oversize += 1;
+            if payload > self.fast_payload || stored != total {
+                match self.dequeue_long(cache, &segs[..nseg], payload, stored != total) {
+                    Long::Frame(m) => {
+                        *bytes += payload;
+                        out[got] = Some(m);
+                        got += 1;
+                    }
+                    Long::Drop(d) => match d {
+                        LongDrop::Mtu => drops.mtu += 1,
+                        LongDrop::Oversize => drops.oversize += 1,
+                        LongDrop::NoBuffer => drops.no_mbuf += 1,
+                    },
+                    Long::NoBuffer => break, // as an empty pool below: it waits
+                }
                 self.write_used_elem(self.last_used.wrapping_add(done), head, 0);
                 done += 1;
                 continue;
@@ -772,6 +819,47 @@ impl LiveRing {
         // A ring the guest just broke is not polled again: settle it now.
         self.publish_used(done, done, self.error.is_none());
         got
+    }
+
+    /// A frame longer than the in-line path takes: over the MTU or `MAX_SEGS`
+    /// descriptors (dropped), else copied into a large buffer.
+    #[cold]
+    #[inline(never)]
+    fn dequeue_long(
+        &self,
+        cache: &mut MempoolCache,
+        segs: &[Seg],
+        payload: u64,
+        cut: bool,
+    ) -> Long {
+        if cut {
+            return Long::Drop(LongDrop::Oversize);
+        }
+        if payload > self.feat.max_frame as u64 {
+            return Long::Drop(LongDrop::Mtu);
+        }
+        if payload > DATA_ROOM as u64 && cache.pool().large_capacity() == 0 {
+            return Long::Drop(LongDrop::Oversize); // waiting would not help
+        }
+        let Some(mut m) = cache.alloc_for(payload as usize) else {
+            // No small buffer: the frame waits, as in the in-line path. No large one:
+            // dropped, so that a guest slow to take jumbo frames (holding large
+            // buffers in its queues) cannot block other guests' rings behind one.
+            return if payload > DATA_ROOM as u64 {
+                Long::Drop(LongDrop::NoBuffer)
+            } else {
+                Long::NoBuffer
+            };
+        };
+        if m.capacity() < payload as usize {
+            cache.free(m);
+            return Long::Drop(LongDrop::Oversize);
+        }
+        let dst = m.set_len(payload as usize);
+        // SAFETY: collect checked every segment in guest memory; dst has payload bytes,
+        // what the segments hold after the header.
+        unsafe { copy_segments(segs, self.feat.hdr_len as u64, dst) };
+        Long::Frame(m)
     }
 
     /// Whether used entries were published that the guest was not yet considered for an
