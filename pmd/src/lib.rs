@@ -8,6 +8,7 @@
 pub mod hugepage;
 pub mod mempool;
 pub mod nic;
+pub mod offload;
 pub mod port;
 pub mod prefetch;
 pub mod ratelimit;
