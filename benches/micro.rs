@@ -1,6 +1,8 @@
 //! Criterion micro-benchmarks of the data path's pieces: the MAC table, the mbuf
-//! pool, and the vhost-user dequeue/enqueue of a 32-frame burst on a ring in local
-//! shared memory (the guest side played by `pmd::vhost::driver`).
+//! pool, the vhost-user dequeue/enqueue of a 32-frame burst on a ring in local
+//! shared memory (the guest side played by `pmd::vhost::driver`), and the offload
+//! fallback: the checksum of 64000 bytes and cutting a 64 KiB TSO frame into 45
+//! segments.
 //!
 //! `cargo bench --bench micro`
 
@@ -8,7 +10,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use pmd::hugepage::HugepagePolicy;
 use pmd::vhost::driver::{DriverMem, DriverRing, F_WRITE};
 use pmd::vhost::mem::GuestMemory;
-use pmd::vhost::virtq::{LiveRing, RingFeatures, RxDrops};
+use pmd::vhost::virtq::{LiveRing, RingFeatures, RxCounts};
 use pmd::{Mbuf, Mempool, MempoolCache};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -86,6 +88,8 @@ fn vhost(c: &mut Criterion) {
         indirect: true,
         hdr_len: 12,
         max_frame: pmd::port::max_frame(pmd::port::DEFAULT_MTU),
+        host_offload: false,
+        guest_caps: pmd::offload::Caps::NONE,
     };
     let mut g = c.benchmark_group("vhost");
     g.throughput(Throughput::Elements(32));
@@ -108,7 +112,7 @@ fn vhost(c: &mut Criterion) {
                     ring.push(head % 256);
                     head = head.wrapping_add(1);
                 }
-                let (mut over, mut bytes) = (RxDrops::default(), 0);
+                let (mut over, mut bytes) = (RxCounts::default(), 0);
                 let n = lr.dequeue(&mut cache, &mut out, &mut over, &mut bytes);
                 assert_eq!(n, 32);
                 for m in out[..n].iter_mut() {
@@ -146,5 +150,60 @@ fn vhost(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, fdb, mempool, vhost);
+/// A TSO frame as a Linux sender hands it over: Ethernet, IPv4, TCP (20 bytes each
+/// but Ethernet's 14), `payload` bytes, and its offload header.
+fn tso_frame(payload: usize) -> (Vec<u8>, pmd::offload::NetHdr) {
+    let mut f = vec![0u8; 54 + payload];
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&((40 + payload) as u16).to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+    f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+    f[46] = 0x50;
+    f[47] = 0x18;
+    for (i, b) in f[54..].iter_mut().enumerate() {
+        *b = (i * 31) as u8;
+    }
+    let h = pmd::offload::NetHdr {
+        flags: pmd::offload::NEEDS_CSUM,
+        gso_type: pmd::offload::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    (f, h)
+}
+
+fn offload(c: &mut Criterion) {
+    use pmd::offload::{csum, gso};
+    let mut g = c.benchmark_group("offload");
+    let (frame, h) = tso_frame(64_000);
+    g.throughput(Throughput::Bytes(64_000));
+    g.bench_function("csum_64000_bytes", |b| {
+        b.iter(|| black_box(csum::fold(csum::add(0, black_box(&frame[54..])))))
+    });
+    let pool = Mempool::with_large(1024, 4, HugepagePolicy::Auto).unwrap();
+    let mut cache = MempoolCache::new(pool);
+    for (name, mode) in [
+        ("segment_64k_full_csum", gso::SegCsum::Full),
+        ("segment_64k_partial_csum", gso::SegCsum::Partial),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let plan = gso::Plan::new(&frame, &h, 1518).unwrap();
+                for k in 0..plan.count() {
+                    let mut m = cache.alloc().unwrap();
+                    plan.write(&frame, k, &mut m, mode);
+                    cache.free(black_box(m));
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, fdb, mempool, vhost, offload);
 criterion_main!(benches);

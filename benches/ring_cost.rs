@@ -15,7 +15,7 @@ use pmd::port::{PortStats, Traffic, TxLane};
 use pmd::rcu::Rcu;
 use pmd::vhost::driver::{DriverMem, DriverRing, F_WRITE};
 use pmd::vhost::mem::GuestMemory;
-use pmd::vhost::virtq::{LiveRing, RingFeatures, RxDrops};
+use pmd::vhost::virtq::{LiveRing, RingFeatures, RxCounts};
 use pmd::Port;
 use pmd::{Mbuf, Mempool, MempoolCache};
 use std::hint::black_box;
@@ -40,6 +40,8 @@ const FEAT: RingFeatures = RingFeatures {
     indirect: true,
     hdr_len: 12,
     max_frame: pmd::port::max_frame(pmd::port::DEFAULT_MTU),
+    host_offload: false,
+    guest_caps: pmd::offload::Caps::NONE,
 };
 
 fn live(mem: &DriverMem, ring: &DriverRing) -> LiveRing {
@@ -61,7 +63,7 @@ fn dequeue_bursts(
             ring.push(head % 256);
             head = head.wrapping_add(1);
         }
-        let (mut over, mut bytes) = (RxDrops::default(), 0);
+        let (mut over, mut bytes) = (RxCounts::default(), 0);
         let n = lr.dequeue(cache, &mut out, &mut over, &mut bytes);
         assert_eq!(n, 32);
         for m in out[..n].iter_mut() {

@@ -6,6 +6,9 @@
 #  - linux-image-amd64 + busybox-static: the tiny guest (kernel + initramfs).
 #  - iputils-ping, iproute2, netsniff-ng (trafgen): host-side tools.
 #  - tcpdump: sees the 802.1Q tags the kernel moved into metadata (tests/vlan.rs).
+#  - iperf3, ethtool, python3: TCP through the switch with offloads (tests/offload.rs,
+#    benches/tcp): iperf3 measures, python3 sends and checks data, ethtool sets a veth's
+#    checksum offload.
 #  - gnuplot-nox: benches/pvp --plot draws its table as an SVG.
 #  - systemd: systemd-analyze, which checks the unit in dist/ (tests/service_files.rs);
 #    installing the package does not make systemd the init where it is not.
@@ -21,7 +24,7 @@ fi
 
 need_pkgs=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in dpdk-dev linux-image-amd64 busybox-static iputils-ping iproute2 cpio kmod netsniff-ng tcpdump g++ systemd gnuplot-nox prometheus; do
+for p in dpdk-dev linux-image-amd64 busybox-static iputils-ping iproute2 cpio kmod netsniff-ng tcpdump iperf3 ethtool python3 g++ systemd gnuplot-nox prometheus; do
   have "$p" || need_pkgs+=("$p")
 done
 need_qemu=0

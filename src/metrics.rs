@@ -201,6 +201,7 @@ const DROPS: &[(&str, &str)] = &[
     ("drop_tx_down", "tx_down"),
     ("drop_oversize", "oversize"),
     ("drop_mtu", "mtu"),
+    ("drop_offload", "offload"),
     ("drop_no_mbuf", "no_mbuf"),
     ("drop_hairpin", "hairpin"),
     ("drop_runt", "runt"),
@@ -236,6 +237,16 @@ pub fn exposition(snap: &Snapshot, pool: &Mempool, started: f64) -> prometheus::
             "tx_flood",
             "vswitch_port_tx_flood_packets_total",
             "Frames sent to the port as a flood (unknown unicast, broadcast, multicast).",
+        ),
+        (
+            "rx_offload",
+            "vswitch_port_rx_offload_packets_total",
+            "Frames received asking for checksum or segmentation offload.",
+        ),
+        (
+            "tx_segments",
+            "vswitch_port_tx_segments_total",
+            "TCP segments made in software for the port from TSO frames it cannot take.",
         ),
         (
             "learn_refused",

@@ -105,6 +105,8 @@ fn metric_of(key: &str) -> (&'static str, Option<&str>) {
         "tx_packets" => ("vswitch_port_tx_packets_total", None),
         "tx_bytes" => ("vswitch_port_tx_bytes_total", None),
         "tx_flood" => ("vswitch_port_tx_flood_packets_total", None),
+        "rx_offload" => ("vswitch_port_rx_offload_packets_total", None),
+        "tx_segments" => ("vswitch_port_tx_segments_total", None),
         "learn_refused" => ("vswitch_port_learn_refused_total", None),
         "guest_errors" => ("vswitch_port_guest_errors_total", None),
         k => (

@@ -120,6 +120,7 @@ fn only_a_qemu_in_the_socket_group_can_connect() {
             mem_path: None,
             user,
             host_mtu: None,
+            no_offloads: false,
         })
     };
     let b = guest(

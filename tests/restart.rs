@@ -320,6 +320,7 @@ fn guests_keep_their_traffic_across_switch_restart_and_crash() {
         mem_path: None,
         user: None,
         host_mtu: None,
+        no_offloads: false,
     });
     let mut b = Guest::launch(&GuestSpec {
         name: "guest-b",
@@ -331,6 +332,7 @@ fn guests_keep_their_traffic_across_switch_restart_and_crash() {
         mem_path: None,
         user: None,
         host_mtu: None,
+        no_offloads: false,
     });
     // QEMU creates its listening socket at once, then waits for a backend.
     let t0 = Instant::now();

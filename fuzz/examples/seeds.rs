@@ -8,7 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use vswitch_fuzz::protocol::{self, req, FdKind, Msg};
 use vswitch_fuzz::virtq::{
-    encode, F_CALL, F_EVENT_IDX, F_HDR10, F_INDIRECT, F_MRG_RXBUF, F_TWO_REGIONS, GPA, REGION,
+    encode, F_CALL, F_EVENT_IDX, F_HDR10, F_INDIRECT, F_MRG_RXBUF, F_OFFLOAD, F_TWO_REGIONS, GPA,
+    REGION,
 };
 
 const F_NEXT: u16 = 1;
@@ -119,6 +120,12 @@ fn dequeue_seeds(dir: &Path) {
         t,
         "simple-features",
         &encode(f, log2(32), 0, DESC, AVAIL, USED, &ops, &im.mem),
+    );
+    seed(
+        dir,
+        t,
+        "simple-offloads",
+        &encode(f | F_OFFLOAD, log2(32), 0, DESC, AVAIL, USED, &ops, &im.mem),
     );
 
     // Header and frame split over a chain; a chain through an indirect table.

@@ -14,7 +14,9 @@
 //! Input layout (little-endian):
 //! - `[0]` flags: bit 0 EVENT_IDX, bit 1 MRG_RXBUF, bit 2 INDIRECT_DESC, bit 3 a
 //!   10-byte header (without MRG_RXBUF), bit 4 a call eventfd (through a
-//!   `Notifier`, delivered after each burst), bit 5 two regions;
+//!   `Notifier`, delivered after each burst), bit 5 two regions, bit 6 offloads both
+//!   ways (headers read on dequeue, metadata on enqueued frames), bit 7 with bit 6: a
+//!   guest that takes no offload;
 //! - `[1]` ring size: bit 7 clear: `1 << (b & 15)`; set: `b & 0x7f` (any number);
 //! - `[2..4]` the base (SET_VRING_BASE);
 //! - `[4..6]`, `[6..8]`, `[8..10]` descriptor table, avail ring and used ring as
@@ -27,7 +29,7 @@ use pmd::hugepage::HugepagePolicy;
 use pmd::vhost::driver::{eventfd, DriverMem};
 use pmd::vhost::mem::{GuestMemory, RegionDesc};
 use pmd::vhost::notify::{Irq, Notifier};
-use pmd::vhost::virtq::{LiveRing, RingAddrs, RingFeatures, RxDrops};
+use pmd::vhost::virtq::{LiveRing, RingAddrs, RingFeatures, RxCounts};
 use pmd::{Mbuf, Mempool, MempoolCache};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -56,6 +58,12 @@ pub const F_INDIRECT: u8 = 4;
 pub const F_HDR10: u8 = 8;
 pub const F_CALL: u8 = 16;
 pub const F_TWO_REGIONS: u8 = 32;
+/// Offloads negotiated both ways: dequeue reads each frame's header, enqueue is handed
+/// frames with offload metadata (`enqueue_offload`).
+pub const F_OFFLOAD: u8 = 64;
+/// With F_OFFLOAD: the guest takes no offload in received frames, so enqueue completes
+/// checksums and drops TSO frames itself.
+pub const F_GUEST_PLAIN: u8 = 128;
 
 /// What one operation byte asks for.
 #[derive(Clone, Copy, Debug)]
@@ -290,7 +298,14 @@ fn run_on(rig: &Rig, inp: &Input, dir: Dir) {
         },
         // Jumbo frames: longer frames take the large-buffer path.
         max_frame: pmd::port::max_frame(pmd::port::MAX_MTU),
+        host_offload: inp.flags & F_OFFLOAD != 0,
+        guest_caps: if inp.flags & F_OFFLOAD != 0 && inp.flags & F_GUEST_PLAIN == 0 {
+            pmd::offload::Caps::ALL
+        } else {
+            pmd::offload::Caps::NONE
+        },
     };
+    let offload = inp.flags & F_OFFLOAD != 0;
     // Interrupts go through a notifier without a thread: delivered after each burst.
     let notifier = (inp.flags & F_CALL != 0).then(|| {
         let n = Notifier::new("fuzz", 1);
@@ -329,7 +344,7 @@ fn run_on(rig: &Rig, inp: &Input, dir: Dir) {
                     }
                     dequeue(&mut lr, &mut cache, op, &mut held, &mut seen)
                 }
-                Dir::Enqueue => enqueue(&mut lr, &mut cache, op),
+                Dir::Enqueue => enqueue(&mut lr, &mut cache, op, offload),
             };
             if let Some(n) = &notifier {
                 n.deliver();
@@ -366,7 +381,7 @@ fn dequeue(
 ) -> usize {
     let mut out: [Option<Mbuf>; 32] = Default::default();
     let want = op.frames.min(out.len());
-    let (mut drops, mut bytes) = (RxDrops::default(), 0u64);
+    let (mut drops, mut bytes) = (RxCounts::default(), 0u64);
     let n = lr.dequeue(cache, &mut out[..want], &mut drops, &mut bytes);
     assert!(n <= want, "dequeue returned {n} of {want} slots");
     let mut sum = 0u64;
@@ -390,7 +405,7 @@ fn dequeue(
     n
 }
 
-fn enqueue(lr: &mut LiveRing, cache: &mut MempoolCache, op: Op) -> usize {
+fn enqueue(lr: &mut LiveRing, cache: &mut MempoolCache, op: Op, offload: bool) -> usize {
     let lens = LENS[op.bits56 as usize];
     let mut pkts: Vec<Option<Mbuf>> = Vec::with_capacity(op.frames);
     for i in 0..op.frames {
@@ -399,11 +414,28 @@ fn enqueue(lr: &mut LiveRing, cache: &mut MempoolCache, op: Op) -> usize {
         for (j, b) in d.iter_mut().enumerate() {
             *b = (i + j) as u8;
         }
+        if offload && i % 2 == 1 {
+            // A partial checksum anywhere the op's bits say (in the frame or not), or
+            // a TSO request: what the switch step may hand the ring.
+            let len = m.len() as u16;
+            m.set_offload(pmd::offload::NetHdr {
+                flags: pmd::offload::NEEDS_CSUM,
+                gso_type: if op.bits56 & 1 != 0 { pmd::offload::GSO_TCPV4 } else { 0 },
+                gso_size: 1448,
+                csum_start: (op.bits56 as u16 * 7) % len.max(1),
+                csum_offset: if op.bits56 & 2 != 0 { 16 } else { 6 },
+                hdr_len: 54,
+            });
+        }
         pkts.push(Some(m));
     }
     let (mut bytes, mut too_big) = (0u64, 0u64);
     let offered: u64 = pkts.iter().flatten().map(|m| m.len() as u64).sum();
-    let n = lr.enqueue(&mut pkts, cache, &mut bytes, &mut too_big);
+    let n = if offload {
+        lr.enqueue_offload(&mut pkts, cache, &mut bytes, &mut too_big)
+    } else {
+        lr.enqueue(&mut pkts, cache, &mut bytes, &mut too_big)
+    };
     assert!(n <= pkts.len(), "enqueue consumed {n} of {}", pkts.len());
     assert!(too_big <= n as u64);
     assert!(bytes <= offered);

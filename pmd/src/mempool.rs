@@ -16,6 +16,7 @@
 //! handed a large buffer.
 
 use crate::hugepage::{HugeMem, HugepageError, HugepagePolicy};
+use crate::offload::NetHdr;
 use crossbeam::queue::ArrayQueue;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -35,6 +36,11 @@ pub const LARGE_DATA_ROOM: usize = u16::MAX as usize - HEADROOM;
 /// The index bit that marks a large buffer. Pools hold at most 2^22 buffers, so the
 /// bit is free.
 pub const LARGE: u32 = 1 << 31;
+/// The index bit that marks a frame carrying offload metadata: a virtio-net header
+/// ([`NetHdr`]) in the first [`META`] bytes of its slot, which data never occupies.
+pub const OL: u32 = 1 << 30;
+/// Bytes at the start of every slot kept for offload metadata.
+pub const META: usize = 16;
 /// Buffers moved between a cache and the shared ring at once.
 pub const CACHE_BURST: usize = 64;
 /// Most buffers a per-thread cache holds before it drains.
@@ -144,12 +150,12 @@ impl Mbuf {
         let (off, len) = (self.data_off as usize, self.len as usize);
         if off >= n {
             self.data_off -= n as u16;
-        } else if len + n <= self.slot_size() {
-            // Move the data back by n - off and start it at the buffer's first byte.
-            let shift = n - off;
-            let whole = self.set_whole(off + len + shift);
-            whole.copy_within(off..off + len, off + shift);
-            self.data_off = 0;
+        } else if META + len + n <= self.slot_size() {
+            // Move the data back and start it right after the metadata bytes.
+            let to = META + n;
+            let whole = self.set_whole((off + len).max(to + len));
+            whole.copy_within(off..off + len, to);
+            self.data_off = META as u16;
         } else {
             return false;
         }
@@ -193,7 +199,39 @@ impl Mbuf {
     /// The buffer's index in its pool (stable identity, used by tests); small and
     /// large buffers are numbered apart.
     pub fn index(&self) -> u32 {
-        self.idx & !LARGE
+        self.idx & !(LARGE | OL)
+    }
+    /// Whether the frame carries offload metadata.
+    #[inline]
+    pub fn has_offload(&self) -> bool {
+        self.idx & OL != 0
+    }
+    /// The frame's offload metadata, if it has any.
+    #[inline]
+    pub fn offload(&self) -> Option<NetHdr> {
+        if !self.has_offload() {
+            return None;
+        }
+        // SAFETY: the slot's first META bytes belong to this handle and are never data
+        // (prepend stops at META); they were written by set_offload.
+        let b = unsafe { &*(self.buf.as_ptr() as *const [u8; NetHdr::LEN]) };
+        Some(NetHdr::parse(b))
+    }
+    /// Attaches offload metadata (none when `h` asks for nothing).
+    #[inline]
+    pub fn set_offload(&mut self, h: NetHdr) {
+        if h.is_plain() {
+            self.idx &= !OL;
+            return;
+        }
+        // SAFETY: as in `offload`; &mut self makes the write exclusive.
+        unsafe { (self.buf.as_ptr() as *mut [u8; NetHdr::LEN]).write(h.to_bytes()) };
+        self.idx |= OL;
+    }
+    /// Drops the frame's offload metadata (the offload was carried out).
+    #[inline]
+    pub fn clear_offload(&mut self) {
+        self.idx &= !OL;
     }
 }
 
@@ -300,7 +338,7 @@ impl Mempool {
             return self.free_other(m.buf, m.idx);
         }
         // The ring holds every index at most once, so it cannot be full here.
-        let _ = self.free.push(m.idx);
+        let _ = self.free.push(m.idx & !OL);
     }
 
     /// The pool's memory as one page-aligned region, `(base, len)`: what an AF_XDP
@@ -320,7 +358,7 @@ impl Mempool {
             foreign(&m);
         }
         (
-            m.idx as u64 * BUF_SIZE as u64 + m.data_off as u64,
+            (m.idx & !OL) as u64 * BUF_SIZE as u64 + m.data_off as u64,
             m.len as u32,
         )
     }
@@ -362,7 +400,7 @@ impl Mempool {
         if let Some(l) = &self.large {
             let off = (buf.as_ptr() as usize).wrapping_sub(l.mem.as_ptr() as usize);
             if idx & LARGE != 0 && off < l.count as usize * LARGE_SLOT {
-                let _ = l.free.push(idx & !LARGE);
+                let _ = l.free.push(idx & !(LARGE | OL));
                 return;
             }
         }
@@ -427,7 +465,7 @@ impl MempoolCache {
         if !self.pool.owns_small(&m) {
             return self.pool.free_other(m.buf, m.idx);
         }
-        self.stack.push(m.idx);
+        self.stack.push(m.idx & !OL);
         if self.stack.len() >= CACHE_MAX + CACHE_BURST {
             self.drain(CACHE_BURST);
         }
@@ -461,11 +499,15 @@ impl MempoolCache {
         c
     }
 
-    /// A copy of `m`'s frame in a new buffer of the size it needs.
+    /// A copy of `m`'s frame, and its offload metadata, in a new buffer of the size
+    /// it needs.
     #[inline]
     pub fn copy_of(&mut self, m: &Mbuf) -> Option<Mbuf> {
         let mut c = self.alloc_for(m.len())?;
         c.set_len(m.len()).copy_from_slice(m.data());
+        if let Some(h) = m.offload() {
+            c.set_offload(h);
+        }
         Some(c)
     }
 
@@ -515,6 +557,38 @@ mod tests {
         assert!(!m.prepend(BUF_SIZE), "more than the buffer holds");
         assert_eq!(&m.data()[HEADROOM + 2..], &[1, 2, 3, 4]);
         pool.free(m);
+    }
+
+    #[test]
+    fn offload_metadata_travels_with_the_frame_and_not_with_the_buffer() {
+        let pool = Mempool::with_large(1024, 1, HugepagePolicy::Off).unwrap();
+        let mut c = MempoolCache::new(pool.clone());
+        let h = NetHdr {
+            flags: crate::offload::NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 16,
+            ..NetHdr::default()
+        };
+        for large in [false, true] {
+            let mut m = if large { c.alloc_large() } else { c.alloc() }.unwrap();
+            let idx = m.index();
+            m.set_len(100).fill(9);
+            m.set_offload(h);
+            assert_eq!(m.offload(), Some(h));
+            assert_eq!(m.index(), idx, "the flag is not part of the identity");
+            // Data moved back to make room for 200 bytes stops short of the metadata.
+            assert!(m.prepend(200));
+            assert_eq!(m.offload(), Some(h));
+            assert!(m.data()[200..].iter().all(|&b| b == 9));
+            m.set_offload(NetHdr::default());
+            assert_eq!(m.offload(), None, "a plain header is no metadata");
+            m.set_offload(h);
+            c.free(m);
+            let again = if large { c.alloc_large() } else { c.alloc() }.unwrap();
+            assert_eq!(again.index(), idx, "the same buffer back");
+            assert!(!again.has_offload(), "freed without its metadata");
+            c.free(again);
+        }
     }
 
     #[test]

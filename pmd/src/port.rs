@@ -56,6 +56,18 @@ pub trait Port: Send + Sync {
     /// Completes what earlier bursts on rx queue `q` left owed (a vhost-user guest's
     /// interrupt), without receiving: a PMD thread calls it for queues that
     /// backpressure keeps it from polling. Same caller rule as `rx_burst`.
+    /// `tx_burst` for a burst that may hold frames with offload metadata (the switch
+    /// only hands a port such frames when `tx_offloads` covers them). A driver that
+    /// reads the metadata only here keeps its plain path free of the test.
+    fn tx_burst_offload(
+        &self,
+        lane: &TxLane,
+        cache: &mut MempoolCache,
+        pkts: &mut [Option<Mbuf>],
+        tr: &mut Traffic,
+    ) -> usize {
+        self.tx_burst(lane, cache, pkts, tr)
+    }
     fn settle(&self, _q: usize) {}
     /// Whether the port can carry traffic now (a guest is attached and its rings are live).
     fn is_up(&self) -> bool;
@@ -66,6 +78,12 @@ pub trait Port: Send + Sync {
     /// (by the driver) and before its tx (by the switch), and counted in `drop_mtu`.
     fn mtu(&self) -> u16 {
         DEFAULT_MTU
+    }
+    /// The offloads this port takes on frames it sends (as its peer negotiated them,
+    /// so it may change while the port runs): frames asking for more get the
+    /// switch's software fallback first.
+    fn tx_offloads(&self) -> crate::offload::Caps {
+        crate::offload::Caps::NONE
     }
     /// The driver's name as in the configuration (`"vhost-user"`, `"af-xdp"`, ...).
     fn driver(&self) -> &'static str;
@@ -140,6 +158,12 @@ pub struct Traffic {
     pub tx_bytes: u64,
     /// Frames flooded out of this port (broadcast, multicast, unknown unicast).
     pub tx_flood: u64,
+    /// Frames received asking for checksum or segmentation offload (carrying
+    /// offload metadata). A driver that attaches metadata counts it here: the PMD
+    /// thread reads this to know that a burst needs the egress step.
+    pub rx_offload: u64,
+    /// Segments made in software for this port from TSO frames it cannot take.
+    pub tx_segments: u64,
 }
 
 impl Traffic {
@@ -149,6 +173,8 @@ impl Traffic {
         self.tx_packets += o.tx_packets;
         self.tx_bytes += o.tx_bytes;
         self.tx_flood += o.tx_flood;
+        self.rx_offload += o.rx_offload;
+        self.tx_segments += o.tx_segments;
     }
 }
 
@@ -201,6 +227,10 @@ pub struct PortStats {
     pub drop_oversize: AtomicU64,
     /// Frames longer than the port's MTU allows, at its rx or before its tx.
     pub drop_mtu: AtomicU64,
+    /// Frames whose offload request could not be carried out (a header that does not
+    /// match the frame, an unsupported type): at the rx of the port that sent them, or
+    /// before the tx of the port they were for.
+    pub drop_offload: AtomicU64,
     /// Dropped because the mbuf pool was empty.
     pub drop_no_mbuf: AtomicU64,
     /// Frames whose destination was learned on the port they came from.
@@ -235,10 +265,13 @@ impl PortStats {
             ("tx_packets", t.tx_packets),
             ("tx_bytes", t.tx_bytes),
             ("tx_flood", t.tx_flood),
+            ("rx_offload", t.rx_offload),
+            ("tx_segments", t.tx_segments),
             ("drop_tx_full", Self::get(&self.drop_tx_full)),
             ("drop_tx_down", Self::get(&self.drop_tx_down)),
             ("drop_oversize", Self::get(&self.drop_oversize)),
             ("drop_mtu", Self::get(&self.drop_mtu)),
+            ("drop_offload", Self::get(&self.drop_offload)),
             ("drop_no_mbuf", Self::get(&self.drop_no_mbuf)),
             ("drop_hairpin", Self::get(&self.drop_hairpin)),
             ("drop_runt", Self::get(&self.drop_runt)),

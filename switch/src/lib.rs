@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod control;
+mod egress;
 pub mod fdb;
 pub mod frame;
 pub mod latency;

@@ -51,7 +51,7 @@ pub const TXQ_CAP: usize = 256;
 /// A PMD thread's output queue for one port.
 /// Frames live in `pkts[head..end]`: sending advances `head`, so a partial send
 /// moves nothing; the array is compacted only when the tail has no room for a burst.
-struct TxQueue {
+pub(crate) struct TxQueue {
     pkts: Box<[Option<Mbuf>]>,
     head: usize,
     end: usize,
@@ -70,12 +70,19 @@ struct TxQueue {
     stamped: usize,
     /// With captures running: frames in `pkts[..cap_mark]` were captured.
     cap_mark: usize,
+    /// Frames with offload metadata were queued since the queue last emptied: it is
+    /// sent with `Port::tx_burst_offload`.
+    pub(crate) offload: bool,
 }
 
 impl TxQueue {
     #[inline(always)]
     fn len(&self) -> usize {
         self.end - self.head
+    }
+    /// Frames the queue can still take (after a compaction, which `push` makes).
+    pub(crate) fn room(&self) -> usize {
+        TXQ_CAP - self.len()
     }
     /// Empties the queue's bookkeeping (its frames are gone).
     #[inline(always)]
@@ -84,6 +91,7 @@ impl TxQueue {
         self.end = 0;
         self.stamped = 0;
         self.cap_mark = 0;
+        self.offload = false;
     }
     /// Makes room at the tail for a burst if the queue itself has it.
     #[inline]
@@ -109,6 +117,7 @@ impl TxQueue {
             stamps: vec![0; TXQ_CAP].into_boxed_slice(),
             stamped: 0,
             cap_mark: 0,
+            offload: false,
         }
     }
 }
@@ -278,6 +287,7 @@ impl LoopState {
             let Some(rx) = plan.port(port) else {
                 continue;
             };
+            let offload_before = cx.traffic[port].rx_offload;
             let n = rx.rx_burst(
                 rxq.queue,
                 &mut cx.cache,
@@ -296,7 +306,9 @@ impl LoopState {
             did += n;
             let (txq, frames) = (&mut self.txq, &mut self.burst[..n]);
             let now = self.now_secs;
-            match (plan.vlan_on, plan.mtu_on) {
+            // The egress step, per frame, only for bursts that need it.
+            let egress = plan.mtu_on || cx.traffic[port].rx_offload != offload_before;
+            match (plan.vlan_on, egress) {
                 (false, false) => switch_burst::<false, false>(cx, plan, txq, port, frames, now),
                 (true, false) => switch_burst::<true, false>(cx, plan, txq, port, frames, now),
                 (false, true) => switch_burst::<false, true>(cx, plan, txq, port, frames, now),
@@ -433,11 +445,12 @@ fn word(mac: &[u8], vlan: u16) -> u64 {
 }
 
 /// Switches a burst received on `in_port`. `VLAN`: whether some port has a VLAN mode
-/// (`PollPlan::vlan_on`); `MTU`: whether the ports' MTUs differ (`PollPlan::mtu_on`).
-/// Both are decided once per burst, so that a switch of plain trunks of one MTU
-/// carries no VLAN or length test per frame.
+/// (`PollPlan::vlan_on`); `EGRESS`: whether frames go through the egress step
+/// (`egress`: the ports' MTUs differ, or the burst carries offload requests). Both
+/// are decided once per burst, so that a switch of plain trunks of one MTU carries no
+/// VLAN, length or offload test per frame.
 #[inline]
-fn switch_burst<const VLAN: bool, const MTU: bool>(
+fn switch_burst<const VLAN: bool, const EGRESS: bool>(
     cx: &mut PmdContext,
     plan: &PollPlan,
     txq: &mut [TxQueue],
@@ -448,12 +461,12 @@ fn switch_burst<const VLAN: bool, const MTU: bool>(
     let mut memo = Memo::default();
     for slot in burst.iter_mut() {
         let m = slot.take().expect("rx_burst filled it");
-        switch_one::<VLAN, MTU>(cx, plan, txq, in_port, m, now, &mut memo);
+        switch_one::<VLAN, EGRESS>(cx, plan, txq, in_port, m, now, &mut memo);
     }
 }
 
 #[inline(always)]
-fn switch_one<const VLAN: bool, const MTU: bool>(
+fn switch_one<const VLAN: bool, const EGRESS: bool>(
     cx: &mut PmdContext,
     plan: &PollPlan,
     txq: &mut [TxQueue],
@@ -523,27 +536,26 @@ fn switch_one<const VLAN: bool, const MTU: bool>(
                 PortStats::add(&op.stats().drop_tx_down, 1);
                 cx.cache.free(m);
             }
-            Some(_) => send_to::<VLAN, MTU>(cx, plan, txq, p, m, vlan),
-            None => flood::<VLAN, MTU>(cx, plan, txq, in_port, m, vlan),
+            Some(_) => send_to::<VLAN, EGRESS>(cx, plan, txq, p, m, vlan),
+            None => flood::<VLAN, EGRESS>(cx, plan, txq, in_port, m, vlan),
         },
-        None => flood::<VLAN, MTU>(cx, plan, txq, in_port, m, vlan),
+        None => flood::<VLAN, EGRESS>(cx, plan, txq, in_port, m, vlan),
     }
 }
 
 /// Counts one event of port `p` (a drop: off the fast path).
 #[cold]
 #[inline(never)]
-fn count(plan: &PollPlan, p: usize, ctr: fn(&PortStats) -> &AtomicU64) {
+pub(crate) fn count(plan: &PollPlan, p: usize, ctr: fn(&PortStats) -> &AtomicU64) {
     if let Some(port) = plan.port(p) {
         PortStats::add(ctr(port.stats()), 1);
     }
 }
 
 /// Queues a frame of VLAN `vlan` for port `p`, tagged as the port's VLAN mode says;
-/// with `MTU`, a frame longer than the port takes is dropped (`drop_mtu`). The length
-/// is the one before a tag is pushed: a port's frame limit leaves room for one tag.
+/// with `EGRESS`, through the egress step (MTU, offloads).
 #[inline(always)]
-fn send_to<const VLAN: bool, const MTU: bool>(
+fn send_to<const VLAN: bool, const EGRESS: bool>(
     cx: &mut PmdContext,
     plan: &PollPlan,
     txq: &mut [TxQueue],
@@ -551,12 +563,9 @@ fn send_to<const VLAN: bool, const MTU: bool>(
     m: Mbuf,
     vlan: u16,
 ) {
-    if MTU && m.len() > plan.max_frames[p] as usize {
-        count(plan, p, |s| &s.drop_mtu);
-        cx.cache.free(m);
-        return;
-    }
-    if VLAN {
+    if EGRESS {
+        crate::egress::send::<VLAN>(cx, plan, txq, p, m, vlan);
+    } else if VLAN {
         send_vlan(cx, plan, txq, p, m, vlan);
     } else {
         enqueue_out(cx, plan, txq, p, m);
@@ -618,7 +627,13 @@ fn push(t: &mut TxQueue, m: Mbuf) -> Result<(), Mbuf> {
 /// `push`, counting and freeing a frame that does not fit. Always inlined: a call
 /// per frame costs more than the push itself.
 #[inline(always)]
-fn enqueue_out(cx: &mut PmdContext, plan: &PollPlan, txq: &mut [TxQueue], p: usize, m: Mbuf) {
+pub(crate) fn enqueue_out(
+    cx: &mut PmdContext,
+    plan: &PollPlan,
+    txq: &mut [TxQueue],
+    p: usize,
+    m: Mbuf,
+) {
     if let Err(m) = push(&mut txq[p], m) {
         count(plan, p, |s| &s.drop_tx_full);
         cx.cache.free(m);
@@ -627,7 +642,7 @@ fn enqueue_out(cx: &mut PmdContext, plan: &PollPlan, txq: &mut [TxQueue], p: usi
 
 /// Sends a copy to every other port that is up and carries VLAN `vlan`; the last
 /// one gets the original.
-fn flood<const VLAN: bool, const MTU: bool>(
+fn flood<const VLAN: bool, const EGRESS: bool>(
     cx: &mut PmdContext,
     plan: &PollPlan,
     txq: &mut [TxQueue],
@@ -645,7 +660,7 @@ fn flood<const VLAN: bool, const MTU: bool>(
             continue;
         }
         if let Some(prev) = last_target.replace(p) {
-            if MTU && m.len() > plan.max_frames[prev] as usize {
+            if EGRESS && !m.has_offload() && m.len() > plan.max_frames[prev] as usize {
                 // Too long for that port: counted, without a copy made only to drop.
                 count(plan, prev, |s| &s.drop_mtu);
                 continue;
@@ -653,7 +668,7 @@ fn flood<const VLAN: bool, const MTU: bool>(
             match cx.cache.copy_of(&m) {
                 Some(c) => {
                     cx.traffic[prev].tx_flood += 1;
-                    send_to::<VLAN, MTU>(cx, plan, txq, prev, c, vlan);
+                    send_to::<VLAN, EGRESS>(cx, plan, txq, prev, c, vlan);
                 }
                 None => {
                     count(plan, prev, |s| &s.drop_no_mbuf);
@@ -664,7 +679,7 @@ fn flood<const VLAN: bool, const MTU: bool>(
     match last_target {
         Some(p) => {
             cx.traffic[p].tx_flood += 1;
-            send_to::<VLAN, MTU>(cx, plan, txq, p, m, vlan);
+            send_to::<VLAN, EGRESS>(cx, plan, txq, p, m, vlan);
         }
         None => cx.cache.free(m), // nowhere to go (every other port is down): not a drop of a port
     }
@@ -697,12 +712,12 @@ fn flush(
         taps.tx(&plan.vlans, p, &t.pkts[from..t.end]);
         t.cap_mark = t.end;
     }
-    let sent = port.tx_burst(
-        &cx.lane,
-        &mut cx.cache,
-        &mut t.pkts[t.head..t.end],
-        &mut cx.traffic[p],
-    );
+    let pkts = &mut t.pkts[t.head..t.end];
+    let sent = if t.offload {
+        port.tx_burst_offload(&cx.lane, &mut cx.cache, pkts, &mut cx.traffic[p])
+    } else {
+        port.tx_burst(&cx.lane, &mut cx.cache, pkts, &mut cx.traffic[p])
+    };
     if sent > 0 {
         t.head += sent;
         t.taken += sent;

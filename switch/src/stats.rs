@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// One port's [`Traffic`] as a PMD thread last published it.
 #[derive(Default)]
-pub struct PublishedTraffic([AtomicU64; 5]);
+pub struct PublishedTraffic([AtomicU64; 7]);
 
 impl PublishedTraffic {
     /// Stores `t` (only the owning PMD thread calls this).
@@ -20,6 +20,8 @@ impl PublishedTraffic {
             t.tx_packets,
             t.tx_bytes,
             t.tx_flood,
+            t.rx_offload,
+            t.tx_segments,
         ];
         for (c, v) in self.0.iter().zip(v) {
             c.store(v, Relaxed);
@@ -33,6 +35,8 @@ impl PublishedTraffic {
             tx_packets: v[2],
             tx_bytes: v[3],
             tx_flood: v[4],
+            rx_offload: v[5],
+            tx_segments: v[6],
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct BootOpts<'a> {
     /// QEMU's `host_mtu`: the MTU the guest is told (sent to the switch with
     /// `NET_SET_MTU`).
     pub host_mtu: Option<u16>,
+    /// The NIC without checksum and segmentation offloads (QEMU enables them by
+    /// default).
+    pub no_offloads: bool,
 }
 
 /// Who listens on a guest's vhost-user socket.
@@ -67,6 +70,8 @@ pub struct GuestSpec<'a> {
     pub user: Option<&'a str>,
     /// QEMU's `host_mtu` for the NIC.
     pub host_mtu: Option<u16>,
+    /// The NIC without checksum and segmentation offloads.
+    pub no_offloads: bool,
 }
 
 impl Guest {
@@ -90,6 +95,9 @@ impl Guest {
         cmd.arg(script);
         if let Some(p) = spec.mem_path {
             cmd.args(["--mem-path", p]);
+        }
+        if spec.no_offloads {
+            cmd.arg("--no-offloads");
         }
         if let Some(m) = spec.host_mtu {
             cmd.args(["--host-mtu", &m.to_string()]);
@@ -159,6 +167,7 @@ impl Guest {
             mem_path: opts.mem_path,
             user: None,
             host_mtu: opts.host_mtu,
+            no_offloads: opts.no_offloads,
         })
     }
 

@@ -789,7 +789,11 @@ impl Port for AfXdpPort {
         side.comp.local = side.comp.local.wrapping_add(done);
         side.comp.cons().store(side.comp.local, Ordering::Release);
 
-        let room = side.tx.free() as usize;
+        // At most a burst per call: a copy-mode socket's wakeup sends at most 32
+        // descriptors (the kernel's TX_BATCH_SIZE), so more would wait for the next
+        // frame to this port. Segments of a TSO frame come 45 at a time; what is left
+        // stays on the switch's queue, which is flushed again next iteration.
+        let room = (side.tx.free() as usize).min(crate::port::BURST);
         let (mut sent, mut taken) = (0, 0);
         let mut bytes = 0u64;
         for slot in pkts.iter_mut() {

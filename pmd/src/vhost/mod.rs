@@ -157,9 +157,18 @@ pub struct Shared {
     pub conn_log_limit: RateLimit,
     /// Dropped frames logged per window.
     pub drop_log_limit: RateLimit,
+    /// The offloads the connected guest takes in received frames (`offload::Caps`
+    /// bits, from its `GUEST_*` features): what the switch may hand it as it is.
+    pub tx_caps: AtomicU8,
 }
 
 impl Shared {
+    /// Records the offloads the guest negotiated (control thread, on SET_FEATURES and
+    /// when the connection ends).
+    pub fn set_tx_caps(&self, c: crate::offload::Caps) {
+        self.tx_caps.store(c.bits(), Ordering::Relaxed);
+    }
+
     /// Recomputes `up` after a ring or the connection changed. A PMD thread marking a
     /// ring broken can race with the control thread doing this; the stale value then
     /// lasts until the next change, during which tx finds no usable ring and the
@@ -201,6 +210,7 @@ impl VhostUserPort {
             log_limit: RateLimit::new(),
             conn_log_limit: RateLimit::new(),
             drop_log_limit: RateLimit::new(),
+            tx_caps: AtomicU8::new(0),
         });
         let thread = protocol::spawn(shared.clone())?;
         Ok(VhostUserPort {
@@ -235,15 +245,60 @@ impl VhostUserPort {
         );
     }
 
+    /// Sends frames on the PMD's queue pair (`OL`: the burst may hold frames with
+    /// offload metadata, whose virtio-net header goes to the guest).
+    #[inline(always)]
+    fn send<const OL: bool>(
+        &self,
+        lane: &TxLane,
+        cache: &mut MempoolCache,
+        pkts: &mut [Option<Mbuf>],
+        tr: &mut Traffic,
+    ) -> usize {
+        let nq = self.shared.cfg.queues;
+        // The PMD's queue pair, or the next usable one: the guest may use fewer queue
+        // pairs than offered, or have broken one.
+        let first = lane.pmd() % nq;
+        let Some(q) = (0..nq)
+            .map(|k| (first + k) % nq)
+            .find(|&q| self.shared.vrings[2 * q].usable())
+        else {
+            return 0;
+        };
+        let idx = 2 * q;
+        let slot = &self.shared.vrings[idx];
+        let _g = slot.tx_lock.lock(lane);
+        // SAFETY: live is set and tx_lock is held (or this is the only PMD thread): no
+        // other thread touches this ring.
+        let Some(ring) = (unsafe { &mut *slot.ring.get() }) else {
+            return 0;
+        };
+        let mut too_big = 0u64;
+        let n = if OL {
+            ring.enqueue_offload(pkts, cache, &mut tr.tx_bytes, &mut too_big)
+        } else {
+            ring.enqueue(pkts, cache, &mut tr.tx_bytes, &mut too_big)
+        };
+        tr.tx_packets += n as u64 - too_big;
+        if too_big != 0 {
+            PortStats::add(&self.shared.stats.drop_oversize, too_big);
+        }
+        if let Some(e) = ring.error() {
+            self.report(slot, idx, e);
+        }
+        n
+    }
+
     /// Counts the frames a dequeue dropped, and logs MTU drops (rate-limited): a
     /// guest whose MTU is larger than its port's is a configuration error to see.
     #[cold]
     #[inline(never)]
-    fn count_drops(&self, d: virtq::RxDrops) {
+    fn count_drops(&self, d: virtq::RxCounts) {
         let s = &self.shared;
         PortStats::add(&s.stats.drop_oversize, d.oversize);
         PortStats::add(&s.stats.drop_mtu, d.mtu);
         PortStats::add(&s.stats.drop_no_mbuf, d.no_mbuf);
+        PortStats::add(&s.stats.drop_offload, d.bad_offload);
         if d.mtu != 0 {
             if let Some(suppressed) = s.drop_log_limit.allow() {
                 tracing::warn!(port = %s.cfg.name, mtu = s.cfg.mtu, frames = d.mtu, suppressed,
@@ -299,10 +354,11 @@ impl Port for VhostUserPort {
         let Some(ring) = (unsafe { &mut *slot.ring.get() }) else {
             return 0;
         };
-        let mut drops = virtq::RxDrops::default();
+        let mut drops = virtq::RxCounts::default();
         let n = ring.dequeue(cache, out, &mut drops, &mut tr.rx_bytes);
         tr.rx_packets += n as u64;
-        if drops != virtq::RxDrops::default() {
+        tr.rx_offload += std::mem::take(&mut drops.offload);
+        if drops != virtq::RxCounts::default() {
             self.count_drops(drops);
         }
         if let Some(e) = ring.error() {
@@ -319,34 +375,21 @@ impl Port for VhostUserPort {
         pkts: &mut [Option<Mbuf>],
         tr: &mut Traffic,
     ) -> usize {
-        let nq = self.shared.cfg.queues;
-        // The PMD's queue pair, or the next usable one: the guest may use fewer queue
-        // pairs than offered, or have broken one.
-        let first = lane.pmd() % nq;
-        let Some(q) = (0..nq)
-            .map(|k| (first + k) % nq)
-            .find(|&q| self.shared.vrings[2 * q].usable())
-        else {
-            return 0;
-        };
-        let idx = 2 * q;
-        let slot = &self.shared.vrings[idx];
-        let _g = slot.tx_lock.lock(lane);
-        // SAFETY: live is set and tx_lock is held (or this is the only PMD thread): no
-        // other thread touches this ring.
-        let Some(ring) = (unsafe { &mut *slot.ring.get() }) else {
-            return 0;
-        };
-        let mut too_big = 0u64;
-        let n = ring.enqueue(pkts, cache, &mut tr.tx_bytes, &mut too_big);
-        tr.tx_packets += n as u64 - too_big;
-        if too_big != 0 {
-            PortStats::add(&self.shared.stats.drop_oversize, too_big);
-        }
-        if let Some(e) = ring.error() {
-            self.report(slot, idx, e);
-        }
-        n
+        self.send::<false>(lane, cache, pkts, tr)
+    }
+
+    fn tx_burst_offload(
+        &self,
+        lane: &TxLane,
+        cache: &mut MempoolCache,
+        pkts: &mut [Option<Mbuf>],
+        tr: &mut Traffic,
+    ) -> usize {
+        self.send::<true>(lane, cache, pkts, tr)
+    }
+
+    fn tx_offloads(&self) -> crate::offload::Caps {
+        crate::offload::Caps::from_bits(self.shared.tx_caps.load(Ordering::Relaxed))
     }
 
     fn settle(&self, q: usize) {

@@ -15,6 +15,7 @@ use super::mem::{GuestMemory, MemError, RegionDesc, MAX_REGIONS};
 use super::notify::{check_eventfd, Irq, NotEventfd, Notifier};
 use super::virtq::{LiveRing, RingAddrs, RingFeatures};
 use super::{Mode, RingState, Shared, VhostConfig};
+use crate::offload::Caps;
 use crate::port::PortStats;
 use crate::ratelimit::RateLimit;
 use crate::rcu::Rcu;
@@ -43,6 +44,24 @@ const fn bit(n: u32) -> u64 {
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = bit(virtio_net::VIRTIO_NET_F_MRG_RXBUF);
 pub const VIRTIO_NET_F_MQ: u64 = bit(virtio_net::VIRTIO_NET_F_MQ);
 pub const VIRTIO_NET_F_MTU: u64 = bit(virtio_net::VIRTIO_NET_F_MTU);
+pub const VIRTIO_NET_F_CSUM: u64 = bit(virtio_net::VIRTIO_NET_F_CSUM);
+pub const VIRTIO_NET_F_GUEST_CSUM: u64 = bit(virtio_net::VIRTIO_NET_F_GUEST_CSUM);
+pub const VIRTIO_NET_F_GUEST_TSO4: u64 = bit(virtio_net::VIRTIO_NET_F_GUEST_TSO4);
+pub const VIRTIO_NET_F_GUEST_TSO6: u64 = bit(virtio_net::VIRTIO_NET_F_GUEST_TSO6);
+pub const VIRTIO_NET_F_GUEST_ECN: u64 = bit(virtio_net::VIRTIO_NET_F_GUEST_ECN);
+pub const VIRTIO_NET_F_HOST_TSO4: u64 = bit(virtio_net::VIRTIO_NET_F_HOST_TSO4);
+pub const VIRTIO_NET_F_HOST_TSO6: u64 = bit(virtio_net::VIRTIO_NET_F_HOST_TSO6);
+pub const VIRTIO_NET_F_HOST_ECN: u64 = bit(virtio_net::VIRTIO_NET_F_HOST_ECN);
+/// The offloads offered, both ways: checksums, and TCP segmentation over IPv4 and
+/// IPv6 with ECN (never UDP).
+pub const OFFLOAD_FEATURES: u64 = VIRTIO_NET_F_CSUM
+    | VIRTIO_NET_F_GUEST_CSUM
+    | VIRTIO_NET_F_GUEST_TSO4
+    | VIRTIO_NET_F_GUEST_TSO6
+    | VIRTIO_NET_F_GUEST_ECN
+    | VIRTIO_NET_F_HOST_TSO4
+    | VIRTIO_NET_F_HOST_TSO6
+    | VIRTIO_NET_F_HOST_ECN;
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = bit(virtio_ring::VIRTIO_RING_F_INDIRECT_DESC);
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = bit(virtio_ring::VIRTIO_RING_F_EVENT_IDX);
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
@@ -55,10 +74,27 @@ pub const VIRTIO_F_VERSION_1: u64 = bit(virtio_config::VIRTIO_F_VERSION_1);
 pub const OFFERED_FEATURES: u64 = VIRTIO_NET_F_MRG_RXBUF
     | VIRTIO_NET_F_MQ
     | VIRTIO_NET_F_MTU
+    | OFFLOAD_FEATURES
     | VIRTIO_RING_F_INDIRECT_DESC
     | VIRTIO_RING_F_EVENT_IDX
     | VHOST_USER_F_PROTOCOL_FEATURES
     | VIRTIO_F_VERSION_1;
+
+/// What a guest that negotiated `f` takes in the frames it receives.
+pub fn guest_caps(f: u64) -> Caps {
+    let mut c = Caps::NONE;
+    for (bit, cap) in [
+        (VIRTIO_NET_F_GUEST_CSUM, Caps::CSUM),
+        (VIRTIO_NET_F_GUEST_TSO4, Caps::TSO4),
+        (VIRTIO_NET_F_GUEST_TSO6, Caps::TSO6),
+        (VIRTIO_NET_F_GUEST_ECN, Caps::ECN),
+    ] {
+        if f & bit != 0 {
+            c = c.with(cap);
+        }
+    }
+    c
+}
 
 /// Protocol features this backend implements: multiqueue, acknowledged requests and
 /// the frontend's MTU (`NET_SET_MTU`, checked against the port's `mtu`).
@@ -346,6 +382,7 @@ fn run(sh: Arc<Shared>, listener: Option<Listener>) {
         conn.teardown_all();
         sh.notifier.clear_calls();
         sh.connected.store(false, Ordering::SeqCst);
+        sh.set_tx_caps(Caps::NONE);
         sh.update_up();
         match why {
             Ok(()) if logged.is_some() => {
@@ -600,6 +637,7 @@ impl Conn {
                 let changed = f != self.features;
                 self.features = f;
                 self.features_set = true;
+                self.sh.set_tx_caps(guest_caps(f));
                 if changed {
                     self.refresh_all();
                 }
@@ -769,6 +807,9 @@ impl Conn {
                 10
             },
             max_frame: crate::port::max_frame(self.sh.cfg.mtu),
+            host_offload: f & (VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4 | VIRTIO_NET_F_HOST_TSO6)
+                != 0,
+            guest_caps: guest_caps(f),
         }
     }
 
@@ -965,6 +1006,7 @@ impl Session {
             log_limit: RateLimit::new(),
             conn_log_limit: RateLimit::new(),
             drop_log_limit: RateLimit::new(),
+            tx_caps: std::sync::atomic::AtomicU8::new(0),
         });
         Session {
             conn: Conn::new(sh),

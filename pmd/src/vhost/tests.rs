@@ -6,7 +6,7 @@
 use super::driver::{DriverMem, DriverRing, F_INDIRECT, F_NEXT, F_WRITE};
 use super::mem::{GuestMemory, MemError};
 use super::notify::{Irq, Notifier};
-use super::virtq::{GuestError, LiveRing, RingError, RingFeatures, RxDrops};
+use super::virtq::{GuestError, LiveRing, RingError, RingFeatures, RxCounts};
 use crate::hugepage::HugepagePolicy;
 use crate::mempool::{Mbuf, Mempool, MempoolCache};
 use std::io::Read;
@@ -40,6 +40,8 @@ fn feat(mrg: bool, event_idx: bool) -> RingFeatures {
         indirect: true,
         hdr_len: 12,
         max_frame: crate::port::max_frame(crate::port::DEFAULT_MTU),
+        host_offload: false,
+        guest_caps: crate::offload::Caps::NONE,
     }
 }
 
@@ -64,7 +66,7 @@ fn frame(n: usize, tag: u8) -> Vec<u8> {
 
 fn dequeue(cache: &mut MempoolCache, lr: &mut LiveRing) -> Vec<Mbuf> {
     let mut out: [Option<Mbuf>; 32] = Default::default();
-    let (mut over, mut bytes) = (RxDrops::default(), 0);
+    let (mut over, mut bytes) = (RxCounts::default(), 0);
     let n = lr.dequeue(cache, &mut out, &mut over, &mut bytes);
     let v: Vec<Mbuf> = out[..n].iter_mut().map(|m| m.take().unwrap()).collect();
     assert_eq!(bytes, v.iter().map(|m| m.len() as u64).sum::<u64>());
@@ -324,7 +326,7 @@ fn a_frame_over_the_mtu_is_dropped_not_fatal() {
     ring.push(1);
     let mut lr = live(&r, &ring, feat(true, false), None);
     let mut out: [Option<Mbuf>; 32] = Default::default();
-    let (mut over, mut bytes) = (RxDrops::default(), 0);
+    let (mut over, mut bytes) = (RxCounts::default(), 0);
     let n = lr.dequeue(&mut r.cache, &mut out, &mut over, &mut bytes);
     assert_eq!((n, over.mtu, bytes), (1, 1, 64));
     assert_eq!(ring.used_idx(), 2);
@@ -352,7 +354,7 @@ fn a_jumbo_frame_crosses_both_ways_in_a_large_buffer() {
     }
     let mut lr = live(&r, &ring, jumbo, None);
     let mut out: [Option<Mbuf>; 32] = Default::default();
-    let (mut drops, mut bytes) = (RxDrops::default(), 0);
+    let (mut drops, mut bytes) = (RxCounts::default(), 0);
     let n = lr.dequeue(&mut r.cache, &mut out, &mut drops, &mut bytes);
     assert_eq!((n, drops.mtu, drops.oversize), (2, 1, 0));
     let got_long = out[0].take().unwrap();
@@ -399,7 +401,7 @@ fn a_long_frame_without_large_buffers_is_dropped_not_waited_for() {
     };
     let mut lr = live(&r, &ring, f, None);
     let mut out: [Option<Mbuf>; 32] = Default::default();
-    let (mut drops, mut bytes) = (RxDrops::default(), 0);
+    let (mut drops, mut bytes) = (RxCounts::default(), 0);
     assert_eq!(lr.dequeue(&mut cache, &mut out, &mut drops, &mut bytes), 0);
     assert_eq!((drops.oversize, ring.used_idx()), (1, 1));
     drop(r.cache);
@@ -694,7 +696,7 @@ fn transmit_completion_interrupt_comes_at_the_next_poll() {
     assert_eq!((got.len(), ring.used_idx()), (1, 1));
     assert_eq!(call.count(), 0, "owed, not yet sent");
     let mut none: [Option<Mbuf>; 0] = [];
-    let (mut over, mut bytes) = (RxDrops::default(), 0);
+    let (mut over, mut bytes) = (RxCounts::default(), 0);
     assert_eq!(
         lr.dequeue(&mut r.cache, &mut none, &mut over, &mut bytes),
         0

@@ -12,6 +12,7 @@
 use super::mem::{FastTable, GuestMemory};
 use super::notify::Irq;
 use crate::mempool::{Mbuf, MempoolCache, DATA_ROOM};
+use crate::offload::{csum, Caps, NetHdr, GSO_NONE};
 use crate::prefetch;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
@@ -186,13 +187,24 @@ pub struct RingFeatures {
     /// virtio-net header length: 12 with VERSION_1 or MRG_RXBUF, else 10.
     pub hdr_len: usize,
     /// The longest frame the guest may send (the port's MTU, `port::max_frame`);
-    /// longer ones are dropped and counted in [`RxDrops::mtu`].
+    /// longer ones are dropped and counted in [`RxCounts::mtu`].
     pub max_frame: usize,
+    /// The guest may send offload requests (`VIRTIO_NET_F_CSUM` or `HOST_TSO*`
+    /// negotiated): dequeue reads each frame's virtio-net header.
+    pub host_offload: bool,
+    /// What the guest takes in received frames (`GUEST_CSUM`, `GUEST_TSO4/6`,
+    /// `GUEST_ECN`): enqueue writes a frame's offload header only if it covers it.
+    pub guest_caps: Caps,
 }
 
-/// Frames a dequeue dropped, by reason.
+/// What a dequeue counted besides the frames: drops by reason, and frames that
+/// carry offload requests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RxDrops {
+pub struct RxCounts {
+    /// Frames with offload metadata (`Traffic::rx_offload`).
+    pub offload: u64,
+    /// Dropped: an offload header that does not hold (`drop_offload`).
+    pub bad_offload: u64,
     /// Spread over more descriptors than are copied, or no buffer large enough.
     pub oversize: u64,
     /// Longer than the port's MTU allows.
@@ -306,6 +318,16 @@ unsafe fn write_net_header(p: *mut u8, hdr_len: usize) {
         }
     }
 }
+
+/// The header of a frame that asks for no offload.
+const PLAIN: NetHdr = NetHdr {
+    flags: 0,
+    gso_type: 0,
+    hdr_len: 0,
+    gso_size: 0,
+    csum_start: 0,
+    csum_offset: 0,
+};
 
 /// What `dequeue_long` made of a frame.
 enum Long {
@@ -723,7 +745,24 @@ impl LiveRing {
         &mut self,
         cache: &mut MempoolCache,
         out: &mut [Option<Mbuf>],
-        drops: &mut RxDrops,
+        drops: &mut RxCounts,
+        bytes: &mut u64,
+    ) -> usize {
+        // Rings without host offloads (testpmd's, a guest with them off) run the burst
+        // without a header read per frame.
+        if self.feat.host_offload {
+            self.dequeue_burst::<true>(cache, out, drops, bytes)
+        } else {
+            self.dequeue_burst::<false>(cache, out, drops, bytes)
+        }
+    }
+
+    #[inline(always)]
+    fn dequeue_burst<const OL: bool>(
+        &mut self,
+        cache: &mut MempoolCache,
+        out: &mut [Option<Mbuf>],
+        drops: &mut RxCounts,
         bytes: &mut u64,
     ) -> usize {
         if self.error.is_some() {
@@ -766,9 +805,30 @@ impl LiveRing {
                 }
             };
             let payload = total.saturating_sub(hdr);
+            let net = if OL {
+                match self.net_header(&segs[..nseg]) {
+                    Ok(h) => h,
+                    Err(d) => {
+                        match d {
+                            LongDrop::Mtu => drops.mtu += 1,
+                            _ => drops.bad_offload += 1,
+                        }
+                        self.write_used_elem(self.last_used.wrapping_add(done), head, 0);
+                        done += 1;
+                        continue;
+                    }
+                }
+            } else {
+                NetHdr::default()
+            };
             if payload > self.fast_payload || stored != total {
-                match self.dequeue_long(cache, &segs[..nseg], payload, stored != total) {
-                    Long::Frame(m) => {
+                let gso = OL && net.gso_type != GSO_NONE;
+                match self.dequeue_long(cache, &segs[..nseg], payload, stored != total, gso) {
+                    Long::Frame(mut m) => {
+                        if OL && !net.is_plain() {
+                            m.set_offload(net);
+                            drops.offload += 1;
+                        }
                         *bytes += payload;
                         out[got] = Some(m);
                         got += 1;
@@ -803,6 +863,10 @@ impl LiveRing {
                 unsafe { copy_segments(&segs[..nseg], hdr, dst) };
             }
             self.write_used_elem(self.last_used.wrapping_add(done), head, 0);
+            if OL && !net.is_plain() {
+                m.set_offload(net);
+                drops.offload += 1;
+            }
             *bytes += payload;
             out[got] = Some(m);
             got += 1;
@@ -831,11 +895,13 @@ impl LiveRing {
         segs: &[Seg],
         payload: u64,
         cut: bool,
+        gso: bool,
     ) -> Long {
         if cut {
             return Long::Drop(LongDrop::Oversize);
         }
-        if payload > self.feat.max_frame as u64 {
+        // A TSO frame is longer than the MTU by design (its segments were checked).
+        if payload > self.feat.max_frame as u64 && !gso {
             return Long::Drop(LongDrop::Mtu);
         }
         if payload > DATA_ROOM as u64 && cache.pool().large_capacity() == 0 {
@@ -860,6 +926,36 @@ impl LiveRing {
         // what the segments hold after the header.
         unsafe { copy_segments(segs, self.feat.hdr_len as u64, dst) };
         Long::Frame(m)
+    }
+
+    /// The virtio-net header at the start of a chain (its first 10 bytes, wherever the
+    /// segments split them), checked: an offload this switch takes, and for a TSO
+    /// frame segments that fit the MTU (else `Mtu`); a bad one is `Oversize` here,
+    /// counted as `bad_offload` by the caller.
+    #[inline]
+    fn net_header(&self, segs: &[Seg]) -> Result<NetHdr, LongDrop> {
+        let mut b = [0u8; NetHdr::LEN];
+        let mut at = 0;
+        for s in segs {
+            let k = (s.len as usize).min(b.len() - at);
+            // SAFETY: the segment lies in guest memory (checked by collect or
+            // look_ahead) and has at least k bytes.
+            unsafe { std::ptr::copy_nonoverlapping(s.ptr, b.as_mut_ptr().add(at), k) };
+            at += k;
+            if at == b.len() {
+                break;
+            }
+        }
+        let h = NetHdr::parse(&b);
+        if h.is_plain() {
+            return Ok(NetHdr::default());
+        }
+        h.check().map_err(|_| LongDrop::Oversize)?;
+        if h.gso_type != GSO_NONE && h.hdr_len as usize + h.gso_size as usize > self.feat.max_frame
+        {
+            return Err(LongDrop::Mtu);
+        }
+        Ok(h)
     }
 
     /// Whether used entries were published that the guest was not yet considered for an
@@ -932,6 +1028,32 @@ impl LiveRing {
         bytes: &mut u64,
         too_big: &mut u64,
     ) -> usize {
+        self.enqueue_burst::<false>(pkts, cache, bytes, too_big)
+    }
+
+    /// `enqueue` for a burst that may hold frames with offload metadata: their
+    /// virtio-net header says what the guest is to take as it is (a partial checksum,
+    /// a TSO frame). A frame asking for what this ring did not negotiate (the guest
+    /// renegotiated since the switch step looked) has its checksum completed here, or,
+    /// a TSO frame, is dropped and counted in `too_big`.
+    pub fn enqueue_offload(
+        &mut self,
+        pkts: &mut [Option<Mbuf>],
+        cache: &mut MempoolCache,
+        bytes: &mut u64,
+        too_big: &mut u64,
+    ) -> usize {
+        self.enqueue_burst::<true>(pkts, cache, bytes, too_big)
+    }
+
+    #[inline(always)]
+    fn enqueue_burst<const OL: bool>(
+        &mut self,
+        pkts: &mut [Option<Mbuf>],
+        cache: &mut MempoolCache,
+        bytes: &mut u64,
+        too_big: &mut u64,
+    ) -> usize {
         if self.error.is_some() {
             return 0;
         }
@@ -952,8 +1074,26 @@ impl LiveRing {
         let mut used = 0u16; // avail entries consumed and used elements written
         let mut consumed = 0usize;
         for slot in pkts.iter_mut() {
+            // Plain bursts refer to one constant header: nothing is built per frame.
+            let own: NetHdr;
+            let net = if OL {
+                match self.offload_for_guest(slot.as_mut().expect("tx slots are filled")) {
+                    Some(h) => {
+                        own = h;
+                        &own
+                    }
+                    None => {
+                        *too_big += 1;
+                        consumed += 1;
+                        cache.free(slot.take().expect("checked"));
+                        continue;
+                    }
+                }
+            } else {
+                &PLAIN
+            };
             let frame = slot.as_ref().expect("tx slots are filled").data();
-            if (used as usize) < ahead.n && self.copy_single(&ahead, used, frame) {
+            if (used as usize) < ahead.n && self.copy_single::<OL>(&ahead, used, frame, net) {
                 used += 1;
             } else {
                 let head_at = |k: u16| {
@@ -968,7 +1108,7 @@ impl LiveRing {
                     Ok(true) => {
                         // SAFETY: reserve checked every segment: writable guest memory
                         // with room for the header and the frame.
-                        unsafe { copy_reserved(rsv, self.feat.hdr_len, frame) };
+                        unsafe { copy_reserved(rsv, self.feat.hdr_len, frame, net) };
                         for c in 0..rsv.chains {
                             let (head, len) = (rsv.heads[c], rsv.written[c]);
                             self.write_used_elem(self.last_used.wrapping_add(used), head, len);
@@ -1004,7 +1144,13 @@ impl LiveRing {
     /// The common case: the look-ahead's entry `k` is one writable descriptor with room
     /// for header and frame. Copies and writes its used element; false if it is not.
     #[inline(always)]
-    fn copy_single(&mut self, ahead: &Ahead, k: u16, frame: &[u8]) -> bool {
+    fn copy_single<const OL: bool>(
+        &mut self,
+        ahead: &Ahead,
+        k: u16,
+        frame: &[u8],
+        net: &NetHdr,
+    ) -> bool {
         let hdr_len = self.feat.hdr_len;
         let need = hdr_len + frame.len();
         let seg = ahead.segs[k as usize];
@@ -1016,6 +1162,9 @@ impl LiveRing {
         // (12 or 10) + frame bytes; the frame is in the mbuf.
         unsafe {
             write_net_header(seg.ptr, hdr_len);
+            if OL && !net.is_plain() {
+                std::ptr::copy_nonoverlapping(net.to_bytes().as_ptr(), seg.ptr, NetHdr::LEN);
+            }
             std::ptr::copy_nonoverlapping(frame.as_ptr(), seg.ptr.add(hdr_len), frame.len());
         }
         self.write_used_elem(
@@ -1024,6 +1173,26 @@ impl LiveRing {
             need as u32,
         );
         true
+    }
+
+    /// The header a frame with offload metadata gets in this guest's ring: its own,
+    /// when the ring negotiated what it asks for; else (the guest renegotiated since
+    /// the switch step looked) plain, with the checksum completed here. `None`: a TSO
+    /// frame the guest cannot take, or a checksum that does not fit the frame (drop).
+    #[inline]
+    fn offload_for_guest(&self, m: &mut Mbuf) -> Option<NetHdr> {
+        let Some(h) = m.offload() else {
+            return Some(NetHdr::default());
+        };
+        if self.feat.guest_caps.covers(h.needs()) {
+            return Some(h);
+        }
+        if h.gso_type != GSO_NONE {
+            return None;
+        }
+        csum::complete(m.data_mut(), h.csum_start, h.csum_offset).ok()?;
+        m.clear_offload();
+        Some(NetHdr::default())
     }
 
     /// Reserves the receive chains a frame of `len` bytes (plus header) needs, from
@@ -1107,8 +1276,9 @@ impl Reserved {
 /// # Safety
 /// Every reserved segment must be writable guest memory of its `len`, and together
 /// they must hold `hdr_len + frame.len()` bytes.
-unsafe fn copy_reserved(rsv: &Reserved, hdr_len: usize, frame: &[u8]) {
+unsafe fn copy_reserved(rsv: &Reserved, hdr_len: usize, frame: &[u8], net: &NetHdr) {
     let mut hdr = [0u8; 12];
+    hdr[..NetHdr::LEN].copy_from_slice(&net.to_bytes());
     hdr[10..12].copy_from_slice(&(rsv.chains as u16).to_le_bytes());
     let mut src: [&[u8]; 2] = [&hdr[..hdr_len], frame];
     let mut which = 0;
