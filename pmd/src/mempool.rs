@@ -148,7 +148,7 @@ impl Mbuf {
     #[inline]
     pub fn prepend(&mut self, n: usize) -> bool {
         let (off, len) = (self.data_off as usize, self.len as usize);
-        if off >= n {
+        if off >= n + META {
             self.data_off -= n as u16;
         } else if META + len + n <= self.slot_size() {
             // Move the data back and start it right after the metadata bytes.

@@ -53,9 +53,6 @@ pub trait Port: Send + Sync {
         pkts: &mut [Option<Mbuf>],
         tr: &mut Traffic,
     ) -> usize;
-    /// Completes what earlier bursts on rx queue `q` left owed (a vhost-user guest's
-    /// interrupt), without receiving: a PMD thread calls it for queues that
-    /// backpressure keeps it from polling. Same caller rule as `rx_burst`.
     /// `tx_burst` for a burst that may hold frames with offload metadata (the switch
     /// only hands a port such frames when `tx_offloads` covers them). A driver that
     /// reads the metadata only here keeps its plain path free of the test.
@@ -68,6 +65,9 @@ pub trait Port: Send + Sync {
     ) -> usize {
         self.tx_burst(lane, cache, pkts, tr)
     }
+    /// Completes what earlier bursts on rx queue `q` left owed (a vhost-user guest's
+    /// interrupt), without receiving: a PMD thread calls it for queues that
+    /// backpressure keeps it from polling. Same caller rule as `rx_burst`.
     fn settle(&self, _q: usize) {}
     /// Whether the port can carry traffic now (a guest is attached and its rings are live).
     fn is_up(&self) -> bool;

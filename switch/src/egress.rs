@@ -48,25 +48,33 @@ pub(crate) fn send<const VLAN: bool>(
         return enqueue_out(cx, plan, txq, p, m);
     };
     let caps = plan.port(p).map_or(Caps::NONE, |port| port.tx_offloads());
-    let gso = h.gso_type != GSO_NONE;
-    // What goes on the port's wire: the frame, or a TSO frame's segments.
-    let longest = if gso {
-        h.hdr_len as usize + h.gso_size as usize
-    } else {
-        m.len()
-    };
-    if caps.covers(h.needs()) {
-        if longest > limit {
-            return drop(cx, plan, p, m, |s| &s.drop_mtu);
+    if h.gso_type != GSO_NONE {
+        // The headers are parsed whether the frame is cut here or passed on: what goes
+        // on the port's wire (the segments) is checked against the port's limit by the
+        // real header length, not the sender's hint, and a frame whose headers do not
+        // match its request is dropped here, not handed to a guest or the kernel.
+        let cut = match Plan::new(m.data(), &h, limit) {
+            Ok(c) => c,
+            Err(OffloadError::SegmentTooBig { .. }) => {
+                return drop(cx, plan, p, m, |s| &s.drop_mtu)
+            }
+            Err(_) => return drop(cx, plan, p, m, |s| &s.drop_offload),
+        };
+        if caps.covers(h.needs()) {
+            txq[p].offload = true;
+            return enqueue_out(cx, plan, txq, p, m);
         }
-        txq[p].offload = true;
-        return enqueue_out(cx, plan, txq, p, m);
-    }
-    if gso {
-        return segment(cx, plan, txq, p, m, &h, caps);
+        return segment(cx, plan, txq, p, m, &cut, caps);
     }
     if m.len() > limit {
         return drop(cx, plan, p, m, |s| &s.drop_mtu);
+    }
+    if h.csum_start as usize + h.csum_offset as usize + 2 > m.len() {
+        return drop(cx, plan, p, m, |s| &s.drop_offload);
+    }
+    if caps.covers(h.needs()) {
+        txq[p].offload = true;
+        return enqueue_out(cx, plan, txq, p, m);
     }
     match csum::complete(m.data_mut(), h.csum_start, h.csum_offset) {
         Ok(()) => {
@@ -77,24 +85,20 @@ pub(crate) fn send<const VLAN: bool>(
     }
 }
 
-/// Cuts TSO frame `m` (header `h`) into segments for port `p`, which takes `caps`:
-/// with checksum offload the segments' checksums are left partial for it, else
-/// computed. A frame whose segments the port's queue has no room for is dropped
-/// whole (`drop_tx_full`; its sender retransmits), never cut short.
+/// Cuts TSO frame `m` (planned as `cut`) into segments for port `p`, which takes
+/// `caps`: with checksum offload the segments' checksums are left partial for it,
+/// else computed. A frame whose segments the port's queue has no room for is dropped
+/// whole (`drop_tx_full`; its sender retransmits); only a pool running dry part way
+/// cuts a train short (`drop_no_mbuf`).
 fn segment(
     cx: &mut PmdContext,
     plan: &PollPlan,
     txq: &mut [TxQueue],
     p: usize,
     m: Mbuf,
-    h: &NetHdr,
+    cut: &Plan,
     caps: Caps,
 ) {
-    let cut = match Plan::new(m.data(), h, plan.max_frames[p] as usize) {
-        Ok(c) => c,
-        Err(OffloadError::SegmentTooBig { .. }) => return drop(cx, plan, p, m, |s| &s.drop_mtu),
-        Err(_) => return drop(cx, plan, p, m, |s| &s.drop_offload),
-    };
     if txq[p].room() < cut.count() {
         return drop(cx, plan, p, m, |s| &s.drop_tx_full);
     }

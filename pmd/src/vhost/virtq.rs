@@ -929,9 +929,8 @@ impl LiveRing {
     }
 
     /// The virtio-net header at the start of a chain (its first 10 bytes, wherever the
-    /// segments split them), checked: an offload this switch takes, and for a TSO
-    /// frame segments that fit the MTU (else `Mtu`); a bad one is `Oversize` here,
-    /// counted as `bad_offload` by the caller.
+    /// segments split them), checked: an offload this switch takes; a bad one is
+    /// `Oversize` here, counted as `bad_offload` by the caller.
     #[inline]
     fn net_header(&self, segs: &[Seg]) -> Result<NetHdr, LongDrop> {
         let mut b = [0u8; NetHdr::LEN];
@@ -950,11 +949,9 @@ impl LiveRing {
         if h.is_plain() {
             return Ok(NetHdr::default());
         }
+        // Its segments' length is checked against each output port's by the egress
+        // step, from the real headers (the sender's hdr_len is only a hint).
         h.check().map_err(|_| LongDrop::Oversize)?;
-        if h.gso_type != GSO_NONE && h.hdr_len as usize + h.gso_size as usize > self.feat.max_frame
-        {
-            return Err(LongDrop::Mtu);
-        }
         Ok(h)
     }
 
