@@ -6,6 +6,7 @@
 //! driver ([`vhost`]) and the NIC drivers ([`nic`]: AF_XDP, AF_PACKET, TAP). All `unsafe` code of vswitch lives in this crate.
 
 pub mod hugepage;
+pub mod idle;
 pub mod mempool;
 pub mod nic;
 pub mod offload;

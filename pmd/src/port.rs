@@ -85,6 +85,15 @@ pub trait Port: Send + Sync {
     fn tx_offloads(&self) -> crate::offload::Caps {
         crate::offload::Caps::NONE
     }
+    /// Before the PMD thread polling rx queue `q` sleeps (see [`crate::idle`]): what
+    /// ends its sleep when the queue has frames. A port whose queue must be told to
+    /// signal (a vhost-user ring asks its guest for kicks) does so here, and undoes it
+    /// in `disarm_wake`, which follows every `Wake::Fd`. Same caller rule as `rx_burst`.
+    fn arm_wake(&self, _q: usize) -> crate::idle::Wake {
+        crate::idle::Wake::Timeout
+    }
+    /// After the sleep: the queue back to plain polling; `ready`: its fd was readable.
+    fn disarm_wake(&self, _q: usize, _ready: bool) {}
     /// The driver's name as in the configuration (`"vhost-user"`, `"af-xdp"`, ...).
     fn driver(&self) -> &'static str;
     /// Numbers about the port's state beyond its counters, for metrics and JSON:

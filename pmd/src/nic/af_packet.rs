@@ -375,6 +375,25 @@ impl Port for AfPacketPort {
         &self.stats
     }
 
+    fn arm_wake(&self, _q: usize) -> crate::idle::Wake {
+        // A socket error (ENETDOWN once the interface went down) makes every poll
+        // return at once, and only reading it clears it: read it here, or the thread
+        // could never sleep again.
+        let mut err: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: SO_ERROR writes one int into `err`, whose size `len` gives.
+        unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        crate::idle::Wake::Fd(self.fd.as_raw_fd())
+    }
+
     fn driver(&self) -> &'static str {
         "af-packet"
     }

@@ -852,6 +852,12 @@ impl Port for AfXdpPort {
         &self.stats
     }
 
+    fn arm_wake(&self, q: usize) -> crate::idle::Wake {
+        self.queues.get(q).map_or(crate::idle::Wake::Timeout, |x| {
+            crate::idle::Wake::Fd(x.fd.as_raw_fd())
+        })
+    }
+
     fn driver(&self) -> &'static str {
         "af-xdp"
     }

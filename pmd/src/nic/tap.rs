@@ -345,6 +345,12 @@ impl Port for TapPort {
         &self.stats
     }
 
+    fn arm_wake(&self, _q: usize) -> crate::idle::Wake {
+        // The first poll after the sleep reads.
+        self.skip.store(0, Ordering::Relaxed);
+        crate::idle::Wake::Fd(self.dev.as_raw_fd())
+    }
+
     fn driver(&self) -> &'static str {
         "tap"
     }

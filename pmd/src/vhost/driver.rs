@@ -187,6 +187,17 @@ impl<'a> DriverRing<'a> {
     pub fn set_used_event(&self, v: u16) {
         self.mem.write_u16(self.avail + 4 + 2 * self.size as u64, v);
     }
+    /// Whether a guest that moved the avail index from `old` to `new` kicks now, as
+    /// Linux's `virtqueue_kick_prepare` decides: with EVENT_IDX by the device's
+    /// avail_event (`vring_need_event`), else by VRING_USED_F_NO_NOTIFY.
+    pub fn would_kick(&self, event_idx: bool, old: u16, new: u16) -> bool {
+        if event_idx {
+            let ev = self.mem.read_u16(self.used + 4 + 8 * self.size as u64);
+            new.wrapping_sub(ev).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            self.used_flags() & 1 == 0
+        }
+    }
     pub fn used_idx(&self) -> u16 {
         self.mem.read_u16(self.used + 2)
     }

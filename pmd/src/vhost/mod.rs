@@ -407,6 +407,35 @@ impl Port for VhostUserPort {
         }
     }
 
+    fn arm_wake(&self, q: usize) -> crate::idle::Wake {
+        let Some(slot) = self.shared.vrings.get(2 * q + 1) else {
+            return crate::idle::Wake::Timeout;
+        };
+        if !slot.usable() {
+            return crate::idle::Wake::Timeout;
+        }
+        // SAFETY: as in rx_burst: live is set and only this queue's PMD thread calls this.
+        match unsafe { &mut *slot.ring.get() } {
+            Some(ring) if ring.error().is_none() => ring.arm_kick(),
+            _ => crate::idle::Wake::Timeout,
+        }
+    }
+
+    fn disarm_wake(&self, q: usize, ready: bool) {
+        let Some(slot) = self.shared.vrings.get(2 * q + 1) else {
+            return;
+        };
+        // A ring taken down meanwhile waits for this thread's next quiescent point
+        // before it is changed: it is not touched.
+        if !slot.usable() {
+            return;
+        }
+        // SAFETY: as in rx_burst: live is set and only this queue's PMD thread calls this.
+        if let Some(ring) = unsafe { &mut *slot.ring.get() } {
+            ring.disarm_kick(ready);
+        }
+    }
+
     fn is_up(&self) -> bool {
         // Up while the guest has a receive ring we can deliver to (kept in one flag).
         self.shared.up.load(Ordering::Relaxed)

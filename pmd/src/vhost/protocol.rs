@@ -250,7 +250,7 @@ struct VqCfg {
     base: u16,
     kicked: bool,
     enabled: bool,
-    _kick: Option<File>,
+    kick: Option<File>,
 }
 
 /// One connection's state.
@@ -782,7 +782,7 @@ impl Conn {
         };
         match req {
             R::SET_VRING_KICK => {
-                self.vqs[i]._kick = f;
+                self.vqs[i].kick = f;
                 self.vqs[i].kicked = true;
                 self.refresh(i);
             }
@@ -857,6 +857,20 @@ impl Conn {
     }
 
     /// Re-validates ring `i` from scratch and makes it live if it is complete.
+    /// A duplicate of ring `i`'s kick fd for its `LiveRing` (an idle PMD thread waits
+    /// on it); `None`, logged, if it cannot be duplicated (the ring is then polled on
+    /// timeouts while its thread sleeps).
+    fn kick_for_ring(&self, i: usize) -> Option<std::os::fd::OwnedFd> {
+        let kick = self.vqs[i].kick.as_ref()?;
+        match kick.try_clone() {
+            Ok(f) => Some(f.into()),
+            Err(e) => {
+                tracing::warn!(port = %self.sh.cfg.name, vring = i, "cannot duplicate the kick fd: {e}");
+                None
+            }
+        }
+    }
+
     fn refresh(&mut self, i: usize) {
         self.teardown(i);
         let sh = self.sh.clone();
@@ -886,7 +900,9 @@ impl Conn {
             vq.base,
             self.ring_features(),
             irq,
-        ) {
+        )
+        .map(|r| r.with_kick(self.kick_for_ring(i)))
+        {
             Ok(ring) => {
                 // SAFETY: the ring is down (teardown above), so no PMD thread holds it.
                 unsafe { *slot.ring.get() = Some(ring) };

@@ -1113,3 +1113,63 @@ fn a_region_larger_than_ram_that_shrinks_is_recovered_too() {
     drop(cache);
     assert_eq!(pool.available(), 1024);
 }
+
+/// An idle PMD thread about to sleep asks the guest for kicks (`arm_kick`), and
+/// after its sleep stops asking and drains the kick fd (`disarm_kick`); a buffer added
+/// while it armed is seen (`Pending`), and nothing stays armed. Both notification
+/// schemes: EVENT_IDX's avail_event and VRING_USED_F_NO_NOTIFY.
+#[test]
+fn a_sleeping_thread_asks_for_kicks_and_stops_asking_after() {
+    use crate::idle::Wake;
+    for event_idx in [false, true] {
+        let mut r = rig();
+        let mut ring = DriverRing::new(&r.mem, 0, 256);
+        let kick = super::driver::eventfd(0, true);
+        let mut lr = live(&r, &ring, feat(true, event_idx), None)
+            .with_kick(Some(kick.try_clone().unwrap().into()));
+        let len = put_frame(&r, BUF, &frame(60, 1));
+        ring.set_desc(0, ring.gpa(BUF), len, 0, 0);
+        ring.set_desc(1, ring.gpa(BUF), len, 0, 0);
+        ring.push(0);
+        let got = dequeue(&mut r.cache, &mut lr);
+        assert_eq!(got.len(), 1);
+        free_all(&mut r.cache, got);
+        assert!(
+            !ring.would_kick(event_idx, 1, 2),
+            "kicks while polling ({event_idx})"
+        );
+
+        assert!(
+            matches!(lr.arm_kick(), Wake::Fd(_)),
+            "not armed ({event_idx})"
+        );
+        assert!(
+            ring.would_kick(event_idx, 1, 2),
+            "no kick asked for ({event_idx})"
+        );
+        ring.push(1);
+        std::io::Write::write_all(&mut &kick, &1u64.to_ne_bytes()).unwrap();
+        lr.disarm_kick(true);
+        assert_eq!(super::driver::eventfd_take(&kick), 0, "kick fd not drained");
+        assert!(
+            !ring.would_kick(event_idx, 2, 3),
+            "kicks after the sleep ({event_idx})"
+        );
+
+        // Buffer 1 is not taken yet: arming sees it and leaves nothing armed.
+        assert_eq!(lr.arm_kick(), Wake::Pending);
+        assert!(
+            !ring.would_kick(event_idx, 2, 3),
+            "left armed ({event_idx})"
+        );
+        let got = dequeue(&mut r.cache, &mut lr);
+        assert_eq!(got.len(), 1);
+        free_all(&mut r.cache, got);
+        assert!(lr.error().is_none());
+    }
+    // A ring without a kick fd cannot wake its thread.
+    let r = rig();
+    let ring = DriverRing::new(&r.mem, 0, 256);
+    let mut lr = live(&r, &ring, feat(true, true), None);
+    assert_eq!(lr.arm_kick(), Wake::Timeout);
+}

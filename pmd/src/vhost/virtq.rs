@@ -246,6 +246,9 @@ pub struct LiveRing {
     /// stores to guest memory to reach the guest's core.
     owed: Option<u16>,
     error: Option<GuestError>,
+    /// The guest's kick eventfd (a duplicate, closed with the ring), for an idle PMD
+    /// thread to wait on (`arm_kick`).
+    kick: Option<std::os::fd::OwnedFd>,
     /// Keeps the mappings the pointers above point into alive.
     mem: Arc<GuestMemory>,
 }
@@ -422,6 +425,7 @@ impl LiveRing {
             budget: BURST_DESC_BUDGET,
             owed: None,
             error: None,
+            kick: None,
             mem,
         };
         // This device completes every avail entry in the burst that consumed it, so
@@ -451,6 +455,61 @@ impl LiveRing {
     #[inline(always)]
     fn ring_size(&self) -> u32 {
         self.mask as u32 + 1
+    }
+
+    /// Gives the ring its guest's kick eventfd (see `arm_kick`).
+    pub fn with_kick(mut self, kick: Option<std::os::fd::OwnedFd>) -> LiveRing {
+        self.kick = kick;
+        self
+    }
+
+    /// Before its PMD thread sleeps: asks the guest to kick when it adds buffers
+    /// (`avail_event` at the next index with EVENT_IDX, else `VRING_USED_F_NO_NOTIFY`
+    /// cleared), then looks again: the kick fd to wait on (open while the ring lives),
+    /// or `Pending` when buffers came meanwhile, or `Timeout` without a kick fd
+    /// (nothing armed in either case).
+    pub fn arm_kick(&mut self) -> crate::idle::Wake {
+        use crate::idle::Wake;
+        use std::os::fd::AsRawFd;
+        let Some(fd) = self.kick.as_ref().map(|k| k.as_raw_fd()) else {
+            return Wake::Timeout;
+        };
+        if self.feat.event_idx {
+            self.write_avail_event(self.last_avail);
+        } else {
+            self.write_used_flags(0);
+        }
+        // The request must be visible before the avail index is read again, or a
+        // buffer added in between is neither seen nor kicked about.
+        fence(Ordering::SeqCst);
+        if self.read_avail_idx() != self.last_avail {
+            self.disarm_kick(false);
+            return Wake::Pending;
+        }
+        Wake::Fd(fd)
+    }
+
+    /// After the sleep: kicks off again (`avail_event` put a whole index space behind,
+    /// so the guest comes to it only after 65535 more buffers), and the kick fd
+    /// drained if it was readable (`kicked`). A kick fd that cannot be drained
+    /// without blocking is given up: the ring is then polled on timeouts only.
+    pub fn disarm_kick(&mut self, kicked: bool) {
+        if self.feat.event_idx {
+            self.write_avail_event(self.last_avail.wrapping_sub(1));
+        } else {
+            self.write_used_flags(VRING_USED_F_NO_NOTIFY);
+        }
+        if kicked {
+            use std::os::fd::AsRawFd;
+            if let Some(k) = &self.kick {
+                if !crate::idle::drain_eventfd(k.as_raw_fd()) {
+                    tracing::warn!(
+                        "a kick eventfd cannot be read without blocking; polling the ring on timeouts"
+                    );
+                    self.kick = None;
+                }
+            }
+        }
     }
 
     /// The next avail index to process (what GET_VRING_BASE returns).
@@ -499,6 +558,13 @@ impl LiveRing {
     fn write_used_idx(&mut self, v: u16) {
         // SAFETY: as in read_used_idx.
         unsafe { std::ptr::write_volatile(self.used.add(2) as *mut u16, v) }
+    }
+    #[inline(always)]
+    fn write_avail_event(&mut self, v: u16) {
+        let off = 4 + 8 * self.ring_size() as usize;
+        // SAFETY: avail_event follows the used elements inside the validated used ring
+        // (6 + 8*size bytes), 2-aligned.
+        unsafe { std::ptr::write_volatile(self.used.add(off) as *mut u16, v) }
     }
     fn write_used_flags(&mut self, v: u16) {
         // SAFETY: used+0..2 inside the validated used ring.
