@@ -222,6 +222,7 @@ fn loop_bursts(bursts: usize, pool: Arc<Mempool>, vlan: PortVlan, latency: bool)
         stop,
         epoch: Instant::now(),
         tx_stall: Duration::from_millis(100),
+        sleep_max: Duration::ZERO,
         tsc_hz: 1_000_000_000,
         traffic: vec![Traffic::default(); MAX_PORTS],
         latency: latency.then(|| Recorder::for_ports(2)),

@@ -333,7 +333,7 @@ pub fn exposition(snap: &Snapshot, pool: &Mempool, started: f64) -> prometheus::
     }
 
     let core = &["core"];
-    let pmd_counters: [(&str, &str, PmdField); 5] = [
+    let pmd_counters: [(&str, &str, PmdField); 8] = [
         (
             "vswitch_pmd_busy_cycles_total",
             "TSC cycles the PMD thread spent on iterations that moved frames.",
@@ -358,6 +358,21 @@ pub fn exposition(snap: &Snapshot, pool: &Mempool, started: f64) -> prometheus::
             "vswitch_pmd_backpressure_iterations_total",
             "Iterations in which the PMD thread held frames back for a full ring.",
             |p| p.backpressure,
+        ),
+        (
+            "vswitch_pmd_sleeps_total",
+            "Waits of the idle PMD thread (switch.pmd_sleep_max_us).",
+            |p| p.sleeps,
+        ),
+        (
+            "vswitch_pmd_sleep_wakes_total",
+            "Waits of the idle PMD thread that a port ended (frames came).",
+            |p| p.sleep_wakes,
+        ),
+        (
+            "vswitch_pmd_sleep_cycles_total",
+            "TSC cycles the idle PMD thread spent waiting (part of the idle cycles).",
+            |p| p.sleep_cycles,
         ),
     ];
     let mut pmd_families = Vec::new();

@@ -265,7 +265,7 @@ pub fn diff(old: &[PortConfig], new: &[PortConfig]) -> Diff {
 
 /// The first key outside `[[port]]` whose value differs: a reload cannot apply it.
 fn restart_key(old: &Config, new: &Config) -> Option<&'static str> {
-    let keys: [(&'static str, bool); 14] = [
+    let keys: [(&'static str, bool); 15] = [
         ("switch.pmd_cores", old.pmd_cores != new.pmd_cores),
         (
             "switch.socket_group",
@@ -281,6 +281,10 @@ fn restart_key(old: &Config, new: &Config) -> Option<&'static str> {
             old.control_socket != new.control_socket,
         ),
         ("switch.tx_stall_ms", old.tx_stall_ms != new.tx_stall_ms),
+        (
+            "switch.pmd_sleep_max_us",
+            old.pmd_sleep_max_us != new.pmd_sleep_max_us,
+        ),
         ("mempool.mbufs", old.mbufs != new.mbufs),
         ("mempool.large_mbufs", old.large_mbufs != new.large_mbufs),
         ("mempool.hugepages", old.hugepages != new.hugepages),

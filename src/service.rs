@@ -144,6 +144,7 @@ fn switch_config(cfg: &Config) -> SwitchConfig {
         fdb_per_port: cfg.max_per_port,
         aging_secs: cfg.aging_secs,
         tx_stall: Duration::from_millis(cfg.tx_stall_ms),
+        pmd_sleep_max: Duration::from_micros(cfg.pmd_sleep_max_us),
         auto_rebalance: cfg.pmd_auto_lb.map(|a| switch::AutoRebalance {
             every: Duration::from_secs(a.interval_secs),
             busy_pct: a.load_threshold,

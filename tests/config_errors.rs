@@ -303,6 +303,18 @@ fn bad_configs_exit_2_with_file_key_and_value() {
     );
     expect_error(
         &d,
+        "sleep-too-long",
+        &format!("{b}pmd_sleep_max_us = 20000\n{p1}"),
+        &["key 'switch.pmd_sleep_max_us' = 20000", "must be 0..=10000"],
+    );
+    expect_error(
+        &d,
+        "sleep-negative",
+        &format!("{b}pmd_sleep_max_us = -1\n{p1}"),
+        &["key 'switch.pmd_sleep_max_us' = -1"],
+    );
+    expect_error(
+        &d,
         "socket-mode-no-owner",
         &format!("{b}socket_mode = 0o066\n{p1}"),
         &["key 'switch.socket_mode' = 0o066", "owner read and write"],

@@ -40,6 +40,8 @@ pub struct Config {
     /// default of server-mode vhost-user sockets.
     pub socket_perms: SocketPerms,
     pub tx_stall_ms: u64,
+    /// `[switch] pmd_sleep_max_us`: longest wait of an idle PMD thread (0: busy-poll).
+    pub pmd_sleep_max_us: u64,
     /// `[switch] pmd_auto_lb`: re-place rx queues by load on its own; `None` when off.
     pub pmd_auto_lb: Option<AutoLb>,
     pub mbufs: u32,
@@ -146,6 +148,7 @@ impl Config {
             control_socket: sw.control_socket,
             socket_perms: sw.socket_perms,
             tx_stall_ms: sw.tx_stall_ms,
+            pmd_sleep_max_us: sw.pmd_sleep_max_us,
             pmd_auto_lb: sw.pmd_auto_lb,
             mbufs,
             large_mbufs,
@@ -233,6 +236,7 @@ struct SwitchSection {
     control_socket: PathBuf,
     socket_perms: SocketPerms,
     tx_stall_ms: u64,
+    pmd_sleep_max_us: u64,
     pmd_auto_lb: Option<AutoLb>,
 }
 
@@ -263,6 +267,13 @@ fn switch_section(raw: RawSwitch) -> Result<SwitchSection, String> {
             "key 'switch.tx_stall_ms' = {tx_stall_ms}: must be 1..=10000"
         ));
     }
+    let sleep = raw.pmd_sleep_max_us.unwrap_or(0);
+    let most = switch::sleep::MAX_SLEEP_US;
+    if !(0..=most as i64).contains(&sleep) {
+        return Err(format!(
+            "key 'switch.pmd_sleep_max_us' = {sleep}: must be 0..={most} (microseconds; 0: PMD threads busy-poll)"
+        ));
+    }
     let interval = raw.pmd_auto_lb_interval_secs.unwrap_or(60);
     if !(1..=86_400).contains(&interval) {
         return Err(format!(
@@ -284,6 +295,7 @@ fn switch_section(raw: RawSwitch) -> Result<SwitchSection, String> {
         control_socket,
         socket_perms,
         tx_stall_ms,
+        pmd_sleep_max_us: sleep as u64,
         pmd_auto_lb,
     })
 }

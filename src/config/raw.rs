@@ -38,6 +38,7 @@ pub(crate) struct RawSwitch {
     pub pmd_cores: Vec<i64>,
     pub control_socket: Option<PathBuf>,
     pub tx_stall_ms: Option<u64>,
+    pub pmd_sleep_max_us: Option<i64>,
     pub pmd_auto_lb: Option<bool>,
     pub pmd_auto_lb_interval_secs: Option<i64>,
     pub pmd_auto_lb_load_threshold: Option<i64>,

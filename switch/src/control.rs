@@ -592,7 +592,7 @@ impl Shared {
             );
             let _ = writeln!(
                 s,
-                "pmd core {}: packets={} busy_cycles={} idle_cycles={} busy_pct={:.1} cycles_per_packet={:.1} iterations={} backpressure={} tsc_hz={}",
+                "pmd core {}: packets={} busy_cycles={} idle_cycles={} busy_pct={:.1} cycles_per_packet={:.1} iterations={} backpressure={} sleeps={} sleep_wakes={} sleep_pct={:.1} tsc_hz={}",
                 p.core,
                 st.packets.load(Ordering::Relaxed),
                 b,
@@ -601,6 +601,9 @@ impl Shared {
                 st.cycles_per_packet(),
                 st.iterations.load(Ordering::Relaxed),
                 st.backpressure.load(Ordering::Relaxed),
+                st.sleeps.load(Ordering::Relaxed),
+                st.sleep_wakes.load(Ordering::Relaxed),
+                pct(st.sleep_cycles.load(Ordering::Relaxed), b + i),
                 self.tsc_hz,
             );
             let _ = writeln!(
@@ -670,6 +673,9 @@ impl Shared {
                     idle_cycles: st.idle_cycles.load(Ordering::Relaxed),
                     iterations: st.iterations.load(Ordering::Relaxed),
                     backpressure: st.backpressure.load(Ordering::Relaxed),
+                    sleeps: st.sleeps.load(Ordering::Relaxed),
+                    sleep_wakes: st.sleep_wakes.load(Ordering::Relaxed),
+                    sleep_cycles: st.sleep_cycles.load(Ordering::Relaxed),
                     iteration: self.latency().map(|l| l.iteration(i, self.tsc_hz)),
                     rx_bursts: st.rx_bursts.read(),
                     tx_bursts: st.tx_bursts.read(),

@@ -16,6 +16,7 @@ pub mod load;
 pub mod plan;
 pub mod pmd_loop;
 pub mod sched;
+pub mod sleep;
 pub mod snapshot;
 pub mod stats;
 pub mod steps;
@@ -44,6 +45,8 @@ pub struct SwitchConfig {
     pub aging_secs: u32,
     /// How long an output queue may make no progress before its frames are dropped.
     pub tx_stall: Duration,
+    /// Longest wait of an idle PMD thread (zero: PMD threads busy-poll; see `sleep`).
+    pub pmd_sleep_max: Duration,
     /// Re-place rx queues by load on its own (`None`: only on `rebalance`), as OVS's
     /// `pmd-auto-lb`.
     pub auto_rebalance: Option<AutoRebalance>,
@@ -141,6 +144,7 @@ impl Switch {
                 stop: stop.clone(),
                 epoch,
                 tx_stall: cfg.tx_stall,
+                sleep_max: cfg.pmd_sleep_max,
                 tsc_hz,
                 traffic: vec![pmd::Traffic::default(); MAX_PORTS],
                 latency: cfg.latency.then_some(recorder),

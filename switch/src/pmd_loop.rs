@@ -31,6 +31,7 @@ use crate::fdb::{Fdb, Learned, PortNo};
 use crate::frame::{self, FrameError};
 use crate::latency::Recorder;
 use crate::plan::{EndGuard, Mailbox, PollPlan, MAX_PORTS};
+use crate::sleep::Sleeper;
 use crate::stats::{cycles, PmdStats, BURST_BUCKETS};
 use crate::steps::{Step, StepClock};
 use crate::vlan::{self, Egress};
@@ -137,6 +138,8 @@ pub struct PmdContext {
     /// Start of the switch's clock (seconds for the forwarding table).
     pub epoch: Instant,
     pub tx_stall: Duration,
+    /// Longest wait of this thread when idle (zero: it busy-polls).
+    pub sleep_max: Duration,
     pub tsc_hz: u64,
     /// This thread's traffic per port number (`MAX_PORTS` of them), published to
     /// `stats` every few iterations.
@@ -165,19 +168,14 @@ pub fn run(mut cx: PmdContext, mut plan: Arc<PollPlan>) {
     drop(cx.mailbox.take());
     tracing::info!(pmd = cx.index, core = ?cx.core, "PMD thread polling");
     let mut st = LoopState::new(&cx);
+    if st.sleeper.enabled() {
+        if let Err(e) = pmd::idle::set_timer_slack(1) {
+            tracing::warn!(pmd = cx.index, "could not set the timer slack: {e}");
+        }
+    }
     while !cx.stop.load(Relaxed) {
         if st.iters & (QUIESCE_EVERY - 1) == 0 {
-            cx.rcu.quiescent();
-            if cx.mailbox.changed(plan.gen) {
-                reload(&mut cx, &mut st.txq, &mut st.taps, &mut plan);
-            }
-            if let Some(r) = &mut cx.latency {
-                r.swap(plan.gen);
-            }
-            publish(&cx, &plan);
-            cx.stats.rx_bursts.publish(&st.rx_sizes);
-            cx.stats.tx_bursts.publish(&st.tx_sizes);
-            cx.stats.steps.publish(&st.clock);
+            st.housekeeping(&mut cx, &mut plan);
         }
         if st.iters & 1023 == 0 {
             st.now_secs = cx.epoch.elapsed().as_secs() as u32;
@@ -185,6 +183,10 @@ pub fn run(mut cx: PmdContext, mut plan: Arc<PollPlan>) {
         }
         let did = st.flush_backlog(&mut cx, &plan) + st.receive(&mut cx, &plan);
         st.account(&mut cx, did);
+        if did == 0 && st.sleeper.idle(st.last) && st.queues_empty(&plan) && st.sleeper.rest(&plan)
+        {
+            st.slept(&mut cx, &mut plan);
+        }
     }
     // Give back every frame still queued.
     for (p, t) in st.txq[..plan.ports.len()].iter_mut().enumerate() {
@@ -220,6 +222,9 @@ struct LoopState {
     tx_sizes: [u64; BURST_BUCKETS],
     /// Cycles per step (counted in `step-cycles` builds only).
     clock: StepClock,
+    /// When this thread sleeps while idle.
+    sleeper: Sleeper,
+    sleep_cycles: u64,
 }
 
 impl LoopState {
@@ -239,7 +244,49 @@ impl LoopState {
             rx_sizes: [0; BURST_BUCKETS],
             tx_sizes: [0; BURST_BUCKETS],
             clock: StepClock::default(),
+            sleeper: Sleeper::new(cx.sleep_max, cx.tsc_hz),
+            sleep_cycles: 0,
         }
+    }
+
+    /// Every `QUIESCE_EVERY` iterations and after each sleep: a quiescent point, a new
+    /// plan taken up if there is one, counters published.
+    fn housekeeping(&mut self, cx: &mut PmdContext, plan: &mut Arc<PollPlan>) {
+        cx.rcu.quiescent();
+        if cx.mailbox.changed(plan.gen) {
+            reload(cx, &mut self.txq, &mut self.taps, plan);
+        }
+        if let Some(r) = &mut cx.latency {
+            r.swap(plan.gen);
+        }
+        publish(cx, plan);
+        cx.stats.rx_bursts.publish(&self.rx_sizes);
+        cx.stats.tx_bursts.publish(&self.tx_sizes);
+        cx.stats.steps.publish(&self.clock);
+    }
+
+    /// Whether no output queue holds frames (a thread with frames waiting for a ring's
+    /// room keeps polling).
+    fn queues_empty(&self, plan: &PollPlan) -> bool {
+        self.txq[..plan.ports.len()].iter().all(|t| t.len() == 0)
+    }
+
+    /// After a sleep: its time counts as idle (not in the next iteration, which may
+    /// move frames), and the thread takes up what changed while it slept.
+    #[cold]
+    fn slept(&mut self, cx: &mut PmdContext, plan: &mut Arc<PollPlan>) {
+        let now = cycles();
+        self.idle += now - self.last;
+        self.sleep_cycles += now - self.last;
+        self.last = now;
+        // The forwarding table's clock, which idle iterations (far fewer now) would
+        // otherwise leave behind.
+        self.now_secs = cx.epoch.elapsed().as_secs() as u32;
+        cx.stats.idle_cycles.store(self.idle, Relaxed);
+        cx.stats.sleeps.store(self.sleeper.sleeps, Relaxed);
+        cx.stats.sleep_wakes.store(self.sleeper.wakes, Relaxed);
+        cx.stats.sleep_cycles.store(self.sleep_cycles, Relaxed);
+        self.housekeeping(cx, plan);
     }
 
     /// Step 1: output queues still backed up from earlier bursts. Returns frames sent.
@@ -351,6 +398,7 @@ impl LoopState {
                 r.set.iteration(now - self.last);
             }
             self.busy += now - self.last;
+            self.sleeper.busy(now);
         } else {
             self.idle += now - self.last;
         }

@@ -41,6 +41,11 @@ pub struct PmdSnapshot {
     pub idle_cycles: u64,
     pub iterations: u64,
     pub backpressure: u64,
+    /// Waits of the idle thread, those a port ended, and the cycles they took (part of
+    /// `idle_cycles`).
+    pub sleeps: u64,
+    pub sleep_wakes: u64,
+    pub sleep_cycles: u64,
     /// Busy iteration time (with latency histograms on).
     pub iteration: Option<LatencySummary>,
     /// How many rx polls moved 0, 1, ... 31, 32 frames (see `stats::BurstSizes`).

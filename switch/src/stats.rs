@@ -110,6 +110,11 @@ pub struct PmdStats {
     pub iterations: AtomicU64,
     /// Iterations that skipped rx because an output queue was backed up.
     pub backpressure: AtomicU64,
+    /// Waits of an idle thread (`switch.pmd_sleep_max_us`), those a port ended (frames
+    /// came), and the cycles they took (counted in `idle_cycles` too).
+    pub sleeps: AtomicU64,
+    pub sleep_wakes: AtomicU64,
+    pub sleep_cycles: AtomicU64,
     /// Per port (by port number): what this thread received and sent on it.
     pub traffic: Box<[PublishedTraffic]>,
     /// Frames per rx poll (0: an empty poll).
