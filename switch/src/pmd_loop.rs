@@ -74,6 +74,10 @@ pub(crate) struct TxQueue {
     /// Frames with offload metadata were queued since the queue last emptied: it is
     /// sent with `Port::tx_burst_offload`.
     pub(crate) offload: bool,
+    /// Frames that did not fit yet (the rest of a TSO frame being cut, and those
+    /// behind it), moved in as the queue drains (`egress::resume`); while any wait,
+    /// the queue counts as backed up.
+    pub(crate) waiting: crate::egress::Waiting,
 }
 
 impl TxQueue {
@@ -119,6 +123,7 @@ impl TxQueue {
             stamped: 0,
             cap_mark: 0,
             offload: false,
+            waiting: crate::egress::Waiting::new(),
         }
     }
 }
@@ -652,7 +657,8 @@ fn send_vlan(
 /// Whether an output queue that still applies backpressure has less than a burst of room.
 #[inline]
 fn backed_up(txq: &[TxQueue]) -> bool {
-    txq.iter().any(|t| !t.congested && t.end > TXQ_CAP - BURST)
+    txq.iter()
+        .any(|t| !t.congested && (t.end > TXQ_CAP - BURST || !t.waiting.is_empty()))
 }
 
 /// Queues a frame for a port; returns it if the queue is full (only possible for
@@ -660,7 +666,7 @@ fn backed_up(txq: &[TxQueue]) -> bool {
 /// the compiler's choice has flipped with unrelated changes, and a call per frame
 /// costs about 30 instructions per packet.
 #[inline(always)]
-fn push(t: &mut TxQueue, m: Mbuf) -> Result<(), Mbuf> {
+pub(crate) fn push(t: &mut TxQueue, m: Mbuf) -> Result<(), Mbuf> {
     if t.end == TXQ_CAP {
         t.compact();
         if t.end == TXQ_CAP {
@@ -775,6 +781,9 @@ fn flush(
             t.compact();
         }
     }
+    if !t.waiting.is_empty() {
+        crate::egress::resume(cx, plan, t, p);
+    }
     if t.congested {
         if t.len() > 0 {
             // No waiting for a guest that stalled before: what it has no room for goes.
@@ -820,8 +829,9 @@ fn drop_queue(
             cx.cache.free(m);
         }
     }
+    let waited = t.waiting.free_all(&mut cx.cache);
     if let Some(port) = plan.port(p) {
-        PortStats::add(ctr(port.stats()), t.len() as u64);
+        PortStats::add(ctr(port.stats()), (t.len() + waited) as u64);
     }
     t.reset();
     t.stalled_since = 0;
