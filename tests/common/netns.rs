@@ -71,21 +71,7 @@ impl VethNs {
             std::fs::write(&v6, "1").unwrap_or_else(|e| panic!("{v6}: {e}"));
         }
         must("ip", &["link", "set", &host, "up"]);
-        // Only IPv4 in the namespace: no router solicitations or DAD in the counts.
-        must(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-            ],
-        );
-        must("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-        must("ip", &["-n", &ns, "addr", "add", cidr, "dev", &inner]);
-        must("ip", &["-n", &ns, "link", "set", &inner, "up"]);
+        bring_up(&ns, &inner, cidr);
         let mac = must(
             "ip",
             &[
@@ -275,6 +261,26 @@ pub fn ping_in(ns: &str, ip: &str, p: &Ping) -> u32 {
         .unwrap_or(0)
 }
 
+/// Brings `iface`, already in namespace `ns`, up with address `cidr`, and the
+/// namespace's loopback; only IPv4 in the namespace (no router solicitations or DAD
+/// in the counts).
+fn bring_up(ns: &str, iface: &str, cidr: &str) {
+    must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+        ],
+    );
+    must("ip", &["-n", ns, "link", "set", "lo", "up"]);
+    must("ip", &["-n", ns, "addr", "add", cidr, "dev", iface]);
+    must("ip", &["-n", ns, "link", "set", iface, "up"]);
+}
+
 /// A namespace holding a device the switch made (a tap port's), moved into it after
 /// the switch started, with an IPv4 address. The namespace is removed on drop.
 pub struct NsDevice {
@@ -290,20 +296,7 @@ impl NsDevice {
         let _ = sh("ip", &["netns", "del", &ns]);
         must("ip", &["netns", "add", &ns]);
         must("ip", &["link", "set", iface, "netns", &ns]);
-        must(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-            ],
-        );
-        must("ip", &["-n", &ns, "link", "set", "lo", "up"]);
-        must("ip", &["-n", &ns, "addr", "add", cidr, "dev", iface]);
-        must("ip", &["-n", &ns, "link", "set", iface, "up"]);
+        bring_up(&ns, iface, cidr);
         NsDevice {
             ns,
             iface: iface.to_string(),
