@@ -6,12 +6,20 @@
 //! the kernel once per burst. Frames the kernel received with their VLAN tag stripped
 //! into metadata get the tag put back. Frames this socket sends are not received back
 //! (PACKET_IGNORE_OUTGOING), and the interface is put in promiscuous mode for as long as
-//! the socket is open. The port carries the interface's MTU as it was at open: tx
-//! frames are sized for it, and longer frames (jumbo frames above an mbuf) are received
-//! into large buffers.
+//! the socket is open. The port carries the interface's MTU as it was at open, and
+//! longer frames (jumbo frames above an mbuf) are received into large buffers.
+//!
+//! Offloads (PACKET_VNET_HDR): every frame in either ring has a virtio-net header in
+//! front, as on a tap device. A frame the kernel received with a partial checksum
+//! (the host's own stack, or a veth peer's, with checksum offload) or as one large
+//! GRO/GSO segment arrives with that request as metadata; frames sent may ask the
+//! kernel to complete a checksum or cut a TSO frame, so TCP from a tap port or a
+//! guest leaves through this port in 64 KiB frames, cut by the kernel (in software
+//! or by the NIC) rather than by the switch. Tx slots are sized for such a frame.
 
 use super::{add_promisc, kick_tx, os_err, setsockopt, socket, NicError, RingMap};
-use crate::mempool::{Mbuf, MempoolCache};
+use crate::mempool::{Mbuf, MempoolCache, LARGE_DATA_ROOM};
+use crate::offload::{Caps, NetHdr};
 use crate::port::{max_frame, Port, PortStats, Traffic, TxLane, TxLock};
 use std::cell::UnsafeCell;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -27,12 +35,16 @@ const BLOCK_SIZE: u32 = 1 << 17;
 const RX_BLOCKS: u32 = 32;
 /// A partly filled rx block is handed to us after this many milliseconds.
 const RX_RETIRE_MS: u32 = 1;
-/// A tx frame slot unless the MTU needs more (then the next power of two).
-const TX_FRAME: u32 = 2048;
-const TX_FRAMES: u32 = 1024;
+/// The rx ring's nominal frame size (V3 packs frames into blocks regardless).
+const RX_FRAME: u32 = 2048;
+const TX_FRAMES: u32 = 256;
 /// Where packet data starts in a tx frame: the V3 header, aligned.
 const TX_DATA: usize = (std::mem::size_of::<libc::tpacket3_hdr>() + libc::TPACKET_ALIGNMENT - 1)
     & !(libc::TPACKET_ALIGNMENT - 1);
+/// A tx frame slot, one block each: the header, the virtio-net header and the
+/// longest frame a buffer holds (a TSO frame), in whole pages (17 of them: 256 slots
+/// take 17 MiB).
+const TX_FRAME: u32 = ((TX_DATA + NetHdr::LEN + LARGE_DATA_ROOM) as u32).next_multiple_of(4096);
 
 /// Where the rx side is in the ring: touched only by the PMD that polls the port.
 struct RxCursor {
@@ -46,8 +58,6 @@ pub struct AfPacketPort {
     cfg: PacketConfig,
     /// The interface's MTU when the port opened.
     mtu: u16,
-    /// Bytes of one tx frame slot (header and frame).
-    tx_frame: u32,
     fd: OwnedFd,
     ring: RingMap,
     rx: UnsafeCell<RxCursor>,
@@ -74,9 +84,6 @@ impl AfPacketPort {
                 crate::port::MAX_MTU
             )));
         }
-        let tx_frame = ((max_frame(mtu) + TX_DATA) as u32)
-            .next_power_of_two()
-            .max(TX_FRAME);
         let e = |what: &str, x| os_err(iface, what, x);
         // Protocol 0: receive nothing until bound to the interface below.
         let fd = socket(iface, libc::AF_PACKET, libc::SOCK_RAW, 0)?;
@@ -94,11 +101,14 @@ impl AfPacketPort {
         // A malformed tx frame is skipped and its slot given back, not left stuck.
         setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_LOSS, &1i32)
             .map_err(|x| e("PACKET_LOSS", x))?;
+        // Before the rings: a virtio-net header in front of every frame.
+        setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &1i32)
+            .map_err(|x| e("PACKET_VNET_HDR", x))?;
         let rxreq = libc::tpacket_req3 {
             tp_block_size: BLOCK_SIZE,
             tp_block_nr: RX_BLOCKS,
-            tp_frame_size: TX_FRAME,
-            tp_frame_nr: BLOCK_SIZE / TX_FRAME * RX_BLOCKS,
+            tp_frame_size: RX_FRAME,
+            tp_frame_nr: BLOCK_SIZE / RX_FRAME * RX_BLOCKS,
             tp_retire_blk_tov: RX_RETIRE_MS,
             tp_sizeof_priv: 0,
             tp_feature_req_word: 0,
@@ -106,9 +116,9 @@ impl AfPacketPort {
         setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_RX_RING, &rxreq)
             .map_err(|x| e("rx ring", x))?;
         let txreq = libc::tpacket_req3 {
-            tp_block_size: BLOCK_SIZE,
-            tp_block_nr: TX_FRAMES * tx_frame / BLOCK_SIZE,
-            tp_frame_size: tx_frame,
+            tp_block_size: TX_FRAME,
+            tp_block_nr: TX_FRAMES,
+            tp_frame_size: TX_FRAME,
             tp_frame_nr: TX_FRAMES,
             tp_retire_blk_tov: 0,
             tp_sizeof_priv: 0,
@@ -116,7 +126,7 @@ impl AfPacketPort {
         };
         setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_TX_RING, &txreq)
             .map_err(|x| e("tx ring", x))?;
-        let len = (BLOCK_SIZE * RX_BLOCKS + TX_FRAMES * tx_frame) as usize;
+        let len = (BLOCK_SIZE * RX_BLOCKS + TX_FRAMES * TX_FRAME) as usize;
         let ring = RingMap::map(&fd, len, 0).map_err(|x| e("mapping the rings", x))?;
         let sll = libc::sockaddr_ll {
             sll_family: libc::AF_PACKET as u16,
@@ -143,7 +153,6 @@ impl AfPacketPort {
         Ok(AfPacketPort {
             cfg,
             mtu,
-            tx_frame,
             fd,
             ring,
             rx: UnsafeCell::new(RxCursor {
@@ -177,21 +186,16 @@ impl AfPacketPort {
         unsafe {
             self.ring
                 .ptr
-                .add((BLOCK_SIZE * RX_BLOCKS + i * self.tx_frame) as usize)
+                .add((BLOCK_SIZE * RX_BLOCKS + i * TX_FRAME) as usize)
         }
     }
 }
 
 impl AfPacketPort {
-    /// Counts a received frame too long to take: cut by the kernel, or over the MTU.
+    /// Counts a received frame the kernel cut (longer than a block holds).
     #[cold]
-    fn count_long(&self, cut: bool) {
-        let c = if cut {
-            &self.stats.drop_oversize
-        } else {
-            &self.stats.drop_mtu
-        };
-        PortStats::add(c, 1);
+    fn count_cut(&self) {
+        PortStats::add(&self.stats.drop_oversize, 1);
     }
 }
 
@@ -271,15 +275,35 @@ impl Port for AfPacketPort {
                 cur.taken += 1;
                 cur.next += next_off;
                 let total = snap + if vlan { 4 } else { 0 };
-                if snap < 14 || cur.next - next_off + mac + snap > BLOCK_SIZE as usize {
+                if snap < 14
+                    || mac < TX_DATA + NetHdr::LEN
+                    || cur.next - next_off + mac + snap > BLOCK_SIZE as usize
+                {
                     PortStats::add(&self.stats.drop_runt, 1);
                     continue;
                 }
-                if wire != snap || total > limit {
-                    // Cut by the kernel (longer than a block holds), or over the MTU (GRO
-                    // can merge frames past it).
-                    self.count_long(wire != snap);
+                if wire != snap {
+                    // Cut by the kernel: longer than a block holds.
+                    self.count_cut();
                     continue;
+                }
+                let mut vh = [0u8; NetHdr::LEN];
+                // SAFETY: the virtio-net header lies just before the frame, after the
+                // packet header (mac checked above), inside the block.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        p.add(mac - NetHdr::LEN),
+                        vh.as_mut_ptr(),
+                        vh.len(),
+                    )
+                };
+                let mut vh = NetHdr::parse(&vh);
+                if vlan && !vh.is_plain() {
+                    // The tag put back moves the offsets after it.
+                    vh.csum_start = vh.csum_start.saturating_add(4);
+                    if vh.hdr_len != 0 {
+                        vh.hdr_len = vh.hdr_len.saturating_add(4);
+                    }
                 }
                 let Some(mut m) = cache.alloc_for(total) else {
                     PortStats::add(&self.stats.drop_no_mbuf, 1);
@@ -300,6 +324,12 @@ impl Port for AfPacketPort {
                     dst[16..].copy_from_slice(&src[12..]);
                 } else {
                     dst.copy_from_slice(src);
+                }
+                // Over the MTU (GRO can merge frames past it) without a TSO request,
+                // or asking for what cannot be done: dropped and counted.
+                if !super::take_vnet_hdr(&self.stats, &mut m, vh, limit, tr) {
+                    cache.free(m);
+                    continue;
                 }
                 bytes += total as u64;
                 out[n] = Some(m);
@@ -340,15 +370,21 @@ impl Port for AfPacketPort {
             }
             let m = slot.take().expect("checked above");
             let len = m.len();
-            if len > self.tx_frame as usize - TX_DATA {
+            if len > TX_FRAME as usize - TX_DATA - NetHdr::LEN {
                 PortStats::add(&self.stats.drop_oversize, 1);
             } else {
-                // SAFETY: the frame is ours (status AVAILABLE) and len fits after the header.
+                // What the kernel is to complete or cut (nothing for a plain frame).
+                let vh = m.offload().unwrap_or_default().to_bytes();
+                let wire = (NetHdr::LEN + len) as u32;
+                // SAFETY: the frame is ours (status AVAILABLE), and the virtio-net
+                // header and len bytes fit after the packet header (checked above).
                 unsafe {
-                    std::ptr::copy_nonoverlapping(m.data().as_ptr(), f.add(TX_DATA), len);
+                    let d = f.add(TX_DATA);
+                    std::ptr::copy_nonoverlapping(vh.as_ptr(), d, NetHdr::LEN);
+                    std::ptr::copy_nonoverlapping(m.data().as_ptr(), d.add(NetHdr::LEN), len);
                     let h = f as *mut libc::tpacket3_hdr;
-                    std::ptr::addr_of_mut!((*h).tp_len).write(len as u32);
-                    std::ptr::addr_of_mut!((*h).tp_snaplen).write(len as u32);
+                    std::ptr::addr_of_mut!((*h).tp_len).write(wire);
+                    std::ptr::addr_of_mut!((*h).tp_snaplen).write(wire);
                     std::ptr::addr_of_mut!((*h).tp_next_offset).write(0);
                 }
                 st.store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
@@ -369,6 +405,12 @@ impl Port for AfPacketPort {
 
     fn is_up(&self) -> bool {
         true
+    }
+
+    fn tx_offloads(&self) -> Caps {
+        // The kernel's packet socket takes checksum and TSO requests (cutting in
+        // software where the device cannot).
+        Caps::ALL
     }
 
     fn stats(&self) -> &PortStats {

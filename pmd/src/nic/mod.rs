@@ -207,6 +207,41 @@ unsafe impl Send for RingMap {}
 // SAFETY: as above.
 unsafe impl Sync for RingMap {}
 
+/// Takes a received frame's virtio-net header (tap, and AF_PACKET with
+/// PACKET_VNET_HDR) as its metadata: a header asking for what cannot be done drops
+/// the frame (`drop_offload`), as does a frame without TSO longer than `limit`
+/// (`drop_mtu`; a TSO frame is longer by design, its segments are checked by the
+/// egress step); otherwise a header that asks for something is kept (`rx_offload`).
+/// Returns whether the frame is kept.
+pub(crate) fn take_vnet_hdr(
+    stats: &crate::port::PortStats,
+    m: &mut crate::mempool::Mbuf,
+    h: crate::offload::NetHdr,
+    limit: usize,
+    tr: &mut crate::port::Traffic,
+) -> bool {
+    use crate::port::PortStats;
+    if h.is_plain() {
+        if m.len() > limit {
+            PortStats::add(&stats.drop_mtu, 1);
+            return false;
+        }
+        return true;
+    }
+    if let Err(e) = h.check() {
+        tracing::debug!("dropped: {e}");
+        PortStats::add(&stats.drop_offload, 1);
+        return false;
+    }
+    if h.gso_type == crate::offload::GSO_NONE && m.len() > limit {
+        PortStats::add(&stats.drop_mtu, 1);
+        return false;
+    }
+    m.set_offload(h);
+    tr.rx_offload += 1;
+    true
+}
+
 /// Tells the kernel to look at a socket's tx ring (`sendto` with no data).
 #[inline]
 pub(crate) fn kick_tx(fd: &OwnedFd) {

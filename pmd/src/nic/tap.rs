@@ -165,25 +165,9 @@ impl TapPort {
         h: NetHdr,
         tr: &mut Traffic,
     ) -> Option<Mbuf> {
-        let gso = h.gso_type != crate::offload::GSO_NONE;
-        if !h.is_plain() {
-            if let Err(e) = h.check() {
-                tracing::debug!(port = %self.cfg.name, "dropped: {e}");
-                PortStats::add(&self.stats.drop_offload, 1);
-                cache.free(m);
-                return None;
-            }
-        }
-        // A TSO frame is longer than the MTU by design; its segments' length is checked
-        // against each output port's (by the egress step, from its real headers).
-        if !gso && m.len() > max_frame(self.cfg.mtu) {
-            PortStats::add(&self.stats.drop_mtu, 1);
+        if !super::take_vnet_hdr(&self.stats, &mut m, h, max_frame(self.cfg.mtu), tr) {
             cache.free(m);
             return None;
-        }
-        if !h.is_plain() {
-            m.set_offload(h);
-            tr.rx_offload += 1;
         }
         let m = cache.fit(m);
         if m.is_none() {
