@@ -66,6 +66,12 @@ pub(crate) fn send<const VLAN: bool>(
             Err(_) => return drop(cx, plan, p, m, |s| &s.drop_offload),
         };
         if caps.covers(h.needs()) {
+            // The sender's hdr_len is a hint that may lie (longer than the frame: the
+            // kernel refuses such a frame); the port gets the parsed length.
+            m.set_offload(NetHdr {
+                hdr_len: cut.header_len() as u16,
+                ..h
+            });
             txq[p].offload = true;
             return queue(cx, plan, txq, p, m);
         }
@@ -78,6 +84,11 @@ pub(crate) fn send<const VLAN: bool>(
         return drop(cx, plan, p, m, |s| &s.drop_offload);
     }
     if caps.covers(h.needs()) {
+        // As for TSO: no hdr_len longer than what the checksum needs.
+        m.set_offload(NetHdr {
+            hdr_len: h.csum_start + h.csum_offset + 2,
+            ..h
+        });
         txq[p].offload = true;
         return queue(cx, plan, txq, p, m);
     }

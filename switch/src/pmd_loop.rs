@@ -781,7 +781,8 @@ fn flush(
             t.compact();
         }
     }
-    if !t.waiting.is_empty() {
+    // A congested queue is dropped below, waiting frames and all: none are cut for it.
+    if !t.waiting.is_empty() && !t.congested {
         crate::egress::resume(cx, plan, t, p);
     }
     if t.congested {

@@ -42,8 +42,8 @@ const TX_FRAMES: u32 = 256;
 const TX_DATA: usize = (std::mem::size_of::<libc::tpacket3_hdr>() + libc::TPACKET_ALIGNMENT - 1)
     & !(libc::TPACKET_ALIGNMENT - 1);
 /// A tx frame slot, one block each: the header, the virtio-net header and the
-/// longest frame a buffer holds (a TSO frame), in whole pages (17 of them: 256 slots
-/// take 17 MiB).
+/// longest frame a buffer holds (a TSO frame), in whole pages (16 of them: 256 slots
+/// take 16 MiB).
 const TX_FRAME: u32 = ((TX_DATA + NetHdr::LEN + LARGE_DATA_ROOM) as u32).next_multiple_of(4096);
 
 /// Where the rx side is in the ring: touched only by the PMD that polls the port.
@@ -101,6 +101,17 @@ impl AfPacketPort {
         // A malformed tx frame is skipped and its slot given back, not left stuck.
         setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_LOSS, &1i32)
             .map_err(|x| e("PACKET_LOSS", x))?;
+        // The kernel sends ring frames only while their bytes fit the socket's send
+        // buffer, and leaves the rest for the next kick: with 64 KiB frames the
+        // default (about 200 KiB) would leave a burst waiting for traffic that may not
+        // come. Room for the whole ring (SO_SNDBUFFORCE needs CAP_NET_ADMIN, which an
+        // AF_PACKET socket needs anyway; SO_SNDBUF, capped by wmem_max, else).
+        let sndbuf = (TX_FRAMES * TX_FRAME) as i32;
+        if setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &sndbuf).is_err() {
+            if let Err(x) = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &sndbuf) {
+                tracing::warn!(port = %cfg.name, iface, "send buffer: {x}");
+            }
+        }
         // Before the rings: a virtio-net header in front of every frame.
         setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_VNET_HDR, &1i32)
             .map_err(|x| e("PACKET_VNET_HDR", x))?;
