@@ -437,8 +437,21 @@ fn run_client(socket: &Path, args: &[String]) -> Result<(), ClientError> {
         Box::new(std::io::BufWriter::new(f))
     };
     eprintln!("{what}: writing to {out_path}");
-    copy_stream(&mut s, &mut out, &out_path)
+    // SIGTERM and SIGINT end the copy between writes, not inside one: a fatal signal
+    // can cut a write to a file short and leave a record half written. The socket's
+    // read timeout lets an idle capture see the flag.
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| ClientError::Io(format!("capture: cannot handle signals: {e}")))?;
+    }
+    s.set_read_timeout(Some(STOP_CHECK))
+        .map_err(|e| ClientError::Io(format!("capture: {e}")))?;
+    copy_stream(&mut s, &mut out, &out_path, &stop)
 }
+
+/// How often an idle capture client looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// `-w FILE` (the client's) apart from the words sent to the switch, checked.
 fn split_args(args: &[String]) -> Result<(String, Vec<&str>), ClientError> {
@@ -482,22 +495,37 @@ fn open_capture(socket: &Path, request: &[&str]) -> Result<(UnixStream, String),
     Ok((s, line.trim_end().trim_start_matches("ok ").to_string()))
 }
 
-/// Copies the pcap stream to `out` until the switch closes it. A reader of stdout
-/// that went away (tcpdump -c) ends the capture with this process, without error.
-/// Only whole records are written, each batch in one write: a client stopped by a
-/// signal (SIGTERM, as `ctl capture` is meant to be stopped) leaves a file that ends
-/// on a record, never inside one (a read from the socket can end anywhere).
-fn copy_stream(s: &mut impl Read, out: &mut dyn Write, out_path: &str) -> Result<(), ClientError> {
+/// Copies the pcap stream to `out` until the switch closes it or `stop` is set (a
+/// signal). A reader of stdout that went away (tcpdump -c) ends the capture with this
+/// process, without error. Only whole records are written, each batch in one write,
+/// and `stop` is seen only between writes: a client stopped by a signal (SIGTERM, as
+/// `ctl capture` is meant to be stopped) leaves a file that ends on a record, never
+/// inside one (a read from the socket can end anywhere).
+fn copy_stream(
+    s: &mut impl Read,
+    out: &mut dyn Write,
+    out_path: &str,
+    stop: &AtomicBool,
+) -> Result<(), ClientError> {
     let mut buf = vec![0u8; 64 << 10];
     let mut pending = Vec::with_capacity(buf.len());
     let mut parser = None;
     let cannot_write =
         |e: std::io::Error| ClientError::Io(format!("capture: cannot write {out_path}: {e}"));
-    loop {
+    while !stop.load(Ordering::Relaxed) {
         let n = match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted
+                        | std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
             Err(e) => return Err(ClientError::Io(format!("capture: {e}"))),
         };
         pending.extend_from_slice(&buf[..n]);
@@ -617,6 +645,7 @@ mod tests {
             },
             &mut out,
             "test",
+            &AtomicBool::new(false),
         )
         .unwrap();
         assert_eq!(
@@ -630,7 +659,7 @@ mod tests {
             data: &stream,
             step: 1000,
         };
-        copy_stream(&mut r, &mut out, "test").unwrap();
+        copy_stream(&mut r, &mut out, "test", &AtomicBool::new(false)).unwrap();
         assert_eq!(out, stream);
         // A stream that is not pcap is refused, not copied.
         let mut out = Vec::new();
@@ -638,7 +667,7 @@ mod tests {
             data: &[0x55; 64],
             step: 64,
         };
-        assert!(copy_stream(&mut r, &mut out, "test").is_err());
+        assert!(copy_stream(&mut r, &mut out, "test", &AtomicBool::new(false)).is_err());
         assert!(out.is_empty());
     }
 
