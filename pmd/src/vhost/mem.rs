@@ -108,9 +108,9 @@ impl std::fmt::Display for MemError {
 /// A shared mapping of a whole number of the file's blocks (`st_blksize`: 2 MiB on
 /// hugetlbfs), so that unmapping it cannot fail; unmapped on drop, and a failure to
 /// unmap is logged, not ignored.
-struct Mapping {
-    base: *mut u8,
-    len: usize,
+pub(super) struct Mapping {
+    pub(super) base: *mut u8,
+    pub(super) len: usize,
 }
 
 impl Drop for Mapping {
@@ -225,7 +225,11 @@ fn file_block(index: usize, f: &File) -> Result<(u64, u64), MemError> {
 
 /// Maps region `index` in whole blocks of its file; returns the mapping and the host
 /// address of the region's first byte.
-fn map_region(index: usize, d: &RegionDesc, f: &File) -> Result<(Mapping, *mut u8), MemError> {
+pub(super) fn map_region(
+    index: usize,
+    d: &RegionDesc,
+    f: &File,
+) -> Result<(Mapping, *mut u8), MemError> {
     let (blk, flen) = file_block(index, f)?;
     if flen < d.mmap_offset + d.size {
         return Err(MemError::PastEnd {
@@ -395,6 +399,17 @@ impl FastTable {
             return Some((self.host[h] + (gpa - self.start[h]) as usize) as *mut u8);
         }
         self.search(gpa, end, hint)
+    }
+
+    /// The guest-physical address of host address `p`, if it lies in a region (dirty
+    /// logging: the data path keeps host pointers, the log counts guest pages).
+    #[inline]
+    pub fn host_to_gpa(&self, p: *const u8) -> Option<u64> {
+        let p = p as usize;
+        (0..self.n).find_map(|i| {
+            let off = p.checked_sub(self.host[i])? as u64;
+            (off < self.end[i] - self.start[i]).then(|| self.start[i] + off)
+        })
     }
 
     /// The other regions, out of line: the data path's loops then keep only the hinted

@@ -10,6 +10,7 @@
 //! ([`crate::rcu`]), and only then changes or drops the ring (and unmaps memory).
 
 pub mod driver;
+pub mod log;
 pub mod mem;
 pub mod notify;
 pub mod protocol;
@@ -160,7 +161,20 @@ pub struct Shared {
     /// The offloads the connected guest takes in received frames (`offload::Caps`
     /// bits, from its `GUEST_*` features): what the switch may hand it as it is.
     pub tx_caps: AtomicU8,
+    /// A guest announcement to send (`SEND_RARP` after a live migration): its MAC in
+    /// the low 48 bits and [`RARP_PENDING`]; 0 when none. Taken by the PMD thread
+    /// polling rx queue 0, which injects the frame as if the guest had sent it.
+    rarp: AtomicU64,
+    /// Announcements injected.
+    pub rarp_sent: AtomicU64,
+    /// `VHOST_F_LOG_ALL` is negotiated: the guest is being migrated away.
+    pub logging: AtomicBool,
+    /// The dirty log area, for `ctl show` and metrics (the control plane's copy).
+    pub dirty_log: std::sync::Mutex<Option<Arc<log::DirtyLog>>>,
 }
+
+/// Marks `Shared::rarp` as holding an announcement.
+const RARP_PENDING: u64 = 1 << 48;
 
 impl Shared {
     /// Records the offloads the guest negotiated (control thread, on SET_FEATURES and
@@ -173,6 +187,15 @@ impl Shared {
     /// ring broken can race with the control thread doing this; the stale value then
     /// lasts until the next change, during which tx finds no usable ring and the
     /// port's frames are dropped after `tx_stall` like any stuck guest's (bounded).
+    /// SEND_RARP: the guest, now running behind this port, is to be announced with
+    /// the MAC in the first 6 bytes of the 8-byte payload (QEMU copies it there).
+    pub fn announce(&self, payload: u64) {
+        let b = payload.to_le_bytes();
+        let mac = u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]);
+        tracing::info!(port = %self.cfg.name, mac = %format_mac(mac), "announcing a migrated guest (RARP)");
+        self.rarp.store(mac | RARP_PENDING, Ordering::Release);
+    }
+
     pub fn update_up(&self) {
         let up = self.connected.load(Ordering::SeqCst)
             && self.vrings.iter().step_by(2).any(|v| v.usable());
@@ -211,6 +234,10 @@ impl VhostUserPort {
             conn_log_limit: RateLimit::new(),
             drop_log_limit: RateLimit::new(),
             tx_caps: AtomicU8::new(0),
+            rarp: AtomicU64::new(0),
+            rarp_sent: AtomicU64::new(0),
+            logging: AtomicBool::new(false),
+            dirty_log: std::sync::Mutex::new(None),
         });
         let thread = protocol::spawn(shared.clone())?;
         Ok(VhostUserPort {
@@ -289,6 +316,32 @@ impl VhostUserPort {
         n
     }
 
+    /// Receives the pending announcement (see [`Shared::announce`]) as the guest's
+    /// own frame: a RARP request from its MAC, as QEMU and DPDK build it.
+    #[cold]
+    #[inline(never)]
+    fn inject_rarp(
+        &self,
+        cache: &mut MempoolCache,
+        out: &mut [Option<Mbuf>],
+        tr: &mut Traffic,
+    ) -> usize {
+        if out.is_empty() {
+            return 0;
+        }
+        let Some(mut m) = cache.alloc() else {
+            return 0; // it stays pending for the next poll
+        };
+        let v = self.shared.rarp.swap(0, Ordering::Acquire);
+        let frame = rarp_frame(v.to_be_bytes()[2..8].try_into().unwrap());
+        m.set_len(frame.len()).copy_from_slice(&frame);
+        tr.rx_packets += 1;
+        tr.rx_bytes += frame.len() as u64;
+        self.shared.rarp_sent.fetch_add(1, Ordering::Relaxed);
+        out[0] = Some(m);
+        1
+    }
+
     /// Counts the frames a dequeue dropped, and logs MTU drops (rate-limited): a
     /// guest whose MTU is larger than its port's is a configuration error to see.
     #[cold]
@@ -342,6 +395,9 @@ impl Port for VhostUserPort {
         out: &mut [Option<Mbuf>],
         tr: &mut Traffic,
     ) -> usize {
+        if q == 0 && self.shared.rarp.load(Ordering::Relaxed) != 0 {
+            return self.inject_rarp(cache, out, tr);
+        }
         let idx = 2 * q + 1;
         let Some(slot) = self.shared.vrings.get(idx) else {
             return 0;
@@ -464,6 +520,16 @@ impl Port for VhostUserPort {
             ("vrings_broken", count(RingState::Broken)),
             ("irq_sent", s.notifier.sent.load(Ordering::Relaxed)),
             ("irq_dropped", s.notifier.dropped.load(Ordering::Relaxed)),
+            ("dirty_logging", s.logging.load(Ordering::Relaxed) as u64),
+            (
+                "dirty_log_outside",
+                s.dirty_log
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .map_or(0, |l| l.outside()),
+            ),
+            ("rarp_sent", s.rarp_sent.load(Ordering::Relaxed)),
         ]
     }
 
@@ -475,7 +541,7 @@ impl Port for VhostUserPort {
             .map(|v| v.state().name().to_string())
             .collect();
         format!(
-            "driver=vhost-user mode={} path={} queues={} mtu={} connected={} connections={} vrings=[{}] irq_sent={} irq_dropped={}",
+            "driver=vhost-user mode={} path={} queues={} mtu={} connected={} connections={} vrings=[{}] irq_sent={} irq_dropped={} dirty_log={} rarp_sent={}",
             match s.cfg.mode {
                 Mode::Server => "server",
                 Mode::Client => "client",
@@ -488,6 +554,39 @@ impl Port for VhostUserPort {
             rings.join(","),
             s.notifier.sent.load(Ordering::Relaxed),
             s.notifier.dropped.load(Ordering::Relaxed),
+            if s.logging.load(Ordering::Relaxed) {
+                "on"
+            } else {
+                "off"
+            },
+            s.rarp_sent.load(Ordering::Relaxed),
         )
     }
+}
+
+/// A MAC in the low 48 bits of `v`, as text.
+fn format_mac(v: u64) -> String {
+    let b = v.to_be_bytes();
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[2], b[3], b[4], b[5], b[6], b[7]
+    )
+}
+
+/// The frame that announces a station after it moved (RFC 903 reverse request, as
+/// QEMU's `announce_self` and DPDK's `make_rarp_packet` send it): broadcast from
+/// `mac`, asking for `mac`'s address, padded to the 60-byte minimum.
+pub fn rarp_frame(mac: [u8; 6]) -> [u8; 60] {
+    let mut f = [0u8; 60];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&0x8035u16.to_be_bytes()); // ETH_P_RARP
+    f[14..16].copy_from_slice(&1u16.to_be_bytes()); // hardware: Ethernet
+    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // protocol: IPv4
+    f[18] = 6;
+    f[19] = 4;
+    f[20..22].copy_from_slice(&3u16.to_be_bytes()); // reverse request
+    f[22..28].copy_from_slice(&mac); // sender hardware address
+    f[32..38].copy_from_slice(&mac); // target hardware address
+    f
 }

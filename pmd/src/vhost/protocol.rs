@@ -11,6 +11,7 @@
 //! The wire types (request codes, message bodies, flags) are rust-vmm `vhost`'s;
 //! file descriptors arrive via `vmm-sys-util`'s `ScmSocket`.
 
+use super::log::{DirtyLog, LogError};
 use super::mem::{GuestMemory, MemError, RegionDesc, MAX_REGIONS};
 use super::notify::{check_eventfd, Irq, NotEventfd, Notifier};
 use super::virtq::{LiveRing, RingAddrs, RingFeatures};
@@ -28,9 +29,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vhost::vhost_user::message::{
-    FrontendReq, VhostUserHeaderFlag, VhostUserMemory, VhostUserMemoryRegion,
+    FrontendReq, VhostUserHeaderFlag, VhostUserLog, VhostUserMemory, VhostUserMemoryRegion,
     VhostUserMsgValidator, VhostUserProtocolFeatures, VhostUserVirtioFeatures, VhostUserVringAddr,
-    VhostUserVringState, MAX_ATTACHED_FD_ENTRIES, MAX_MSG_SIZE,
+    VhostUserVringAddrFlags, VhostUserVringState, MAX_ATTACHED_FD_ENTRIES, MAX_MSG_SIZE,
 };
 use vhost::vhost_user::Listener;
 use virtio_bindings::{virtio_config, virtio_net, virtio_ring};
@@ -65,6 +66,8 @@ pub const OFFLOAD_FEATURES: u64 = VIRTIO_NET_F_CSUM
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = bit(virtio_ring::VIRTIO_RING_F_INDIRECT_DESC);
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = bit(virtio_ring::VIRTIO_RING_F_EVENT_IDX);
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+/// Dirty-page logging on (`VHOST_F_LOG_ALL`): QEMU sets it while it migrates the guest.
+pub const VHOST_F_LOG_ALL: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
 pub const VIRTIO_F_VERSION_1: u64 = bit(virtio_config::VIRTIO_F_VERSION_1);
 
 /// Virtio features this backend implements. Bits are only ever added to this set: a
@@ -78,6 +81,7 @@ pub const OFFERED_FEATURES: u64 = VIRTIO_NET_F_MRG_RXBUF
     | VIRTIO_RING_F_INDIRECT_DESC
     | VIRTIO_RING_F_EVENT_IDX
     | VHOST_USER_F_PROTOCOL_FEATURES
+    | VHOST_F_LOG_ALL
     | VIRTIO_F_VERSION_1;
 
 /// What a guest that negotiated `f` takes in the frames it receives.
@@ -96,12 +100,16 @@ pub fn guest_caps(f: u64) -> Caps {
     c
 }
 
-/// Protocol features this backend implements: multiqueue, acknowledged requests and
-/// the frontend's MTU (`NET_SET_MTU`, checked against the port's `mtu`).
+/// Protocol features this backend implements: multiqueue, acknowledged requests,
+/// the frontend's MTU (`NET_SET_MTU`, checked against the port's `mtu`), and live
+/// migration: a shared dirty log (`LOG_SHMFD`) and the destination's announcement
+/// of the guest (`RARP`).
 pub fn offered_protocol_features() -> u64 {
     (VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
-        | VhostUserProtocolFeatures::MTU)
+        | VhostUserProtocolFeatures::MTU
+        | VhostUserProtocolFeatures::LOG_SHMFD
+        | VhostUserProtocolFeatures::RARP)
         .bits()
 }
 
@@ -150,7 +158,8 @@ pub enum ProtocolError {
         index: usize,
         num: u32,
     },
-    LogNotNegotiated,
+    VringAddrFlags(u32),
+    Log(LogError),
     BaseTooLarge(u32),
     PayloadBits {
         req: FrontendReq,
@@ -206,12 +215,13 @@ impl std::fmt::Display for ProtocolError {
                 f,
                 "SET_VRING_NUM: ring {index} size {num} is not a power of two up to 32768"
             ),
-            E::LogNotNegotiated => {
+            E::VringAddrFlags(v) => {
                 write!(
                     f,
-                    "SET_VRING_ADDR: logging flag set but LOG_ALL was not negotiated"
+                    "SET_VRING_ADDR: unknown flags {v:#x} (only VHOST_VRING_F_LOG)"
                 )
             }
+            E::Log(e) => write!(f, "SET_LOG_BASE: {e}"),
             E::BaseTooLarge(b) => write!(f, "SET_VRING_BASE: base {b} does not fit a split ring"),
             E::PayloadBits { req, value } => write!(
                 f,
@@ -251,6 +261,9 @@ struct VqCfg {
     kicked: bool,
     enabled: bool,
     kick: Option<File>,
+    /// Guest-physical address of the used ring for the dirty log
+    /// (`VHOST_VRING_F_LOG` and `log_guest_addr` in SET_VRING_ADDR).
+    log_used: Option<u64>,
 }
 
 /// One connection's state.
@@ -260,6 +273,8 @@ struct Conn {
     features_set: bool,
     protocol_features: u64,
     mem: Option<Arc<GuestMemory>>,
+    /// The dirty log from SET_LOG_BASE; rings write to it while `VHOST_F_LOG_ALL` is set.
+    log: Option<Arc<DirtyLog>>,
     vqs: Vec<VqCfg>,
 }
 
@@ -383,6 +398,8 @@ fn run(sh: Arc<Shared>, listener: Option<Listener>) {
         sh.notifier.clear_calls();
         sh.connected.store(false, Ordering::SeqCst);
         sh.set_tx_caps(Caps::NONE);
+        sh.logging.store(false, Ordering::Relaxed);
+        *sh.dirty_log.lock().unwrap() = None;
         sh.update_up();
         match why {
             Ok(()) if logged.is_some() => {
@@ -556,6 +573,7 @@ impl Conn {
             features_set: false,
             protocol_features: 0,
             mem: None,
+            log: None,
             vqs: (0..n).map(|_| VqCfg::default()).collect(),
         }
     }
@@ -637,6 +655,7 @@ impl Conn {
                 let changed = f != self.features;
                 self.features = f;
                 self.features_set = true;
+                self.note_logging();
                 self.sh.set_tx_caps(guest_caps(f));
                 if changed {
                     self.refresh_all();
@@ -690,7 +709,12 @@ impl Conn {
             }
             R::GET_MAX_MEM_SLOTS => Reply::Value(MAX_REGIONS as u64),
             R::NET_SET_MTU => Reply::Ack(self.set_mtu(body_u64(req, body)?)),
-            R::SET_BACKEND_REQ_FD | R::SET_LOG_BASE | R::SET_LOG_FD | R::SEND_RARP => {
+            R::SET_LOG_BASE => self.set_log_base(body, files)?,
+            R::SEND_RARP => {
+                self.sh.announce(body_u64(req, body)?);
+                Reply::Ack(true)
+            }
+            R::SET_BACKEND_REQ_FD | R::SET_LOG_FD => {
                 // Not offered: a frontend that sends them anyway gets a failure when it
                 // asks for an acknowledgement, and any descriptor is closed.
                 self.refused(req);
@@ -723,14 +747,17 @@ impl Conn {
         if req == R::SET_VRING_ADDR {
             let v: VhostUserVringAddr = body_as(req, body)?;
             let i = self.vq_index(req, v.index as u64)?;
-            if v.flags != 0 {
-                return Err(ProtocolError::LogNotNegotiated);
+            let log_flag = VhostUserVringAddrFlags::VHOST_VRING_F_LOG.bits();
+            let flags = v.flags;
+            if flags & !log_flag != 0 {
+                return Err(ProtocolError::VringAddrFlags(flags));
             }
             self.vqs[i].addrs = Some(RingAddrs {
                 desc: v.descriptor,
                 avail: v.available,
                 used: v.used,
             });
+            self.vqs[i].log_used = (flags & log_flag != 0).then_some(v.log);
             self.refresh(i);
             return Ok(Reply::Ack(true));
         }
@@ -763,6 +790,44 @@ impl Conn {
         }
         self.refresh(i);
         Ok(Reply::Ack(true))
+    }
+
+    /// Logs when dirty logging turns on or off (SET_FEATURES with or without
+    /// `VHOST_F_LOG_ALL`), and warns when it is on without a log area.
+    fn note_logging(&self) {
+        let on = self.features & VHOST_F_LOG_ALL != 0;
+        if self.sh.logging.swap(on, Ordering::Relaxed) != on {
+            tracing::info!(port = %self.sh.cfg.name, on, "dirty page logging (live migration)");
+        }
+        if on && self.log.is_none() {
+            tracing::warn!(port = %self.sh.cfg.name, "VHOST_F_LOG_ALL without SET_LOG_BASE: nothing is logged");
+        }
+    }
+
+    /// SET_LOG_BASE: the dirty log's file, size and offset. Every ring is rebuilt with
+    /// the new area (each after a grace period, so none writes to the old one after
+    /// it is unmapped); rings keep their place, none stops. The reply carries no
+    /// payload, as QEMU reads it.
+    fn set_log_base(&mut self, body: &[u8], files: Vec<File>) -> Res<Reply> {
+        let req = FrontendReq::SET_LOG_BASE;
+        let hl = std::mem::size_of::<VhostUserLog>();
+        if body.len() != hl {
+            return Err(ProtocolError::BodySize {
+                req,
+                got: body.len(),
+                want: hl,
+            });
+        }
+        let mut l = VhostUserLog::default();
+        l.as_mut_slice().copy_from_slice(body);
+        let file = files.into_iter().next().ok_or(ProtocolError::NoFd(req))?;
+        let (size, offset) = (l.mmap_size, l.mmap_offset);
+        let log = DirtyLog::map(&file, size, offset).map_err(ProtocolError::Log)?;
+        tracing::info!(port = %self.sh.cfg.name, size, "dirty log area set");
+        self.log = Some(Arc::new(log));
+        *self.sh.dirty_log.lock().unwrap() = self.log.clone();
+        self.refresh_all();
+        Ok(Reply::Bytes(Vec::new()))
     }
 
     /// SET_VRING_KICK, _CALL and _ERR: an eventfd (or none) for one ring.
@@ -902,7 +967,12 @@ impl Conn {
             irq,
         )
         .map(|r| r.with_kick(self.kick_for_ring(i)))
-        {
+        .map(
+            |r| match (&self.log, self.features & VHOST_F_LOG_ALL != 0) {
+                (Some(log), true) => r.with_log(log.clone(), vq.log_used),
+                _ => r,
+            },
+        ) {
             Ok(ring) => {
                 // SAFETY: the ring is down (teardown above), so no PMD thread holds it.
                 unsafe { *slot.ring.get() = Some(ring) };
@@ -935,7 +1005,8 @@ fn check_fds(req: FrontendReq, body: &[u8], nfds: usize) -> Res<()> {
                 1
             }
         }
-        R::SET_BACKEND_REQ_FD | R::SET_LOG_FD | R::SET_LOG_BASE => return Ok(()), // refused anyway
+        R::SET_LOG_BASE => 1,
+        R::SET_BACKEND_REQ_FD | R::SET_LOG_FD => return Ok(()), // refused anyway
         _ => 0,
     };
     if nfds != want {
@@ -1023,6 +1094,10 @@ impl Session {
             conn_log_limit: RateLimit::new(),
             drop_log_limit: RateLimit::new(),
             tx_caps: std::sync::atomic::AtomicU8::new(0),
+            rarp: AtomicU64::new(0),
+            rarp_sent: AtomicU64::new(0),
+            logging: AtomicBool::new(false),
+            dirty_log: std::sync::Mutex::new(None),
         });
         Session {
             conn: Conn::new(sh),

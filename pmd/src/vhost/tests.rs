@@ -1173,3 +1173,100 @@ fn a_sleeping_thread_asks_for_kicks_and_stops_asking_after() {
     let mut lr = live(&r, &ring, feat(true, true), None);
     assert_eq!(lr.arm_kick(), Wake::Timeout);
 }
+
+/// The pages marked in a dirty log file (bit numbers).
+fn marked_pages(log: &std::fs::File, len: usize) -> Vec<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0u8; len];
+    log.read_exact_at(&mut b, 0).unwrap();
+    let mut v = Vec::new();
+    for (i, byte) in b.iter().enumerate() {
+        for bit in 0..8 {
+            if byte & (1 << bit) != 0 {
+                v.push(i as u64 * 8 + bit);
+            }
+        }
+    }
+    v
+}
+
+/// The log bit of region offset `off`.
+fn page_of(off: u64) -> u64 {
+    (GPA + off) / super::log::LOG_PAGE
+}
+
+#[test]
+fn a_logged_ring_marks_every_page_it_writes_and_no_other() {
+    // Dirty logging for live migration: receive buffers written (in one chain, and a
+    // frame spread over two with mergeable buffers) and the used ring are marked;
+    // transmit buffers, which the switch only reads, are not.
+    let mut r = rig();
+    let mut ring = DriverRing::new(&r.mem, 0, 256); // used ring at region offset 8192
+    ring.set_desc(0, ring.gpa(BUF), 2048, F_WRITE, 0);
+    ring.set_desc(1, ring.gpa(BUF + 0x5000 - 30), 60, F_WRITE, 0); // crosses a page
+    ring.set_desc(2, ring.gpa(BUF + 0x9000), 2048, F_WRITE, 0);
+    for i in 0..3 {
+        ring.push(i);
+    }
+    let log_len = (page_of(SIZE) / 8 + 1) as usize;
+    let log_file = DriverMem::new(0, log_len as u64, 0, 0).file();
+    let area = Arc::new(super::log::DirtyLog::map(&log_file, log_len as u64, 0).unwrap());
+    let mut lr = live(&r, &ring, feat(true, false), None).with_log(area.clone(), None);
+    assert!(lr.logging());
+    assert_eq!(
+        marked_pages(&log_file, log_len),
+        vec![page_of(8192)],
+        "the used ring, at once"
+    );
+    log_file.set_len(0).unwrap();
+    log_file.set_len(log_len as u64).unwrap();
+
+    let mut pkts = rx_frames(2, 100, &mut r.cache);
+    assert_eq!(enqueue(&mut r.cache, &mut lr, &mut pkts), 2);
+    assert_eq!(ring.used_idx(), 3, "the second frame took two buffers");
+    let mut want = vec![
+        page_of(8192),
+        page_of(BUF),
+        page_of(BUF + 0x4000),
+        page_of(BUF + 0x5000),
+        page_of(BUF + 0x9000),
+    ];
+    want.sort();
+    assert_eq!(marked_pages(&log_file, log_len), want);
+    assert_eq!(area.outside(), 0);
+
+    // Transmit: only the used ring is written.
+    log_file.set_len(0).unwrap();
+    log_file.set_len(log_len as u64).unwrap();
+    let mut tx = DriverRing::new(&r.mem, 0x80000, 256);
+    let len = put_frame(&r, 0x90000, &frame(80, 1));
+    tx.set_desc(0, tx.gpa(0x90000), len, 0, 0);
+    tx.push(0);
+    let mut lt = live(&r, &tx, feat(true, false), None).with_log(area.clone(), None);
+    let got = dequeue(&mut r.cache, &mut lt);
+    assert_eq!(got.len(), 1);
+    free_all(&mut r.cache, got);
+    let used = 0x80000 + 8192;
+    assert_eq!(marked_pages(&log_file, log_len), vec![page_of(used)]);
+    assert_clean(&r);
+}
+
+#[test]
+fn a_log_too_small_for_the_guest_is_never_written_past() {
+    // A hostile SET_LOG_BASE: 16 bytes of log (128 pages, 512 KiB) for a guest whose
+    // memory starts at 1 GiB. Frames are still delivered; nothing past the log is
+    // written (the rest of its file stays zero) and the bits are counted.
+    let mut r = rig();
+    let mut ring = DriverRing::new(&r.mem, 0, 256);
+    ring.set_desc(0, ring.gpa(BUF), 2048, F_WRITE, 0);
+    ring.push(0);
+    let log_file = DriverMem::new(0, 4096, 0, 0).file();
+    let area = Arc::new(super::log::DirtyLog::map(&log_file, 16, 0).unwrap());
+    let mut lr = live(&r, &ring, feat(true, false), None).with_log(area.clone(), None);
+    let mut pkts = rx_frames(1, 100, &mut r.cache);
+    assert_eq!(enqueue(&mut r.cache, &mut lr, &mut pkts), 1);
+    assert_eq!(r.mem.read(BUF + 12, 100), frame(100, 0));
+    assert_eq!(marked_pages(&log_file, 4096), Vec::<u64>::new());
+    assert_eq!(area.outside(), 3, "used ring (twice) and the buffer");
+    assert_clean(&r);
+}

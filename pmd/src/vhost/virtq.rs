@@ -9,6 +9,7 @@
 //! A violation is a [`GuestError`]: the queue is stopped and the error counted;
 //! nothing is read or written outside the guest's regions.
 
+use super::log::{DirtyLog, RingLog};
 use super::mem::{FastTable, GuestMemory};
 use super::notify::Irq;
 use crate::mempool::{Mbuf, MempoolCache, DATA_ROOM};
@@ -249,6 +250,9 @@ pub struct LiveRing {
     /// The guest's kick eventfd (a duplicate, closed with the ring), for an idle PMD
     /// thread to wait on (`arm_kick`).
     kick: Option<std::os::fd::OwnedFd>,
+    /// Dirty-page logging while the guest migrates (`VHOST_F_LOG_ALL`): every page
+    /// this ring writes is marked, once per burst.
+    log: Option<Box<RingLog>>,
     /// Keeps the mappings the pointers above point into alive.
     mem: Arc<GuestMemory>,
 }
@@ -426,6 +430,7 @@ impl LiveRing {
             owed: None,
             error: None,
             kick: None,
+            log: None,
             mem,
         };
         // This device completes every avail entry in the burst that consumed it, so
@@ -463,6 +468,38 @@ impl LiveRing {
         self
     }
 
+    /// Has the ring mark the guest pages it writes in `area` (live migration);
+    /// `used_gpa` is the used ring's guest-physical address (`log_guest_addr`), or
+    /// `None` to find it from the ring's placement. The used ring is marked at once:
+    /// `new` may have written its flags.
+    pub fn with_log(mut self, area: Arc<DirtyLog>, used_gpa: Option<u64>) -> LiveRing {
+        let used_len = 6 + 8 * self.ring_size() as u64;
+        let gpa = used_gpa.or_else(|| self.table.host_to_gpa(self.used));
+        let Some(gpa) = gpa else {
+            debug_assert!(false, "the used ring was validated inside guest memory");
+            return self;
+        };
+        let mut log = Box::new(RingLog::new(area, self.table, gpa, used_len));
+        log.wrote_used();
+        log.flush();
+        self.log = Some(log);
+        self
+    }
+
+    /// Whether this ring marks what it writes in a dirty log.
+    pub fn logging(&self) -> bool {
+        self.log.is_some()
+    }
+
+    /// After a write to the used ring outside a burst (arming kicks): marks it.
+    #[cold]
+    fn log_used_now(&mut self) {
+        if let Some(l) = self.log.as_deref_mut() {
+            l.wrote_used();
+            l.flush();
+        }
+    }
+
     /// Before its PMD thread sleeps: asks the guest to kick when it adds buffers
     /// (`avail_event` at the next index with EVENT_IDX, else `VRING_USED_F_NO_NOTIFY`
     /// cleared), then looks again: the kick fd to wait on (open while the ring lives),
@@ -478,6 +515,9 @@ impl LiveRing {
             self.write_avail_event(self.last_avail);
         } else {
             self.write_used_flags(0);
+        }
+        if self.log.is_some() {
+            self.log_used_now();
         }
         // The request must be visible before the avail index is read again, or a
         // buffer added in between is neither seen nor kicked about.
@@ -498,6 +538,9 @@ impl LiveRing {
             self.write_avail_event(self.last_avail.wrapping_sub(1));
         } else {
             self.write_used_flags(VRING_USED_F_NO_NOTIFY);
+        }
+        if self.log.is_some() {
+            self.log_used_now();
         }
         if kicked {
             use std::os::fd::AsRawFd;
@@ -1049,6 +1092,10 @@ impl LiveRing {
         // Used elements must be visible before the index that publishes them.
         fence(Ordering::Release);
         self.write_used_idx(new);
+        if let Some(l) = self.log.as_deref_mut() {
+            l.wrote_used();
+            l.flush();
+        }
         if defer {
             self.owed.get_or_insert(old);
         } else {
@@ -1172,6 +1219,11 @@ impl LiveRing {
                         // SAFETY: reserve checked every segment: writable guest memory
                         // with room for the header and the frame.
                         unsafe { copy_reserved(rsv, self.feat.hdr_len, frame, net) };
+                        if let Some(l) = self.log.as_deref_mut() {
+                            for sg in &rsv.segs[..rsv.nseg] {
+                                l.wrote(sg.ptr, sg.len as usize);
+                            }
+                        }
                         for c in 0..rsv.chains {
                             let (head, len) = (rsv.heads[c], rsv.written[c]);
                             self.write_used_elem(self.last_used.wrapping_add(used), head, len);
@@ -1229,6 +1281,9 @@ impl LiveRing {
                 std::ptr::copy_nonoverlapping(net.to_bytes().as_ptr(), seg.ptr, NetHdr::LEN);
             }
             std::ptr::copy_nonoverlapping(frame.as_ptr(), seg.ptr.add(hdr_len), frame.len());
+        }
+        if let Some(l) = self.log.as_deref_mut() {
+            l.wrote(seg.ptr, need);
         }
         self.write_used_elem(
             self.last_used.wrapping_add(k),
