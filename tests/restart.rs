@@ -321,6 +321,7 @@ fn guests_keep_their_traffic_across_switch_restart_and_crash() {
         user: None,
         host_mtu: None,
         no_offloads: false,
+        qemu_args: &[],
     });
     let mut b = Guest::launch(&GuestSpec {
         name: "guest-b",
@@ -333,6 +334,7 @@ fn guests_keep_their_traffic_across_switch_restart_and_crash() {
         user: None,
         host_mtu: None,
         no_offloads: false,
+        qemu_args: &[],
     });
     // QEMU creates its listening socket at once, then waits for a backend.
     let t0 = Instant::now();

@@ -72,6 +72,8 @@ pub struct GuestSpec<'a> {
     pub host_mtu: Option<u16>,
     /// The NIC without checksum and segmentation offloads.
     pub no_offloads: bool,
+    /// More QEMU arguments (a QMP socket, `-incoming`).
+    pub qemu_args: &'a [String],
 }
 
 impl Guest {
@@ -111,6 +113,8 @@ impl Guest {
             .arg("--images")
             .arg(spec.images)
             .args(["--mac", spec.mac, "--append", spec.append])
+            .arg("--")
+            .args(spec.qemu_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -132,6 +136,11 @@ impl Guest {
     /// The console as it grows, for a thread that watches it.
     pub fn console(&self) -> Arc<Mutex<String>> {
         self.out.clone()
+    }
+
+    /// QEMU's process id (the script execs it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether QEMU is still running.
@@ -168,6 +177,7 @@ impl Guest {
             user: None,
             host_mtu: opts.host_mtu,
             no_offloads: opts.no_offloads,
+            qemu_args: &[],
         })
     }
 

@@ -5,6 +5,7 @@
 pub mod frontend;
 pub mod guest;
 pub mod netns;
+pub mod qmp;
 
 #[allow(unused_imports)] // not every test plays a frontend
 pub use frontend::*;
