@@ -288,16 +288,41 @@ fn ports_config(dir: &Scratch, mode: &'static str) -> PathBuf {
     write_config(dir, &ports, "")
 }
 
+/// How a run of [`migrate_with_stream`] is set up.
+struct RunOpts {
+    /// The switch's ports' `mode` ("server": QEMU connects; "client": QEMU listens).
+    port_mode: &'static str,
+    /// Migrate the guest back to vm1 afterwards.
+    back: bool,
+}
+
 #[test]
-fn a_guest_migrates_between_ports_with_its_stream_intact_and_back() {
+fn server_mode_a_guest_migrates_with_its_stream_intact_and_back() {
+    migrate_with_stream(RunOpts {
+        port_mode: "server",
+        back: true,
+    });
+}
+
+#[test]
+fn client_mode_a_guest_migrates_with_its_stream_intact() {
+    migrate_with_stream(RunOpts {
+        port_mode: "client",
+        back: false,
+    });
+}
+
+fn migrate_with_stream(opts: RunOpts) {
     let img = images();
     let dir = Scratch::new("migration");
-    let cfg = ports_config(&dir, "server");
-    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
+    let socket = match opts.port_mode {
+        "server" => SocketRole::QemuConnects,
+        _ => SocketRole::QemuListens,
+    };
     let setup = Setup {
         dir: &dir,
         img: &img,
-        socket: SocketRole::QemuConnects,
+        socket,
         append: "vsw.ip=10.0.0.1/24 vsw.role=migrant vsw.peer=10.0.0.2 vsw.kb=8192 vsw.repeat=16 vsw.count=3000 vsw.wait=240 vsw.secs=600"
             .into(),
     };
@@ -308,13 +333,15 @@ fn a_guest_migrates_between_ports_with_its_stream_intact_and_back() {
         mac: MAC_B,
         append: "vsw.ip=10.0.0.2/24 vsw.role=tcpsend vsw.peer=10.0.0.1 vsw.kb=8192 vsw.repeat=16 vsw.wait=240 vsw.linger=600",
         images: &img,
-        socket: SocketRole::QemuConnects,
+        socket,
         mem_path: None,
         user: None,
         host_mtu: None,
         no_offloads: false,
         qemu_args: &[],
     });
+    let cfg = ports_config(&dir, opts.port_mode);
+    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
     a1.guest
         .wait_line("VSW-STREAM-START", Duration::from_secs(300));
     let before = wait_replies(&[&a1.guest], 0, 10, "before migrating").len();
@@ -372,6 +399,13 @@ fn a_guest_migrates_between_ports_with_its_stream_intact_and_back() {
     );
     assert_eq!(fdb_port_of(&sw, MAC_A).as_deref(), Some("vm1b"));
     assert!(sw.log().contains("dirty log area set"));
+
+    if !opts.back {
+        drop((a1, a2, b));
+        let log = sw.stop();
+        assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
+        return;
+    }
 
     // And back: vm1b -> vm1 (free again: the source QEMU quit), at full speed.
     let uri = dir.path("migrate-2.sock");
