@@ -431,3 +431,106 @@ fn migrate_with_stream(opts: RunOpts) {
     let log = sw.stop();
     assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
 }
+
+/// A veth pair in the host's namespace, joining two switches; deleted on drop.
+struct Link(&'static str);
+
+impl Link {
+    fn new(a: &'static str, b: &'static str) -> Link {
+        use common::netns::{must, sh};
+        let _ = sh("ip", &["link", "del", a]);
+        must("ip", &["link", "add", a, "type", "veth", "peer", "name", b]);
+        for i in [a, b] {
+            must("ip", &["link", "set", i, "up"]);
+        }
+        Link(a)
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = common::netns::sh("ip", &["link", "del", self.0]);
+    }
+}
+
+/// A switch's config: its own control socket, the vhost-user `ports` (server mode)
+/// and an af-packet port `uplink` on `iface`; PMD threads sleep when idle, so two
+/// switches and three guests share the machine's two cores.
+fn switch_config(dir: &Scratch, name: &str, ports: &[&str], uplink: &str, iface: &str) -> PathBuf {
+    let mut s = format!(
+        "[switch]\npmd_cores = [{}]\ncontrol_socket = \"{}\"\npmd_sleep_max_us = 1000\n\n[metrics]\nlisten = \"\"\n\n[mempool]\nmbufs = 8192\nhugepages = \"auto\"\n",
+        pmd_core(),
+        dir.path(&format!("{name}.ctl")).display()
+    );
+    for p in ports {
+        s += &format!(
+            "\n[[port]]\nname = \"{p}\"\ndriver = \"vhost-user\"\npath = \"{}\"\nmode = \"server\"\n",
+            dir.path(&format!("{p}.sock")).display()
+        );
+    }
+    s += &format!("\n[[port]]\nname = \"{uplink}\"\ndriver = \"af-packet\"\niface = \"{iface}\"\n");
+    let f = dir.path(&format!("{name}.toml"));
+    std::fs::write(&f, s).unwrap();
+    f
+}
+
+#[test]
+fn a_guest_migrated_to_another_switch_is_found_through_the_uplink() {
+    // Two switches joined by a veth pair (af-packet ports up1 and up2), as two hosts
+    // on one network. Guest A moves from switch 1's vm1 to switch 2's vm1b; switch 2
+    // announces it, and switch 1 moves it to its uplink at once.
+    let img = images();
+    let dir = Scratch::new("migration-2sw");
+    let _link = Link::new("vswmig1", "vswmig2");
+    let cfg1 = switch_config(&dir, "s1", &["vm1", "vm2"], "up1", "vswmig1");
+    let cfg2 = switch_config(&dir, "s2", &["vm1b"], "up2", "vswmig2");
+    let s1 = Switch::start(&cfg1, dir.path("s1.ctl"));
+    let s2 = Switch::start(&cfg2, dir.path("s2.ctl"));
+    let setup = Setup {
+        dir: &dir,
+        img: &img,
+        socket: SocketRole::QemuConnects,
+        append: "vsw.ip=10.0.0.1/24 vsw.role=pingstream vsw.peer=10.0.0.2 vsw.count=3000 vsw.wait=240 vsw.secs=600"
+            .into(),
+    };
+    let a1 = setup.launch_a("a-s1", "vm1", None);
+    let b = Guest::launch(&GuestSpec {
+        name: "guest-b",
+        sock: dir.path("vm2.sock"),
+        mac: MAC_B,
+        append: "vsw.ip=10.0.0.2/24 vsw.role=idle vsw.secs=600",
+        images: &img,
+        socket: SocketRole::QemuConnects,
+        mem_path: None,
+        user: None,
+        host_mtu: None,
+        no_offloads: false,
+        qemu_args: &[],
+    });
+    a1.guest
+        .wait_line("VSW-STREAM-START", Duration::from_secs(300));
+    let before = wait_replies(&[&a1.guest], 0, 10, "before migrating").len();
+    assert_eq!(fdb_port_of(&s1, MAC_A).as_deref(), Some("vm1"));
+
+    let uri = dir.path("migrate.sock");
+    let a2 = setup.launch_a("a-s2", "vm1b", Some(&uri));
+    wait_connected(&s2, "vm1b");
+    let out = migrate(&s1, &a1, "vm1", &a2, &uri, None);
+    let consoles = [&a1.guest, &a2.guest];
+    let seqs = wait_replies(&consoles, before, 30, "after migrating");
+    let lost_out = lost(&seqs);
+    eprintln!(
+        "migration to the other switch: {:.1} s, downtime {} ms; pings lost: {lost_out}",
+        out.secs, out.downtime_ms
+    );
+    let vm1b = port_line(&s2.ctl("show"), "vm1b");
+    assert!(num(&vm1b, "rarp_sent=") >= 1, "{vm1b}");
+    assert_eq!(fdb_port_of(&s2, MAC_A).as_deref(), Some("vm1b"));
+    assert_eq!(fdb_port_of(&s1, MAC_A).as_deref(), Some("up1"));
+    assert!(lost_out <= MAX_LOST, "{lost_out} pings lost");
+    drop((a1, a2, b));
+    for sw in [s1, s2] {
+        let log = sw.stop();
+        assert!(log.contains("free_mbufs=8192"), "mbufs leaked:\n{log}");
+    }
+}
