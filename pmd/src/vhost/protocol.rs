@@ -1184,4 +1184,69 @@ mod mtu_tests {
         assert_eq!(set_mtu(&mut s, 9000), 1);
         assert_eq!(set_mtu(&mut s, 67), 1, "less than IPv4's minimum");
     }
+
+    fn set_log_base(s: &mut Session, size: u64, offset: u64, file: File) -> Res<Option<Vec<u8>>> {
+        let body = VhostUserLog::new(size, offset);
+        s.request(
+            FrontendReq::SET_LOG_BASE as u32,
+            1,
+            body.as_slice(),
+            vec![file],
+        )
+    }
+
+    #[test]
+    fn set_log_base_replies_without_payload_and_refuses_a_bad_area() {
+        let mut s = Session::new("log", 1);
+        let proto = offered_protocol_features();
+        assert_ne!(proto & VhostUserProtocolFeatures::LOG_SHMFD.bits(), 0);
+        assert_ne!(proto & VhostUserProtocolFeatures::RARP.bits(), 0);
+        assert_ne!(OFFERED_FEATURES & VHOST_F_LOG_ALL, 0);
+        let f = || super::super::driver::DriverMem::new(0, 8192, 0, 0).file();
+        // As QEMU reads it: a header echoing the request, no payload.
+        let reply = set_log_base(&mut s, 8192, 0, f())
+            .unwrap()
+            .expect("a reply");
+        assert_eq!(reply.len(), HDR_LEN);
+        assert_eq!(
+            u32::from_le_bytes(reply[0..4].try_into().unwrap()),
+            FrontendReq::SET_LOG_BASE as u32
+        );
+        assert_eq!(u32::from_le_bytes(reply[8..12].try_into().unwrap()), 0);
+        // Longer than its file, or empty: the connection closes with the reason.
+        let e = set_log_base(&mut s, 1 << 20, 0, f()).unwrap_err();
+        assert!(e.to_string().contains("ends past its file"), "{e}");
+        let e = set_log_base(&mut s, 0, 0, f()).unwrap_err();
+        assert!(
+            matches!(e, ProtocolError::Log(LogError::Size { .. })),
+            "{e}"
+        );
+        // Without its file descriptor.
+        let body = VhostUserLog::new(8192, 0);
+        let e = s
+            .request(FrontendReq::SET_LOG_BASE as u32, 1, body.as_slice(), vec![])
+            .unwrap_err();
+        assert!(matches!(e, ProtocolError::FdCount { .. }), "{e}");
+        // Only VHOST_VRING_F_LOG among the ring address flags (the wire type's own
+        // check refuses others first).
+        let addr = VhostUserVringAddr {
+            flags: 2,
+            ..Default::default()
+        };
+        let e = s
+            .request(
+                FrontendReq::SET_VRING_ADDR as u32,
+                1,
+                addr.as_slice(),
+                vec![],
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ProtocolError::InvalidBody(_) | ProtocolError::VringAddrFlags(2)
+            ),
+            "{e}"
+        );
+    }
 }
