@@ -491,7 +491,7 @@ impl LiveRing {
         self.log.is_some()
     }
 
-    /// After a write to the used ring outside a burst (arming kicks): marks it.
+    /// After a write to the used ring: marks it, and writes out what the burst marked.
     #[cold]
     fn log_used_now(&mut self) {
         if let Some(l) = self.log.as_deref_mut() {
@@ -1092,9 +1092,8 @@ impl LiveRing {
         // Used elements must be visible before the index that publishes them.
         fence(Ordering::Release);
         self.write_used_idx(new);
-        if let Some(l) = self.log.as_deref_mut() {
-            l.wrote_used();
-            l.flush();
+        if self.log.is_some() {
+            self.log_used_now();
         }
         if defer {
             self.owed.get_or_insert(old);
@@ -1252,8 +1251,28 @@ impl LiveRing {
         if self.mem.is_poisoned() {
             self.fail(GuestError::MemoryGone);
         }
+        if self.log.is_some() {
+            self.log_singles(&ahead, used);
+        }
         self.publish_used(used, used, false);
         consumed
+    }
+
+    /// Dirty logging, once per burst: marks the one-descriptor buffers of the
+    /// look-ahead's first `used` entries (`copy_single` writes those; a frame that
+    /// went to `reserve` instead marked its own segments, and marking a buffer twice,
+    /// or whole, is harmless).
+    #[cold]
+    #[inline(never)]
+    fn log_singles(&mut self, ahead: &Ahead, used: u16) {
+        let Some(l) = self.log.as_deref_mut() else {
+            return;
+        };
+        for seg in &ahead.segs[..ahead.n.min(used as usize)] {
+            if !seg.ptr.is_null() {
+                l.wrote(seg.ptr, seg.len as usize);
+            }
+        }
     }
 
     /// The common case: the look-ahead's entry `k` is one writable descriptor with room
@@ -1281,9 +1300,6 @@ impl LiveRing {
                 std::ptr::copy_nonoverlapping(net.to_bytes().as_ptr(), seg.ptr, NetHdr::LEN);
             }
             std::ptr::copy_nonoverlapping(frame.as_ptr(), seg.ptr.add(hdr_len), frame.len());
-        }
-        if let Some(l) = self.log.as_deref_mut() {
-            l.wrote(seg.ptr, need);
         }
         self.write_used_elem(
             self.last_used.wrapping_add(k),
