@@ -334,6 +334,9 @@ const EVENT_IDX: u64 = 1 << 29;
 const PROTOCOL_FEATURES: u64 = 1 << 30;
 const PROTO_MQ: u64 = 1;
 const PROTO_REPLY_ACK: u64 = 1 << 3;
+const PROTO_LOG_SHMFD: u64 = 1 << 1;
+const PROTO_RARP: u64 = 1 << 2;
+const LOG_ALL: u64 = 1 << 26;
 
 fn ring_msgs(index: u32, call_first: bool) -> Vec<Msg> {
     let base = MEM_UVA + 0x4000 * index as u64;
@@ -408,6 +411,49 @@ fn protocol_seeds(dir: &Path) {
     m.push(Msg::new(req::GET_VRING_BASE, &state(1, 0), &[]));
     m.push(Msg::new(req::RESET_OWNER, &[], &[]));
     seed(dir, t, "qemu", &protocol::encode(false, &m));
+
+    // A live migration as QEMU drives it on the source: the log area, logging on
+    // (features, then each ring's address with VHOST_VRING_F_LOG), the rings stopped;
+    // and the destination's announcement.
+    let mut m = vec![
+        Msg::new(req::SET_OWNER, &[], &[]),
+        Msg::new(
+            req::SET_PROTOCOL_FEATURES,
+            &u64_body(PROTO_LOG_SHMFD | PROTO_RARP),
+            &[],
+        ),
+        Msg::new(
+            req::SET_FEATURES,
+            &u64_body(VERSION_1 | MRG_RXBUF | PROTOCOL_FEATURES),
+            &[],
+        ),
+        table.clone(),
+    ];
+    m.extend(ring_msgs(0, false));
+    m.extend(ring_msgs(1, false));
+    m.push(Msg::new(req::SET_VRING_ENABLE, &state(0, 1), &[]));
+    m.push(Msg::new(req::SET_VRING_ENABLE, &state(1, 1), &[]));
+    m.push(Msg::new(
+        req::SET_LOG_BASE,
+        &[u64_body(4096), u64_body(0)].concat(),
+        &[FdKind::Memfd { pages: 1 }],
+    ));
+    m.push(Msg::new(
+        req::SET_FEATURES,
+        &u64_body(VERSION_1 | MRG_RXBUF | PROTOCOL_FEATURES | LOG_ALL),
+        &[],
+    ));
+    for i in 0..2u32 {
+        let base = MEM_UVA + 0x4000 * i as u64;
+        let mut a = vring_addr(i, base, base + 8192, base + 4096);
+        a[4..8].copy_from_slice(&1u32.to_le_bytes()); // VHOST_VRING_F_LOG
+        a[32..40].copy_from_slice(&(MEM_GPA + 0x4000 * i as u64 + 8192).to_le_bytes());
+        m.push(Msg::new(req::SET_VRING_ADDR, &a, &[]));
+    }
+    m.push(Msg::new(req::GET_VRING_BASE, &state(0, 0), &[]));
+    m.push(Msg::new(req::GET_VRING_BASE, &state(1, 0), &[]));
+    m.push(Msg::new(req::SEND_RARP, &u64_body(0x0a00_0000_5452), &[]));
+    seed(dir, t, "migration", &protocol::encode(false, &m));
 
     // DPDK virtio-user's order: calls before features and memory, replies asked for
     // (REPLY_ACK), two queue pairs, a second memory table under running rings.

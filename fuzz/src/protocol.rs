@@ -32,6 +32,7 @@ pub mod req {
     pub const SET_OWNER: u8 = 3;
     pub const RESET_OWNER: u8 = 4;
     pub const SET_MEM_TABLE: u8 = 5;
+    pub const SET_LOG_BASE: u8 = 6;
     pub const SET_VRING_NUM: u8 = 8;
     pub const SET_VRING_ADDR: u8 = 9;
     pub const SET_VRING_BASE: u8 = 10;
@@ -42,6 +43,7 @@ pub mod req {
     pub const SET_PROTOCOL_FEATURES: u8 = 16;
     pub const GET_QUEUE_NUM: u8 = 17;
     pub const SET_VRING_ENABLE: u8 = 18;
+    pub const SEND_RARP: u8 = 19;
 }
 
 /// What a descriptor sent with a message is.

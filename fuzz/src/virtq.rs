@@ -420,7 +420,11 @@ fn enqueue(lr: &mut LiveRing, cache: &mut MempoolCache, op: Op, offload: bool) -
             let len = m.len() as u16;
             m.set_offload(pmd::offload::NetHdr {
                 flags: pmd::offload::NEEDS_CSUM,
-                gso_type: if op.bits56 & 1 != 0 { pmd::offload::GSO_TCPV4 } else { 0 },
+                gso_type: if op.bits56 & 1 != 0 {
+                    pmd::offload::GSO_TCPV4
+                } else {
+                    0
+                },
                 gso_size: 1448,
                 csum_start: (op.bits56 as u16 * 7) % len.max(1),
                 csum_offset: if op.bits56 & 2 != 0 { 16 } else { 6 },
