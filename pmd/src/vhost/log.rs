@@ -189,9 +189,17 @@ impl RingLog {
         self.mark(self.used_gpa, self.used_len);
     }
 
+    /// Marks the pages of `len` bytes at `gpa`, a log word (64 pages) at a time.
     fn mark(&mut self, gpa: u64, len: u64) {
-        for page in pages(gpa, len) {
-            let (w, b) = (page / 64, 1u64 << (page % 64));
+        let p = pages(gpa, len);
+        let (first, last) = (*p.start(), *p.end());
+        if first > last {
+            return;
+        }
+        for w in first / 64..=last / 64 {
+            let lo = if w == first / 64 { first % 64 } else { 0 };
+            let hi = if w == last / 64 { last % 64 } else { 63 };
+            let b = (u64::MAX >> (63 - hi)) & (u64::MAX << lo);
             match self.word[..self.n].iter().position(|&x| x == w) {
                 Some(k) => self.bits[k] |= b,
                 None => {
@@ -283,6 +291,24 @@ mod tests {
             assert_eq!(l[k * 8], 1, "word {k}");
         }
         assert_eq!(l.iter().map(|b| b.count_ones()).sum::<u32>(), 40);
+    }
+
+    #[test]
+    fn a_range_marks_whole_words_at_a_time() {
+        let f = log_file(4096);
+        let log = Arc::new(DirtyLog::map(&f, 4096, 0).unwrap());
+        let mem = DriverMem::new(0, 1 << 20, 0, 0x7000_0000);
+        let gm = crate::vhost::mem::GuestMemory::map(&[mem.region()], vec![mem.file()]).unwrap();
+        let mut r = RingLog::new(log, gm.fast_table(), 0, 0);
+        // Pages 60..=135: the end of word 0, all of word 1, the start of word 2.
+        r.mark(60 * LOG_PAGE + 5, 76 * LOG_PAGE - 5);
+        r.mark(0, 0); // nothing
+        r.flush();
+        let l = read_log(&f, 32);
+        let set: Vec<u64> = (0..32 * 8)
+            .filter(|&p| l[p as usize / 8] & (1 << (p % 8)) != 0)
+            .collect();
+        assert_eq!(set, (60..=135).collect::<Vec<u64>>());
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct VringSlot {
     /// a sole PMD thread, see `TxLane`).
     tx_lock: TxLock,
     ring: UnsafeCell<Option<LiveRing>>,
+    /// The ring in `ring` marks what it writes in a dirty log (control thread's note,
+    /// for `ctl show`).
+    pub logging: AtomicBool,
 }
 
 // SAFETY: access to `ring` follows the protocol above: the control thread only after
@@ -110,6 +113,7 @@ impl VringSlot {
             state: AtomicU8::new(RingState::Down as u8),
             tx_lock: TxLock::new(),
             ring: UnsafeCell::new(None),
+            logging: AtomicBool::new(false),
         }
     }
     pub fn state(&self) -> RingState {
@@ -183,10 +187,6 @@ impl Shared {
         self.tx_caps.store(c.bits(), Ordering::Relaxed);
     }
 
-    /// Recomputes `up` after a ring or the connection changed. A PMD thread marking a
-    /// ring broken can race with the control thread doing this; the stale value then
-    /// lasts until the next change, during which tx finds no usable ring and the
-    /// port's frames are dropped after `tx_stall` like any stuck guest's (bounded).
     /// SEND_RARP: the guest, now running behind this port, is to be announced with
     /// the MAC in the first 6 bytes of the 8-byte payload (QEMU copies it there).
     pub fn announce(&self, payload: u64) {
@@ -196,6 +196,18 @@ impl Shared {
         self.rarp.store(mac | RARP_PENDING, Ordering::Release);
     }
 
+    /// Rings that mark the pages they write in a dirty log now.
+    pub fn logging_rings(&self) -> usize {
+        self.vrings
+            .iter()
+            .filter(|v| v.logging.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// Recomputes `up` after a ring or the connection changed. A PMD thread marking a
+    /// ring broken can race with the control thread doing this; the stale value then
+    /// lasts until the next change, during which tx finds no usable ring and the
+    /// port's frames are dropped after `tx_stall` like any stuck guest's (bounded).
     pub fn update_up(&self) {
         let up = self.connected.load(Ordering::SeqCst)
             && self.vrings.iter().step_by(2).any(|v| v.usable());
@@ -521,6 +533,7 @@ impl Port for VhostUserPort {
             ("irq_sent", s.notifier.sent.load(Ordering::Relaxed)),
             ("irq_dropped", s.notifier.dropped.load(Ordering::Relaxed)),
             ("dirty_logging", s.logging.load(Ordering::Relaxed) as u64),
+            ("dirty_log_rings", s.logging_rings() as u64),
             (
                 "dirty_log_outside",
                 s.dirty_log
@@ -554,11 +567,7 @@ impl Port for VhostUserPort {
             rings.join(","),
             s.notifier.sent.load(Ordering::Relaxed),
             s.notifier.dropped.load(Ordering::Relaxed),
-            if s.logging.load(Ordering::Relaxed) {
-                "on"
-            } else {
-                "off"
-            },
+            s.logging_rings(),
             s.rarp_sent.load(Ordering::Relaxed),
         )
     }

@@ -660,6 +660,12 @@ impl Conn {
                 if changed {
                     self.refresh_all();
                 }
+                if f & VHOST_F_LOG_ALL == 0 && self.log.is_some() {
+                    // Logging ended: no ring holds the area any more. QEMU frees it
+                    // and sends a new one before it logs again.
+                    self.log = None;
+                    *self.sh.dirty_log.lock().unwrap() = None;
+                }
                 Reply::Ack(true)
             }
             R::GET_PROTOCOL_FEATURES => Reply::Value(offered_protocol_features()),
@@ -676,6 +682,8 @@ impl Conn {
             R::RESET_OWNER => {
                 self.teardown_all();
                 self.sh.notifier.clear_calls();
+                self.sh.logging.store(false, Ordering::Relaxed);
+                *self.sh.dirty_log.lock().unwrap() = None;
                 let sh = self.sh.clone();
                 *self = Conn::new(sh);
                 Reply::Ack(true)
@@ -826,7 +834,9 @@ impl Conn {
         tracing::info!(port = %self.sh.cfg.name, size, "dirty log area set");
         self.log = Some(Arc::new(log));
         *self.sh.dirty_log.lock().unwrap() = self.log.clone();
-        self.refresh_all();
+        if self.features & VHOST_F_LOG_ALL != 0 {
+            self.refresh_all(); // rings move to the new area
+        }
         Ok(Reply::Bytes(Vec::new()))
     }
 
@@ -895,6 +905,7 @@ impl Conn {
         if let Some(old) = unsafe { (*slot.ring.get()).take() } {
             self.vqs[i].base = old.last_avail();
         }
+        slot.logging.store(false, Ordering::Relaxed);
     }
 
     fn teardown_all(&mut self) {
@@ -912,6 +923,7 @@ impl Conn {
             if let Some(old) = unsafe { (*slot.ring.get()).take() } {
                 self.vqs[i].base = old.last_avail();
             }
+            slot.logging.store(false, Ordering::Relaxed);
         }
     }
 
@@ -974,6 +986,7 @@ impl Conn {
             },
         ) {
             Ok(ring) => {
+                slot.logging.store(ring.logging(), Ordering::Relaxed);
                 // SAFETY: the ring is down (teardown above), so no PMD thread holds it.
                 unsafe { *slot.ring.get() = Some(ring) };
                 slot.set(RingState::Live);

@@ -1219,8 +1219,15 @@ impl LiveRing {
                         // with room for the header and the frame.
                         unsafe { copy_reserved(rsv, self.feat.hdr_len, frame, net) };
                         if let Some(l) = self.log.as_deref_mut() {
+                            // The bytes copy_reserved wrote: header and frame, in order.
+                            let mut left = self.feat.hdr_len + frame.len();
                             for sg in &rsv.segs[..rsv.nseg] {
-                                l.wrote(sg.ptr, sg.len as usize);
+                                let k = left.min(sg.len as usize);
+                                l.wrote(sg.ptr, k);
+                                left -= k;
+                                if left == 0 {
+                                    break;
+                                }
                             }
                         }
                         for c in 0..rsv.chains {
@@ -1268,9 +1275,11 @@ impl LiveRing {
         let Some(l) = self.log.as_deref_mut() else {
             return;
         };
+        // At most what one frame can write (a guest's buffer may be far longer).
+        let most = self.feat.hdr_len + crate::mempool::LARGE_DATA_ROOM;
         for seg in &ahead.segs[..ahead.n.min(used as usize)] {
             if !seg.ptr.is_null() {
-                l.wrote(seg.ptr, seg.len as usize);
+                l.wrote(seg.ptr, (seg.len as usize).min(most));
             }
         }
     }
@@ -1435,8 +1444,12 @@ unsafe fn copy_reserved(rsv: &Reserved, hdr_len: usize, frame: &[u8], net: &NetH
 }
 
 impl Drop for LiveRing {
-    /// A ring taken down owes the guest no interrupt it asked for.
+    /// A ring taken down owes the guest no interrupt it asked for, and leaves no
+    /// dirty page unmarked.
     fn drop(&mut self) {
         self.settle();
+        if let Some(l) = self.log.as_deref_mut() {
+            l.flush();
+        }
     }
 }
