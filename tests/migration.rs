@@ -495,11 +495,12 @@ fn switch_config(dir: &Scratch, name: &str, ports: &[&str], uplink: &str, iface:
 #[test]
 fn a_guest_migrated_to_another_switch_is_found_through_the_uplink() {
     // Two switches joined by a veth pair (af-packet ports up1 and up2), as two hosts
-    // on one network. Guest A, silent, moves from switch 1's vm1 to switch 2's vm1b
-    // while B pings it every 100 ms. A sends nothing by itself after the move: B's
-    // pings reach it at once only because switch 2 announces it and switch 1 moves it
-    // to its uplink; without that they would go to vm1 until B's ARP entry for A
-    // expired (tens of seconds).
+    // on one network. Guest A, idle, moves from switch 1's vm1 to switch 2's vm1b
+    // while B pings it every 100 ms. Switch 2 announces A (a RARP frame, flooded),
+    // which tcpdump must see arrive on switch 1's uplink, and both tables move A.
+    // (A's kernel also sends ARP soon after it resumes: a build without the
+    // announcement lost 10 of B's pings here, this one 0-4; the frame on the wire is
+    // what the test checks.)
     let img = images();
     let dir = Scratch::new("migration-2sw");
     let _link = Link::new("vswmig1", "vswmig2");
@@ -534,9 +535,52 @@ fn a_guest_migrated_to_another_switch_is_found_through_the_uplink() {
     let uri = dir.path("migrate.sock");
     let a2 = setup.launch_a("a-s2", "vm1b", Some(&uri));
     wait_connected(&s2, "vm1b");
+    // What crosses the wire from switch 2 to switch 1: its announcement, flooded.
+    which("tcpdump");
+    let mut dump = std::process::Command::new("tcpdump")
+        .args([
+            "-l",
+            "-e",
+            "-n",
+            "-Q",
+            "in",
+            "-i",
+            "vswmig1",
+            "ether proto 0x8035",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tcpdump");
+    let dumped = capture(&mut dump, "tcpdump");
+    let t0 = Instant::now();
+    while !dumped.lock().unwrap().contains("listening on") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "tcpdump did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = migrate(&s1, &a1, "vm1", &a2, &uri, None);
     wait_fdb(&s2, MAC_A, "vm1b", "switch 2");
     wait_fdb(&s1, MAC_A, "up1", "switch 1");
+    let t0 = Instant::now();
+    while !dumped.lock().unwrap().contains("Reverse Request") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no RARP from switch 2 reached switch 1's uplink"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = dump.kill();
+    let _ = dump.wait();
+    let rarp = dumped.lock().unwrap().clone();
+    let rarp = rarp
+        .lines()
+        .find(|l| l.contains("Reverse Request"))
+        .unwrap();
+    assert!(rarp.contains(MAC_A), "{rarp}");
+    eprintln!("on the wire between the switches: {rarp}");
     let seqs = wait_replies(&[&b], before, 30, "after migrating");
     let lost_out = lost(&seqs);
     eprintln!(
