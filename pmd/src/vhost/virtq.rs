@@ -1218,17 +1218,8 @@ impl LiveRing {
                         // SAFETY: reserve checked every segment: writable guest memory
                         // with room for the header and the frame.
                         unsafe { copy_reserved(rsv, self.feat.hdr_len, frame, net) };
-                        if let Some(l) = self.log.as_deref_mut() {
-                            // The bytes copy_reserved wrote: header and frame, in order.
-                            let mut left = self.feat.hdr_len + frame.len();
-                            for sg in &rsv.segs[..rsv.nseg] {
-                                let k = left.min(sg.len as usize);
-                                l.wrote(sg.ptr, k);
-                                left -= k;
-                                if left == 0 {
-                                    break;
-                                }
-                            }
+                        if self.log.is_some() {
+                            self.log_reserved(rsv, frame.len());
                         }
                         for c in 0..rsv.chains {
                             let (head, len) = (rsv.heads[c], rsv.written[c]);
@@ -1263,6 +1254,25 @@ impl LiveRing {
         }
         self.publish_used(used, used, false);
         consumed
+    }
+
+    /// Dirty logging of a frame `copy_reserved` wrote: the bytes of its header and
+    /// frame, in order over the reserved segments.
+    #[cold]
+    #[inline(never)]
+    fn log_reserved(&mut self, rsv: &Reserved, frame_len: usize) {
+        let Some(l) = self.log.as_deref_mut() else {
+            return;
+        };
+        let mut left = self.feat.hdr_len + frame_len;
+        for sg in &rsv.segs[..rsv.nseg] {
+            let k = left.min(sg.len as usize);
+            l.wrote(sg.ptr, k);
+            left -= k;
+            if left == 0 {
+                break;
+            }
+        }
     }
 
     /// Dirty logging, once per burst: marks the one-descriptor buffers of the
