@@ -269,6 +269,15 @@ fn migrate_paused(
     }
 }
 
+/// Waits (10 s at most) until `text` holds `needle`; else fails with `what`.
+fn wait_text(text: &std::sync::Mutex<String>, needle: &str, what: &str) {
+    let t0 = Instant::now();
+    while !text.lock().unwrap().contains(needle) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits (10 s at most) until the switch's table has `mac` on `port`.
 fn wait_fdb(sw: &Switch, mac: &str, port: &str, what: &str) {
     let t0 = Instant::now();
@@ -553,25 +562,15 @@ fn a_guest_migrated_to_another_switch_is_found_through_the_uplink() {
         .spawn()
         .expect("start tcpdump");
     let dumped = capture(&mut dump, "tcpdump");
-    let t0 = Instant::now();
-    while !dumped.lock().unwrap().contains("listening on") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "tcpdump did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_text(&dumped, "listening on", "tcpdump did not start");
     let out = migrate(&s1, &a1, "vm1", &a2, &uri, None);
     wait_fdb(&s2, MAC_A, "vm1b", "switch 2");
     wait_fdb(&s1, MAC_A, "up1", "switch 1");
-    let t0 = Instant::now();
-    while !dumped.lock().unwrap().contains("Reverse Request") {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no RARP from switch 2 reached switch 1's uplink"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_text(
+        &dumped,
+        "Reverse Request",
+        "no RARP from switch 2 reached switch 1's uplink",
+    );
     let _ = dump.kill();
     let _ = dump.wait();
     let rarp = dumped.lock().unwrap().clone();
