@@ -441,8 +441,11 @@ fn run_client(socket: &Path, args: &[String]) -> Result<(), ClientError> {
     // can cut a write to a file short and leave a record half written. The socket's
     // read timeout lets an idle capture see the flag.
     let stop = Arc::new(AtomicBool::new(false));
+    // A second signal ends the process at once (a client stuck writing to a stalled
+    // pipe would otherwise never stop).
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone())
+        signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+            .and_then(|_| signal_hook::flag::register(sig, stop.clone()))
             .map_err(|e| ClientError::Io(format!("capture: cannot handle signals: {e}")))?;
     }
     s.set_read_timeout(Some(STOP_CHECK))

@@ -78,6 +78,25 @@ impl Setup<'_> {
     }
 }
 
+impl Setup<'_> {
+    /// Guest B, on port vm2, with its own kernel command line.
+    fn launch_b(&self, append: &str) -> Guest {
+        Guest::launch(&GuestSpec {
+            name: "guest-b",
+            sock: self.dir.path("vm2.sock"),
+            mac: MAC_B,
+            append,
+            images: self.img,
+            socket: self.socket,
+            mem_path: None,
+            user: None,
+            host_mtu: None,
+            no_offloads: false,
+            qemu_args: &[],
+        })
+    }
+}
+
 /// The `VSW-REPLY seq=N` numbers printed by any of the consoles, sorted, unique.
 fn replies(consoles: &[&Guest]) -> Vec<u64> {
     let mut v: Vec<u64> = consoles
@@ -349,19 +368,7 @@ fn migrate_with_stream(opts: RunOpts) {
             .into(),
     };
     let a1 = setup.launch_a("a-vm1", "vm1", None);
-    let b = Guest::launch(&GuestSpec {
-        name: "guest-b",
-        sock: dir.path("vm2.sock"),
-        mac: MAC_B,
-        append: "vsw.ip=10.0.0.2/24 vsw.role=tcpsend vsw.peer=10.0.0.1 vsw.kb=8192 vsw.repeat=16 vsw.wait=240 vsw.linger=600",
-        images: &img,
-        socket,
-        mem_path: None,
-        user: None,
-        host_mtu: None,
-        no_offloads: false,
-        qemu_args: &[],
-    });
+    let b = setup.launch_b("vsw.ip=10.0.0.2/24 vsw.role=tcpsend vsw.peer=10.0.0.1 vsw.kb=8192 vsw.repeat=16 vsw.wait=240 vsw.linger=600");
     let cfg = ports_config(&dir, opts.port_mode);
     let sw = Switch::start(&cfg, dir.path("ctl.sock"));
     a1.guest
@@ -524,19 +531,7 @@ fn a_guest_migrated_to_another_switch_is_found_through_the_uplink() {
         append: "vsw.ip=10.0.0.1/24 vsw.role=idle vsw.secs=600".into(),
     };
     let a1 = setup.launch_a("a-s1", "vm1", None);
-    let b = Guest::launch(&GuestSpec {
-        name: "guest-b",
-        sock: dir.path("vm2.sock"),
-        mac: MAC_B,
-        append: "vsw.ip=10.0.0.2/24 vsw.role=pingstream vsw.peer=10.0.0.1 vsw.count=3000 vsw.wait=240 vsw.secs=600",
-        images: &img,
-        socket: SocketRole::QemuConnects,
-        mem_path: None,
-        user: None,
-        host_mtu: None,
-        no_offloads: false,
-        qemu_args: &[],
-    });
+    let b = setup.launch_b("vsw.ip=10.0.0.2/24 vsw.role=pingstream vsw.peer=10.0.0.1 vsw.count=3000 vsw.wait=240 vsw.secs=600");
     b.wait_line("VSW-STREAM-START", Duration::from_secs(300));
     let before = wait_replies(&[&b], 0, 10, "before migrating").len();
     assert_eq!(fdb_port_of(&s1, MAC_A).as_deref(), Some("vm1"));

@@ -17,7 +17,7 @@
 //! guest leaves through this port in 64 KiB frames, cut by the kernel (in software
 //! or by the NIC) rather than by the switch. Tx slots are sized for such a frame.
 
-use super::{add_promisc, kick_tx, os_err, setsockopt, socket, NicError, RingMap};
+use super::{add_promisc, getsockopt_int, kick_tx, os_err, setsockopt, socket, NicError, RingMap};
 use crate::mempool::{Mbuf, MempoolCache, LARGE_DATA_ROOM};
 use crate::offload::{Caps, NetHdr};
 use crate::port::{max_frame, Port, PortStats, Traffic, TxLane, TxLock};
@@ -104,12 +104,19 @@ impl AfPacketPort {
         // The kernel sends ring frames only while their bytes fit the socket's send
         // buffer, and leaves the rest for the next kick: with 64 KiB frames the
         // default (about 200 KiB) would leave a burst waiting for traffic that may not
-        // come. Room for the whole ring (SO_SNDBUFFORCE needs CAP_NET_ADMIN, which an
-        // AF_PACKET socket needs anyway; SO_SNDBUF, capped by wmem_max, else).
+        // come. Room for the whole ring: SO_SNDBUFFORCE needs CAP_NET_ADMIN (an
+        // AF_PACKET socket needs only CAP_NET_RAW); without it SO_SNDBUF, capped by
+        // net.core.wmem_max, and a warning when that leaves less than the ring.
         let sndbuf = (TX_FRAMES * TX_FRAME) as i32;
         if setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &sndbuf).is_err() {
             if let Err(x) = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF, &sndbuf) {
                 tracing::warn!(port = %cfg.name, iface, "send buffer: {x}");
+            }
+            // The kernel reports twice what it grants (bookkeeping overhead).
+            let got = getsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap_or(0) / 2;
+            if got < sndbuf {
+                tracing::warn!(port = %cfg.name, iface, bytes = got, want = sndbuf,
+                    "send buffer smaller than the tx ring (no CAP_NET_ADMIN; raise net.core.wmem_max): bursts of large frames may wait for the next one");
             }
         }
         // Before the rings: a virtio-net header in front of every frame.

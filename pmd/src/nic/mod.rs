@@ -111,6 +111,26 @@ pub(crate) fn socket(iface: &str, domain: i32, ty: i32, proto: i32) -> Result<Ow
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// An `int` socket option's value.
+pub(crate) fn getsockopt_int(fd: &OwnedFd, level: i32, opt: i32) -> Result<i32, std::io::Error> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and len are valid for writes of the sizes given, for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            &mut v as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
 /// `setsockopt` with a value of any plain type.
 pub(crate) fn setsockopt<T>(
     fd: &OwnedFd,

@@ -100,12 +100,12 @@ impl Plan {
         })
     }
 
-    /// Segments the frame becomes.
     /// Bytes of the Ethernet, IP and TCP headers, as parsed (not the sender's hint).
     pub fn header_len(&self) -> usize {
         self.hdr_len
     }
 
+    /// Segments the frame becomes.
     pub fn count(&self) -> usize {
         self.count
     }
