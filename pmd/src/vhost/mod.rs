@@ -13,6 +13,7 @@ pub mod driver;
 pub mod log;
 pub mod mem;
 pub mod notify;
+pub mod packed;
 pub mod protocol;
 pub mod virtq;
 
