@@ -392,8 +392,10 @@ impl Testpmd {
         let srv = if server { ",server=1" } else { "" };
         let vdev = |i: usize, mac: &str| {
             format!(
-                "net_virtio_user{i},path={},queues={queues},mac={mac}{srv}",
-                dir.path(&format!("{}.sock", ports[i])).display()
+                "net_virtio_user{i},path={},queues={queues},mac={mac}{srv}{}",
+                dir.path(&format!("{}.sock", ports[i])).display(),
+                // WIP: packed rings by hand (VSW_TESTPMD_VDEV=",packed_vq=1").
+                std::env::var("VSW_TESTPMD_VDEV").unwrap_or_default()
             )
         };
         // stdbuf: testpmd writes its answers with stdio, which a pipe would hold back.

@@ -15,6 +15,7 @@ pub mod mem;
 pub mod notify;
 pub mod packed;
 pub mod protocol;
+pub mod ring;
 pub mod virtq;
 
 #[cfg(test)]
@@ -30,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use virtq::LiveRing;
+use ring::Ring;
 
 /// Who listens on the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +97,7 @@ pub struct VringSlot {
     /// Serialises tx among PMD threads (never taken by the control thread; not taken by
     /// a sole PMD thread, see `TxLane`).
     tx_lock: TxLock,
-    ring: UnsafeCell<Option<LiveRing>>,
+    ring: UnsafeCell<Option<Ring>>,
     /// The ring in `ring` marks what it writes in a dirty log (control thread's note,
     /// for `ctl show`).
     pub logging: AtomicBool,

@@ -15,7 +15,8 @@
 //! See docs/plan-issue-15.md.
 
 use super::mem::{FastTable, GuestMemory};
-use super::virtq::{GuestError, RingError, MAX_CHAIN, MAX_MRG_CHAINS, MAX_RING};
+use super::notify::Irq;
+use super::virtq::{GuestError, RingAddrs, RingError, MAX_CHAIN, MAX_MRG_CHAINS, MAX_RING};
 use crate::mempool::{Mbuf, MempoolCache, DATA_ROOM};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ const F_WRITE: u16 = virtio_ring::VRING_DESC_F_WRITE as u16;
 const F_INDIRECT: u16 = virtio_ring::VRING_DESC_F_INDIRECT as u16;
 const F_AVAIL: u16 = 1 << virtio_ring::VRING_PACKED_DESC_F_AVAIL;
 const F_USED: u16 = 1 << virtio_ring::VRING_PACKED_DESC_F_USED;
+const F_EVENT_DISABLE: u16 = virtio_ring::VRING_PACKED_EVENT_FLAG_DISABLE as u16;
 
 /// One descriptor as read (once) from the ring.
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +54,9 @@ pub struct PackedRing {
     table: FastTable,
     hint: usize,
     error: Option<GuestError>,
+    /// The driver's event suppression area: whether it wants interrupts.
+    driver_event: *mut u8,
+    irq: Option<Irq>,
     /// The chains one received frame takes, made with the ring (nothing is
     /// allocated per frame).
     chains: Box<[Chain]>,
@@ -85,15 +90,18 @@ impl PackedRing {
     /// Validates the descriptor ring's placement (`desc`: the frontend's virtual
     /// address) and starts at `avail_idx`/`wrap` (SET_VRING_BASE: index in bits
     /// 0-14, the wrap counter in bit 15).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mem: Arc<GuestMemory>,
         size: u32,
-        desc: u64,
+        addrs: RingAddrs,
         base: u16,
         hdr_len: usize,
         max_frame: usize,
         mrg_rxbuf: bool,
+        irq: Option<Irq>,
     ) -> Result<PackedRing, RingError> {
+        let desc = addrs.desc;
         // Packed rings need not be a power of two, but must fit the index's 15 bits.
         if size == 0 || size > MAX_RING {
             return Err(RingError::Size(size));
@@ -104,13 +112,25 @@ impl PackedRing {
             addr: desc,
             len,
         })?;
-        if !(p as usize).is_multiple_of(16) {
-            return Err(RingError::Misaligned(super::virtq::RingAddrs {
-                desc,
-                avail: 0,
-                used: 0,
-            }));
+        // The driver's and the device's event suppression areas (4 bytes each),
+        // given as SET_VRING_ADDR's avail and used addresses.
+        let place = |what, addr| {
+            mem.uva_to_host(addr, 4)
+                .ok_or(RingError::Outside { what, addr, len: 4 })
+        };
+        let driver_event = place("driver event area", addrs.avail)?;
+        let device_event = place("device event area", addrs.used)?;
+        if !(p as usize).is_multiple_of(16)
+            || !(driver_event as usize).is_multiple_of(4)
+            || !(device_event as usize).is_multiple_of(4)
+        {
+            return Err(RingError::Misaligned(addrs));
         }
+        // Polled: the driver need not kick (flags DISABLE).
+        // SAFETY: 4 bytes inside guest memory, 4-aligned.
+        unsafe {
+            std::ptr::write_volatile(device_event.add(2) as *mut u16, F_EVENT_DISABLE.to_le())
+        };
         let idx = base & 0x7fff;
         let wrap = base & 0x8000 != 0 || base == 0;
         Ok(PackedRing {
@@ -126,6 +146,8 @@ impl PackedRing {
             table: mem.fast_table(),
             hint: 0,
             error: None,
+            driver_event,
+            irq,
             chains: vec![NO_CHAIN; MAX_MRG_CHAINS as usize].into_boxed_slice(),
             mem,
         })
@@ -280,6 +302,7 @@ impl PackedRing {
         cache: &mut MempoolCache,
         out: &mut [Option<Mbuf>],
         drops: &mut u64,
+        bytes: &mut u64,
     ) -> usize {
         if self.error.is_some() {
             return 0;
@@ -325,8 +348,12 @@ impl PackedRing {
                 }
             }
             self.put_used(chain.id, 0, chain.count);
+            *bytes += payload as u64;
             out[got] = Some(m);
             got += 1;
+        }
+        if got > 0 {
+            self.signal();
         }
         if self.mem.is_poisoned() {
             for m in out[..got].iter_mut() {
@@ -338,6 +365,19 @@ impl PackedRing {
         got
     }
 
+    /// Interrupts the guest after used descriptors were published, unless it turned
+    /// interrupts off (`DESC`, a wish for one at a given descriptor, is taken as on:
+    /// an interrupt more is allowed).
+    fn signal(&self) {
+        let Some(irq) = &self.irq else { return };
+        fence(Ordering::SeqCst);
+        // SAFETY: the 4-byte driver event area was validated in guest memory.
+        let flags = unsafe { std::ptr::read_volatile(self.driver_event.add(2) as *const u16) };
+        if u16::from_le(flags) & 3 != F_EVENT_DISABLE {
+            irq.raise();
+        }
+    }
+
     fn seg_bytes(&self, c: &Chain) -> u64 {
         c.segs[..c.nseg].iter().map(|s| s.1 as u64).sum()
     }
@@ -345,7 +385,13 @@ impl PackedRing {
     /// Copies frames from the front of `pkts` into the guest's receive buffers (one
     /// chain per frame; with mergeable buffers a frame may take several). Returns how
     /// many were consumed; stops at the first frame without room.
-    pub fn enqueue(&mut self, pkts: &mut [Option<Mbuf>], cache: &mut MempoolCache) -> usize {
+    pub fn enqueue(
+        &mut self,
+        pkts: &mut [Option<Mbuf>],
+        cache: &mut MempoolCache,
+        bytes: &mut u64,
+        too_big: &mut u64,
+    ) -> usize {
         if self.error.is_some() {
             return 0;
         }
@@ -391,6 +437,7 @@ impl PackedRing {
                 // One chain too small without mergeable buffers: left for a frame
                 // that fits; this one is dropped.
                 consumed += 1;
+                *too_big += 1;
                 cache.free(slot.take().expect("checked"));
                 continue;
             }
@@ -431,8 +478,12 @@ impl PackedRing {
             }
             fence(Ordering::Release);
             self.publish_used(first.0, first.1);
+            *bytes += frame.len() as u64;
             consumed += 1;
             cache.free(slot.take().expect("checked"));
+        }
+        if consumed > 0 {
+            self.signal();
         }
         consumed
     }
@@ -503,7 +554,12 @@ mod tests {
 
     fn ring(mem: &DriverMem, size: u16, mrg: bool) -> PackedRing {
         let gm = Arc::new(GuestMemory::map(&[mem.region()], vec![mem.file()]).unwrap());
-        PackedRing::new(gm, size as u32, UVA, 0x8000, 12, 1514, mrg).unwrap()
+        let addrs = RingAddrs {
+            desc: UVA,
+            avail: UVA + 0xf000,
+            used: UVA + 0xf004,
+        };
+        PackedRing::new(gm, size as u32, addrs, 0x8000, 12, 1514, mrg, None).unwrap()
     }
 
     fn frame(n: usize, tag: u8) -> Vec<u8> {
@@ -535,7 +591,7 @@ mod tests {
             }
             let mut out: [Option<Mbuf>; 4] = Default::default();
             let mut drops = 0;
-            let n = r.dequeue(&mut cache, &mut out, &mut drops);
+            let n = r.dequeue(&mut cache, &mut out, &mut drops, &mut 0);
             assert_eq!((n, drops), (1, 0), "frame {k}");
             let m = out[0].take().unwrap();
             assert_eq!(m.data(), &frame(60, k as u8)[..]);
@@ -577,7 +633,7 @@ mod tests {
                 Some(m)
             })
             .collect();
-        assert_eq!(r.enqueue(&mut pkts, &mut cache), 2);
+        assert_eq!(r.enqueue(&mut pkts, &mut cache, &mut 0, &mut 0), 2);
         assert_eq!(d.used(0), (1, 112, F_AVAIL | F_USED));
         assert_eq!(mem.read(BUF + 12, 100), frame(100, 1));
         // The second frame took two 64-byte buffers: num_buffers = 2.
@@ -628,7 +684,7 @@ mod tests {
             d.post(1, &bufs);
             let mut out: [Option<Mbuf>; 4] = Default::default();
             let mut drops = 0;
-            assert_eq!(r.dequeue(&mut cache, &mut out, &mut drops), 0, "{what}");
+            assert_eq!(r.dequeue(&mut cache, &mut out, &mut drops, &mut 0), 0, "{what}");
             assert_eq!(r.error(), Some(want), "{what}");
         }
         // A chain that claims more descriptors than the ring has: every one NEXT.
@@ -643,7 +699,7 @@ mod tests {
         d.post(1, &bufs);
         let mut out: [Option<Mbuf>; 4] = Default::default();
         let mut drops = 0;
-        assert_eq!(r.dequeue(&mut cache, &mut out, &mut drops), 0);
+        assert_eq!(r.dequeue(&mut cache, &mut out, &mut drops, &mut 0), 0);
         assert_eq!(r.error(), Some(GuestError::ChainTooLong { limit: 8 }));
         drop(cache);
         assert_eq!(pool.available(), 256);

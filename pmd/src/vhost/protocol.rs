@@ -14,6 +14,8 @@
 use super::log::{DirtyLog, LogError};
 use super::mem::{GuestMemory, MemError, RegionDesc, MAX_REGIONS};
 use super::notify::{check_eventfd, Irq, NotEventfd, Notifier};
+use super::packed::PackedRing;
+use super::ring::Ring;
 use super::virtq::{LiveRing, RingAddrs, RingFeatures};
 use super::{Mode, RingState, Shared, VhostConfig};
 use crate::offload::Caps;
@@ -69,6 +71,8 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCO
 /// Dirty-page logging on (`VHOST_F_LOG_ALL`): QEMU sets it while it migrates the guest.
 pub const VHOST_F_LOG_ALL: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
 pub const VIRTIO_F_VERSION_1: u64 = bit(virtio_config::VIRTIO_F_VERSION_1);
+/// Packed virtqueues (virtio 1.1). WIP: offered on this branch only.
+pub const VIRTIO_F_RING_PACKED: u64 = bit(virtio_config::VIRTIO_F_RING_PACKED);
 
 /// Virtio features this backend implements. Bits are only ever added to this set: a
 /// frontend that reconnects restores what its guest acknowledged before, and QEMU
@@ -82,6 +86,7 @@ pub const OFFERED_FEATURES: u64 = VIRTIO_NET_F_MRG_RXBUF
     | VIRTIO_RING_F_EVENT_IDX
     | VHOST_USER_F_PROTOCOL_FEATURES
     | VHOST_F_LOG_ALL
+    | VIRTIO_F_RING_PACKED
     | VIRTIO_F_VERSION_1;
 
 /// What a guest that negotiated `f` takes in the frames it receives.
@@ -885,7 +890,7 @@ impl Conn {
         self.sh.rcu.synchronize();
         // SAFETY: the state is Down and a grace period passed: no PMD thread is inside.
         if let Some(old) = unsafe { (*slot.ring.get()).take() } {
-            self.vqs[i].base = old.last_avail();
+            self.vqs[i].base = old.base();
         }
         slot.logging.store(false, Ordering::Relaxed);
     }
@@ -903,7 +908,7 @@ impl Conn {
             let slot = &self.sh.vrings[i];
             // SAFETY: every ring is down and a grace period passed (or none was up).
             if let Some(old) = unsafe { (*slot.ring.get()).take() } {
-                self.vqs[i].base = old.last_avail();
+                self.vqs[i].base = old.base();
             }
             slot.logging.store(false, Ordering::Relaxed);
         }
@@ -952,21 +957,38 @@ impl Conn {
             .notifier
             .has_call(i)
             .then(|| Irq::new(sh.notifier.clone(), i));
-        match LiveRing::new(
-            mem.clone(),
-            vq.size,
-            addrs,
-            vq.base,
-            self.ring_features(),
-            irq,
-        )
-        .map(|r| r.with_kick(self.kick_for_ring(i)))
-        .map(
-            |r| match (&self.log, self.features & VHOST_F_LOG_ALL != 0) {
-                (Some(log), true) => r.with_log(log.clone(), vq.log_used),
-                _ => r,
-            },
-        ) {
+        let built = if self.features & VIRTIO_F_RING_PACKED != 0 {
+            let f = self.ring_features();
+            PackedRing::new(
+                mem.clone(),
+                vq.size,
+                addrs,
+                vq.base,
+                f.hdr_len,
+                f.max_frame,
+                f.mrg_rxbuf,
+                irq,
+            )
+            .map(Ring::Packed)
+        } else {
+            LiveRing::new(
+                mem.clone(),
+                vq.size,
+                addrs,
+                vq.base,
+                self.ring_features(),
+                irq,
+            )
+            .map(|r| r.with_kick(self.kick_for_ring(i)))
+            .map(
+                |r| match (&self.log, self.features & VHOST_F_LOG_ALL != 0) {
+                    (Some(log), true) => r.with_log(log.clone(), vq.log_used),
+                    _ => r,
+                },
+            )
+            .map(Ring::Split)
+        };
+        match built {
             Ok(ring) => {
                 slot.logging.store(ring.logging(), Ordering::Relaxed);
                 // SAFETY: the ring is down (teardown above), so no PMD thread holds it.
@@ -974,6 +996,9 @@ impl Conn {
                 slot.set(RingState::Live);
                 sh.update_up();
                 tracing::debug!(port = %sh.cfg.name, vring = i, "ring live");
+                if self.features & VIRTIO_F_RING_PACKED != 0 {
+                    tracing::info!(port = %sh.cfg.name, vring = i, "packed ring live");
+                }
             }
             Err(e) => {
                 slot.set(RingState::Broken);
