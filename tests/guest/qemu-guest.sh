@@ -102,6 +102,8 @@ if [ "$queues" -gt 1 ]; then
   dev="$dev,mq=on,vectors=$((2 * queues + 2))"
 fi
 [ -n "$host_mtu" ] && dev="$dev,host_mtu=$host_mtu"
+# WIP: packed virtqueues by hand (VSW_PACKED=1).
+[ -n "${VSW_PACKED:-}" ] && dev="$dev,packed=on"
 if [ $offloads = 0 ]; then
   dev="$dev,csum=off,guest_csum=off,host_tso4=off,host_tso6=off,guest_tso4=off,guest_tso6=off,host_ecn=off,guest_ecn=off"
 fi

@@ -26,12 +26,12 @@ use crate::port::{Port, PortStats, Traffic, TxLane, TxLock};
 use crate::ratelimit::RateLimit;
 use crate::rcu::Rcu;
 use notify::{Notifier, NotifierThread};
+use ring::Ring;
 use std::cell::UnsafeCell;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use ring::Ring;
 
 /// Who listens on the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

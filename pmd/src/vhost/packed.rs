@@ -95,7 +95,7 @@ impl PackedRing {
         mem: Arc<GuestMemory>,
         size: u32,
         addrs: RingAddrs,
-        base: u16,
+        base: u32,
         hdr_len: usize,
         max_frame: usize,
         mrg_rxbuf: bool,
@@ -131,15 +131,20 @@ impl PackedRing {
         unsafe {
             std::ptr::write_volatile(device_event.add(2) as *mut u16, F_EVENT_DISABLE.to_le())
         };
-        let idx = base & 0x7fff;
-        let wrap = base & 0x8000 != 0 || base == 0;
+        // Bits 0-14 the next avail index, 15 its wrap counter; QEMU puts the used
+        // ones in bits 16-31, DPDK sends 0 (a new ring: both counters at 1).
+        let (avail, used) = match base {
+            0 => (0x8000u16, 0x8000u16),
+            b if b >> 16 == 0 => (b as u16, b as u16),
+            b => (b as u16, (b >> 16) as u16),
+        };
         Ok(PackedRing {
             size: size as u16,
             desc: p,
-            avail_idx: idx % size as u16,
-            avail_wrap: wrap,
-            used_idx: idx % size as u16,
-            used_wrap: wrap,
+            avail_idx: (avail & 0x7fff) % size as u16,
+            avail_wrap: avail & 0x8000 != 0,
+            used_idx: (used & 0x7fff) % size as u16,
+            used_wrap: used & 0x8000 != 0,
             hdr_len,
             max_frame,
             mrg_rxbuf,
@@ -153,9 +158,12 @@ impl PackedRing {
         })
     }
 
-    /// The ring state to resume from (GET_VRING_BASE): index and wrap bit.
-    pub fn base(&self) -> u16 {
-        self.avail_idx | if self.avail_wrap { 0x8000 } else { 0 }
+    /// The ring state to resume from (GET_VRING_BASE), as QEMU reads it: next avail
+    /// index and wrap counter in bits 0-15, next used ones in bits 16-31.
+    pub fn base(&self) -> u32 {
+        let avail = self.avail_idx | if self.avail_wrap { 0x8000 } else { 0 };
+        let used = self.used_idx | if self.used_wrap { 0x8000 } else { 0 };
+        avail as u32 | (used as u32) << 16
     }
 
     pub fn error(&self) -> Option<GuestError> {
@@ -605,7 +613,7 @@ mod tests {
         assert_eq!((id, len), (5, 0));
         assert_eq!(fl, 0, "second lap: the used wrap counter is 0");
         // Nine descriptors in a ring of four: two laps and one, wrap counter back at 1.
-        assert_eq!(r.base(), 0x8000 | 1);
+        assert_eq!(r.base(), 0x8001_8001);
         drop(cache);
         assert_eq!(pool.available(), 256);
     }
@@ -684,7 +692,11 @@ mod tests {
             d.post(1, &bufs);
             let mut out: [Option<Mbuf>; 4] = Default::default();
             let mut drops = 0;
-            assert_eq!(r.dequeue(&mut cache, &mut out, &mut drops, &mut 0), 0, "{what}");
+            assert_eq!(
+                r.dequeue(&mut cache, &mut out, &mut drops, &mut 0),
+                0,
+                "{what}"
+            );
             assert_eq!(r.error(), Some(want), "{what}");
         }
         // A chain that claims more descriptors than the ring has: every one NEXT.

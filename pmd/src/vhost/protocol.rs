@@ -255,7 +255,9 @@ fn io_err(op: &'static str, e: &std::io::Error) -> ProtocolError {
 struct VqCfg {
     size: u32,
     addrs: Option<RingAddrs>,
-    base: u16,
+    /// SET_VRING_BASE's value: a split ring's next avail index; a packed ring's next
+    /// avail index and wrap counter (bits 0-15) and used ones (bits 16-31, QEMU).
+    base: u32,
     kicked: bool,
     enabled: bool,
     kick: Option<File>,
@@ -707,7 +709,7 @@ impl Conn {
                 self.sh.notifier.drain(i);
                 self.sh.notifier.set_call(i, None);
                 let base = self.vqs[i].base;
-                let reply = VhostUserVringState::new(i as u32, base as u32);
+                let reply = VhostUserVringState::new(i as u32, base);
                 Reply::Bytes(reply.as_slice().to_vec())
             }
             R::SET_VRING_KICK | R::SET_VRING_CALL | R::SET_VRING_ERR => {
@@ -776,13 +778,13 @@ impl Conn {
                 self.vqs[i].size = num;
             }
             R::SET_VRING_BASE => {
-                if num > u16::MAX as u32 {
+                if num > u16::MAX as u32 && self.features & VIRTIO_F_RING_PACKED == 0 {
                     return Err(ProtocolError::BaseTooLarge(num));
                 }
                 // Take a running ring down first, so the base it stopped at does not
                 // overwrite the one given here.
                 self.teardown(i);
-                self.vqs[i].base = num as u16;
+                self.vqs[i].base = num;
             }
             _ => {
                 if num > 1 {
@@ -975,7 +977,7 @@ impl Conn {
                 mem.clone(),
                 vq.size,
                 addrs,
-                vq.base,
+                vq.base as u16,
                 self.ring_features(),
                 irq,
             )

@@ -82,11 +82,11 @@ impl Ring {
         }
     }
 
-    /// Where the ring stopped, as GET_VRING_BASE returns it (packed: the wrap
-    /// counter in bit 15).
-    pub fn base(&self) -> u16 {
+    /// Where the ring stopped, as GET_VRING_BASE returns it (packed: see
+    /// `PackedRing::base`).
+    pub fn base(&self) -> u32 {
         match self {
-            Ring::Split(r) => r.last_avail(),
+            Ring::Split(r) => r.last_avail() as u32,
             Ring::Packed(r) => r.base(),
         }
     }
