@@ -1,5 +1,5 @@
-//! The driver (guest) side of a split virtqueue in shared memory: what a guest
-//! would write, for tests and benchmarks that play a guest — including one that
+//! The driver (guest) side of a split or packed virtqueue in shared memory: what a
+//! guest would write, for tests and benchmarks that play a guest — including one that
 //! breaks the rules on purpose. Not used by the switch itself.
 
 use super::mem::RegionDesc;
@@ -208,6 +208,128 @@ impl<'a> DriverRing<'a> {
     pub fn used_elem(&self, i: u16) -> (u32, u32) {
         let off = self.used + 4 + 8 * (i % self.size) as u64;
         (self.mem.read_u32(off), self.mem.read_u32(off + 4))
+    }
+}
+
+/// Packed-ring flag bits (virtio 1.1): available and used, in the lap of a wrap
+/// counter.
+pub const F_AVAIL: u16 = 1 << 7;
+pub const F_USED: u16 = 1 << 15;
+
+/// A packed ring laid out in a `DriverMem`: descriptors at `base`, the driver's event
+/// area after them, the device's 4 bytes further.
+pub struct PackedDriver<'a> {
+    pub mem: &'a DriverMem,
+    pub size: u16,
+    pub desc: u64,
+    /// Next descriptor to make available, and the lap's wrap counter.
+    pub next: u16,
+    pub wrap: bool,
+    /// Next descriptor to look for a used one at, and its lap.
+    pub used_next: u16,
+    pub used_wrap: bool,
+    /// Descriptors each buffer id's chain took, for walking used descriptors.
+    counts: std::collections::HashMap<u16, u16>,
+}
+
+impl<'a> PackedDriver<'a> {
+    pub fn new(mem: &'a DriverMem, base: u64, size: u16) -> PackedDriver<'a> {
+        PackedDriver {
+            mem,
+            size,
+            desc: base,
+            next: 0,
+            wrap: true,
+            used_next: 0,
+            used_wrap: true,
+            counts: Default::default(),
+        }
+    }
+    /// Ring addresses as the frontend sends them: descriptors, driver event area (in
+    /// `avail`), device event area (in `used`).
+    pub fn addrs(&self) -> RingAddrs {
+        let u = self.mem.uva_base + self.desc;
+        let ev = 16 * self.size as u64;
+        RingAddrs {
+            desc: u,
+            avail: u + ev,
+            used: u + ev + 4,
+        }
+    }
+    pub fn gpa(&self, off: u64) -> u64 {
+        self.mem.gpa_base + off
+    }
+    fn write_desc(&self, i: u16, addr: u64, len: u32, id: u16, flags: u16) {
+        let o = self.desc + 16 * i as u64;
+        let mut b = [0u8; 14];
+        b[0..8].copy_from_slice(&addr.to_le_bytes());
+        b[8..12].copy_from_slice(&len.to_le_bytes());
+        b[12..14].copy_from_slice(&id.to_le_bytes());
+        self.mem.write(o, &b);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        self.mem.write_u16(o + 14, flags);
+    }
+    /// Makes `bufs` (region offset, length, flags such as `F_WRITE`) available as one
+    /// chain with buffer id `id`, head last as a driver does.
+    pub fn post(&mut self, id: u16, bufs: &[(u64, u32, u16)]) {
+        let mut slots = Vec::new();
+        for (k, &(off, len, fl)) in bufs.iter().enumerate() {
+            let next = if k + 1 < bufs.len() { F_NEXT } else { 0 };
+            let wrap_flags = if self.wrap { F_AVAIL } else { F_USED };
+            slots.push((self.next, self.gpa(off), len, fl | next | wrap_flags));
+            self.next += 1;
+            if self.next == self.size {
+                self.next = 0;
+                self.wrap = !self.wrap;
+            }
+        }
+        for &(i, addr, len, f) in slots.iter().rev() {
+            self.write_desc(i, addr, len, id, f);
+        }
+        self.counts.insert(id, bufs.len() as u16);
+    }
+    /// Makes an indirect table at region offset `table` with `bufs` available as one
+    /// chain (one descriptor in the ring).
+    pub fn post_indirect(&mut self, id: u16, table: u64, bufs: &[(u64, u32, u16)]) {
+        for (k, &(off, len, fl)) in bufs.iter().enumerate() {
+            let mut b = [0u8; 16];
+            b[0..8].copy_from_slice(&self.gpa(off).to_le_bytes());
+            b[8..12].copy_from_slice(&len.to_le_bytes());
+            b[14..16].copy_from_slice(&fl.to_le_bytes());
+            self.mem.write(table + 16 * k as u64, &b);
+        }
+        self.post(id, &[(table, 16 * bufs.len() as u32, F_INDIRECT)]);
+    }
+    /// The next used descriptor, if the device wrote one: (id, len).
+    pub fn take_used(&mut self) -> Option<(u16, u32)> {
+        let o = self.desc + 16 * self.used_next as u64;
+        let f = self.mem.read_u16(o + 14);
+        let want = if self.used_wrap { F_AVAIL | F_USED } else { 0 };
+        if f & (F_AVAIL | F_USED) != want {
+            return None;
+        }
+        let (len, id) = (self.mem.read_u32(o + 8), self.mem.read_u16(o + 12));
+        let n = self
+            .counts
+            .remove(&id)
+            .expect("a used id the driver posted");
+        let k = self.used_next + n;
+        if k >= self.size {
+            self.used_wrap = !self.used_wrap;
+        }
+        self.used_next = k % self.size;
+        Some((id, len))
+    }
+    /// Writes the driver event area: offset and wrap counter, flags (0 enable, 1
+    /// disable, 2 at a descriptor).
+    pub fn set_driver_event(&self, off_wrap: u16, flags: u16) {
+        let o = self.desc + 16 * self.size as u64;
+        self.mem.write_u16(o, off_wrap);
+        self.mem.write_u16(o + 2, flags);
+    }
+    /// The device event area's flags (0: kick me, 1: do not).
+    pub fn device_event_flags(&self) -> u16 {
+        self.mem.read_u16(self.desc + 16 * self.size as u64 + 6)
     }
 }
 

@@ -19,6 +19,8 @@ pub mod ring;
 pub mod virtq;
 
 #[cfg(test)]
+mod packed_tests;
+#[cfg(test)]
 mod tests;
 
 use crate::mempool::{Mbuf, MempoolCache};

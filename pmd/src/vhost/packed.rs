@@ -1,23 +1,30 @@
 //! Packed virtqueues (`VIRTIO_F_RING_PACKED`, virtio 1.1) as the device side sees
 //! them: one ring of 16-byte descriptors that the driver makes available and the
-//! device marks used in place, with a wrap counter on each side.
+//! device marks used in place, each side with a wrap counter, and two event
+//! suppression areas.
 //!
-//! WORK IN PROGRESS (issue 15, item 4): not offered to frontends yet. Dequeue of
-//! direct chains and enqueue into one-descriptor buffers (with mergeable buffers)
-//! are here, with the split ring's rules: each descriptor read once into a local
-//! copy and checked (availability against the wrap counter, direction, bounds in
-//! guest memory, chain length); a violation stops the ring with a `GuestError`.
-//! Missing: indirect descriptors, offload headers, large (jumbo) buffers, event
-//! suppression, dirty logging, interrupts, batching of used descriptors per burst,
-//! the port's dispatch (an enum of split and packed rings in `VringSlot`), the
-//! protocol (ring base with the wrap bit, `VIRTIO_F_RING_PACKED` offered), fuzzing,
-//! and the interop tests (testpmd `packed_vq=1`, QEMU `packed=on`, PVP `--packed`).
-//! See docs/plan-issue-15.md.
+//! The split ring's rules hold here too (see `virtq`): each descriptor is read once
+//! into a local copy and checked (availability against the wrap counter, direction,
+//! bounds in guest memory, chain length, indirect tables); a violation stops the
+//! ring with a `GuestError`, and nothing outside the guest's regions is touched.
+//! What a chain holds becomes a frame (and a frame fills receive chains) through the
+//! same functions as in the split ring: offload headers, large buffers and
+//! mergeable buffers behave alike in both layouts.
+//!
+//! This device completes chains in the order it takes them, in the burst that took
+//! them: the used descriptors of a burst are written in place, the first one's flags
+//! last (after a release fence), so the driver sees a burst whole or not at all.
 
+use super::log::{DirtyLog, RingLog};
 use super::mem::{FastTable, GuestMemory};
 use super::notify::Irq;
-use super::virtq::{GuestError, RingAddrs, RingError, MAX_CHAIN, MAX_MRG_CHAINS, MAX_RING};
+use super::virtq::{
+    copy_reserved, drain_kick, fill_single, frame_from_chain, log_reserved, offload_for_guest,
+    GuestError, Reserved, RingAddrs, RingError, RingFeatures, RxCounts, Seg, Taken,
+    BURST_DESC_BUDGET, MAX_CHAIN, MAX_RING, MAX_SEGS, NO_SEG, PLAIN,
+};
 use crate::mempool::{Mbuf, MempoolCache, DATA_ROOM};
+use crate::offload::NetHdr;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use virtio_bindings::virtio_ring;
@@ -27,9 +34,49 @@ const F_WRITE: u16 = virtio_ring::VRING_DESC_F_WRITE as u16;
 const F_INDIRECT: u16 = virtio_ring::VRING_DESC_F_INDIRECT as u16;
 const F_AVAIL: u16 = 1 << virtio_ring::VRING_PACKED_DESC_F_AVAIL;
 const F_USED: u16 = 1 << virtio_ring::VRING_PACKED_DESC_F_USED;
-const F_EVENT_DISABLE: u16 = virtio_ring::VRING_PACKED_EVENT_FLAG_DISABLE as u16;
+const EVENT_ENABLE: u16 = virtio_ring::VRING_PACKED_EVENT_FLAG_ENABLE as u16;
+const EVENT_DISABLE: u16 = virtio_ring::VRING_PACKED_EVENT_FLAG_DISABLE as u16;
+const EVENT_DESC: u16 = virtio_ring::VRING_PACKED_EVENT_FLAG_DESC as u16;
+const WRAP_BIT: u16 = 1 << virtio_ring::VRING_PACKED_EVENT_F_WRAP_CTR;
 
-/// One descriptor as read (once) from the ring.
+/// A place in the ring: a descriptor index and the wrap counter of its lap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pos {
+    idx: u16,
+    wrap: bool,
+}
+
+impl Pos {
+    /// As `SET_VRING_BASE` and the event areas write it: index in bits 0-14, wrap
+    /// counter in bit 15.
+    fn from_bits(v: u16) -> Pos {
+        Pos {
+            idx: v & !WRAP_BIT,
+            wrap: v & WRAP_BIT != 0,
+        }
+    }
+    fn bits(self) -> u16 {
+        self.idx | if self.wrap { WRAP_BIT } else { 0 }
+    }
+    /// `n` (at most the ring's size) descriptors further.
+    #[inline(always)]
+    fn advance(self, n: u16, size: u16) -> Pos {
+        let k = self.idx as u32 + n as u32;
+        if k >= size as u32 {
+            Pos {
+                idx: (k - size as u32) as u16,
+                wrap: !self.wrap,
+            }
+        } else {
+            Pos {
+                idx: k as u16,
+                wrap: self.wrap,
+            }
+        }
+    }
+}
+
+/// One descriptor as read (once) from the ring or an indirect table.
 #[derive(Clone, Copy, Debug)]
 struct Desc {
     addr: u64,
@@ -38,142 +85,279 @@ struct Desc {
     flags: u16,
 }
 
+impl Desc {
+    /// Whether the driver made it available in the lap of wrap counter `wrap`.
+    #[inline(always)]
+    fn avail_in(&self, wrap: bool) -> bool {
+        (self.flags & F_AVAIL != 0) == wrap && (self.flags & F_USED != 0) != wrap
+    }
+    /// Whether the device marked it used in the lap of wrap counter `wrap`.
+    fn used_in(&self, wrap: bool) -> bool {
+        (self.flags & F_AVAIL != 0) == wrap && (self.flags & F_USED != 0) == wrap
+    }
+}
+
+/// A chain taken from the ring: its segments (the first `nseg` of the caller's),
+/// bytes in them and in the whole chain, its buffer id, the descriptors it took in
+/// the ring and where the next chain starts.
+#[derive(Clone, Copy, Debug)]
+struct Chain {
+    nseg: usize,
+    stored: u64,
+    total: u64,
+    id: u16,
+    count: u16,
+    next: Pos,
+}
+
+/// Whether a frame's receive chains were reserved.
+enum Room {
+    /// Reserved in `rsv`; the next chain starts here.
+    Fits(Pos),
+    /// One chain per frame (no mergeable buffers) and it is too small.
+    TooBig,
+    /// Not enough chains (or budget) now: the frame waits.
+    Wait,
+}
+
 /// A validated packed ring with host pointers into guest memory.
 pub struct PackedRing {
     size: u16,
     desc: *mut u8,
-    /// Next descriptor the driver may have made available, and its wrap counter.
-    avail_idx: u16,
-    avail_wrap: bool,
-    /// Next descriptor slot to write a used descriptor to, and its wrap counter.
-    used_idx: u16,
-    used_wrap: bool,
-    hdr_len: usize,
-    max_frame: usize,
-    mrg_rxbuf: bool,
+    /// The driver's event suppression area (whether and where it wants interrupts).
+    driver_event: *const u8,
+    /// The device's (whether the driver should kick).
+    device_event: *mut u8,
+    /// Next descriptor to take.
+    avail: Pos,
+    /// Next descriptor to write a used descriptor to.
+    used: Pos,
+    /// The first used descriptor of the current burst, written but not published
+    /// (its slot and flags).
+    unpublished: Option<(u16, u16)>,
+    /// Where `used` was at the last interrupt decision (`None`: never).
+    signalled: Option<u16>,
+    feat: RingFeatures,
+    fast_payload: u64,
     table: FastTable,
     hint: usize,
-    error: Option<GuestError>,
-    /// The driver's event suppression area: whether it wants interrupts.
-    driver_event: *mut u8,
+    /// Descriptor reads left in this burst (see `BURST_DESC_BUDGET`).
+    budget: u32,
     irq: Option<Irq>,
-    /// The chains one received frame takes, made with the ring (nothing is
-    /// allocated per frame).
-    chains: Box<[Chain]>,
+    kick: Option<std::os::fd::OwnedFd>,
+    error: Option<GuestError>,
+    log: Option<Box<RingLog>>,
+    /// The receive chains of one frame (made with the ring: nothing is allocated per
+    /// frame); an enqueue burst holds it while it runs.
+    rsv: Option<Box<Reserved>>,
     mem: Arc<GuestMemory>,
 }
 
-// SAFETY: the pointer points into a mapping kept alive by `mem`; a PackedRing is used
+// SAFETY: the pointers point into mappings kept alive by `mem`; a PackedRing is used
 // by one thread at a time, as a split `LiveRing` is.
 unsafe impl Send for PackedRing {}
 
-/// A chain of buffers taken from the ring: where its segments are, its buffer id and
-/// how many descriptors it took.
-#[derive(Clone, Copy)]
-struct Chain {
-    segs: [(*mut u8, u32); 16],
-    nseg: usize,
-    bytes: u64,
-    id: u16,
-    count: u16,
-}
-
-const NO_CHAIN: Chain = Chain {
-    segs: [(std::ptr::null_mut(), 0); 16],
-    nseg: 0,
-    bytes: 0,
-    id: 0,
-    count: 0,
-};
-
 impl PackedRing {
-    /// Validates the descriptor ring's placement (`desc`: the frontend's virtual
-    /// address) and starts at `avail_idx`/`wrap` (SET_VRING_BASE: index in bits
-    /// 0-14, the wrap counter in bit 15).
-    #[allow(clippy::too_many_arguments)]
+    /// Validates the ring's placement (`addrs`: the descriptor ring, and the driver's
+    /// and device's event areas in the avail and used fields, as the frontend's
+    /// virtual addresses) and resumes at `base` (see `resume`).
     pub fn new(
         mem: Arc<GuestMemory>,
         size: u32,
         addrs: RingAddrs,
         base: u32,
-        hdr_len: usize,
-        max_frame: usize,
-        mrg_rxbuf: bool,
+        feat: RingFeatures,
         irq: Option<Irq>,
     ) -> Result<PackedRing, RingError> {
-        let desc = addrs.desc;
         // Packed rings need not be a power of two, but must fit the index's 15 bits.
         if size == 0 || size > MAX_RING {
             return Err(RingError::Size(size));
         }
         let len = 16 * size as u64;
-        let p = mem.uva_to_host(desc, len).ok_or(RingError::Outside {
-            what: "descriptor ring",
-            addr: desc,
-            len,
-        })?;
-        // The driver's and the device's event suppression areas (4 bytes each),
-        // given as SET_VRING_ADDR's avail and used addresses.
-        let place = |what, addr| {
-            mem.uva_to_host(addr, 4)
-                .ok_or(RingError::Outside { what, addr, len: 4 })
+        let place = |what, addr, len| {
+            mem.uva_to_host(addr, len)
+                .ok_or(RingError::Outside { what, addr, len })
         };
-        let driver_event = place("driver event area", addrs.avail)?;
-        let device_event = place("device event area", addrs.used)?;
-        if !(p as usize).is_multiple_of(16)
+        let desc = place("descriptor ring", addrs.desc, len)?;
+        let driver_event = place("driver event area", addrs.avail, 4)?;
+        let device_event = place("device event area", addrs.used, 4)?;
+        if !(desc as usize).is_multiple_of(16)
             || !(driver_event as usize).is_multiple_of(4)
             || !(device_event as usize).is_multiple_of(4)
         {
             return Err(RingError::Misaligned(addrs));
         }
-        // Polled: the driver need not kick (flags DISABLE).
-        // SAFETY: 4 bytes inside guest memory, 4-aligned.
-        unsafe {
-            std::ptr::write_volatile(device_event.add(2) as *mut u16, F_EVENT_DISABLE.to_le())
-        };
-        // Bits 0-14 the next avail index, 15 its wrap counter; QEMU puts the used
-        // ones in bits 16-31, DPDK sends 0 (a new ring: both counters at 1).
-        let (avail, used) = match base {
-            0 => (0x8000u16, 0x8000u16),
-            b if b >> 16 == 0 => (b as u16, b as u16),
-            b => (b as u16, (b >> 16) as u16),
-        };
-        Ok(PackedRing {
+        let mut r = PackedRing {
             size: size as u16,
-            desc: p,
-            avail_idx: (avail & 0x7fff) % size as u16,
-            avail_wrap: avail & 0x8000 != 0,
-            used_idx: (used & 0x7fff) % size as u16,
-            used_wrap: used & 0x8000 != 0,
-            hdr_len,
-            max_frame,
-            mrg_rxbuf,
+            desc,
+            driver_event,
+            device_event,
+            avail: Pos::from_bits(WRAP_BIT),
+            used: Pos::from_bits(WRAP_BIT),
+            unpublished: None,
+            signalled: None,
+            feat,
+            fast_payload: feat.max_frame.min(DATA_ROOM) as u64,
             table: mem.fast_table(),
             hint: 0,
-            error: None,
-            driver_event,
+            budget: BURST_DESC_BUDGET,
             irq,
-            chains: vec![NO_CHAIN; MAX_MRG_CHAINS as usize].into_boxed_slice(),
+            kick: None,
+            error: None,
+            log: None,
+            rsv: Some(Box::new(Reserved::new())),
             mem,
-        })
+        };
+        r.resume(base)?;
+        // Polled: the driver need not kick.
+        r.write_device_event(EVENT_DISABLE);
+        Ok(r)
+    }
+
+    /// Where to resume. `base` is SET_VRING_BASE's value: the next avail index and
+    /// its wrap counter in bits 0-15 (QEMU adds the used ones in bits 16-31, equal
+    /// here: this device completes what it takes in the same burst); DPDK
+    /// virtio-user sends 0 for a new ring, that is index 0 in the first lap.
+    ///
+    /// A frontend can give a base the ring has left behind: QEMU keeps the one of
+    /// the last GET_VRING_BASE, so after the switch restarted or crashed it sends
+    /// an old one (it has "no reference like avail idx in shared memory" for packed
+    /// rings). The ring itself says where the device stopped, when its chains take
+    /// one descriptor each (Linux's with indirect descriptors, testpmd's): see
+    /// `found_in_ring`. A base that the descriptors around it contradict is replaced
+    /// by that.
+    fn resume(&mut self, base: u32) -> Result<(), RingError> {
+        let b = if base == 0 { WRAP_BIT } else { base as u16 };
+        let pos = Pos::from_bits(b);
+        if pos.idx >= self.size {
+            return Err(RingError::Base {
+                base,
+                size: self.size as u32,
+            });
+        }
+        let pos = if self.consistent(pos) {
+            pos
+        } else {
+            let found = self.found_in_ring();
+            tracing::warn!(
+                base = format_args!("{b:#06x}"),
+                resumed = format_args!("{:#06x}", found.bits()),
+                "packed ring base contradicts the ring (a frontend's stale state after a \
+                 restart); resuming where the ring's used descriptors end"
+            );
+            found
+        };
+        self.avail = pos;
+        self.used = pos;
+        Ok(())
+    }
+
+    /// Whether the device can have stopped at `p`: the descriptor there is not one
+    /// it marked used in that lap, and the one before it was written in that lap
+    /// (the previous one, for index 0).
+    fn consistent(&self, p: Pos) -> bool {
+        let here = self.read_desc(p.idx);
+        let (prev_idx, prev_wrap) = if p.idx == 0 {
+            (self.size - 1, !p.wrap)
+        } else {
+            (p.idx - 1, p.wrap)
+        };
+        let prev = self.read_desc(prev_idx);
+        !here.used_in(p.wrap) && (prev.flags & F_AVAIL != 0) == prev_wrap
+    }
+
+    /// Where the device stopped, read from the ring's flags, for chains of one
+    /// descriptor: the first available descriptor after a used one (there the
+    /// device's next lap begins); with none, where the laps of the descriptors
+    /// change within the ring (all available: the driver's older lap starts at
+    /// index 0 and the device's at the change; all used: the device stopped at the
+    /// change); with no change, at index 0.
+    fn found_in_ring(&self) -> Pos {
+        let n = self.size;
+        let descs = |i: u16| self.read_desc(i % n);
+        let is_used = |d: &Desc| (d.flags & F_AVAIL != 0) == (d.flags & F_USED != 0);
+        let lap = |d: &Desc| d.flags & F_AVAIL != 0;
+        for i in 0..n {
+            let (prev, here) = (descs(i + n - 1), descs(i));
+            if is_used(&prev) && !is_used(&here) {
+                return Pos {
+                    idx: i,
+                    wrap: lap(&here),
+                };
+            }
+        }
+        let first = descs(0);
+        for i in 1..n {
+            let (prev, here) = (descs(i - 1), descs(i));
+            if lap(&prev) != lap(&here) {
+                let wrap = if is_used(&here) {
+                    lap(&prev)
+                } else {
+                    lap(&here)
+                };
+                return Pos { idx: i, wrap };
+            }
+        }
+        Pos {
+            idx: 0,
+            wrap: if is_used(&first) {
+                !lap(&first)
+            } else {
+                lap(&first)
+            },
+        }
+    }
+
+    /// Gives the ring its guest's kick eventfd (see `arm_kick`).
+    pub fn with_kick(mut self, kick: Option<std::os::fd::OwnedFd>) -> PackedRing {
+        self.kick = kick;
+        self
+    }
+
+    /// Has the ring mark the guest pages it writes in `area` (live migration): the
+    /// buffers it fills, and the descriptor ring (where used descriptors go) and the
+    /// device event area, found from their placement (QEMU's `log_guest_addr` names
+    /// the device event area for packed rings, not the descriptors written).
+    pub fn with_log(mut self, area: Arc<DirtyLog>) -> PackedRing {
+        let Some(gpa) = self.table.host_to_gpa(self.desc) else {
+            debug_assert!(false, "the ring was validated inside guest memory");
+            return self;
+        };
+        let mut log = Box::new(RingLog::new(area, self.table, gpa, 16 * self.size as u64));
+        log.wrote_used();
+        log.wrote(self.device_event, 4);
+        log.flush();
+        self.log = Some(log);
+        self
+    }
+
+    /// Whether this ring marks what it writes in a dirty log.
+    pub fn logging(&self) -> bool {
+        self.log.is_some()
     }
 
     /// The ring state to resume from (GET_VRING_BASE), as QEMU reads it: next avail
     /// index and wrap counter in bits 0-15, next used ones in bits 16-31.
     pub fn base(&self) -> u32 {
-        let avail = self.avail_idx | if self.avail_wrap { 0x8000 } else { 0 };
-        let used = self.used_idx | if self.used_wrap { 0x8000 } else { 0 };
-        avail as u32 | (used as u32) << 16
+        self.avail.bits() as u32 | (self.used.bits() as u32) << 16
     }
 
+    /// The rule the guest broke, once it broke one; the ring does nothing after that.
     pub fn error(&self) -> Option<GuestError> {
         self.error
     }
 
+    #[cold]
+    fn fail(&mut self, e: GuestError) {
+        self.error = Some(e);
+    }
+
+    #[inline(always)]
     fn read_desc(&self, i: u16) -> Desc {
         let p = self.desc.wrapping_add(16 * i as usize);
-        // SAFETY: i < size: the 16 bytes lie in the validated ring, 16-aligned. Each
-        // word is read once; the flags word last is what the driver wrote last.
+        // SAFETY: i < size: the 16 bytes lie in the validated ring, 16-aligned. The
+        // word with the flags is read first, once, and the address only after it (the
+        // driver writes the flags last).
         let (a, b) = unsafe {
             let b = std::ptr::read_volatile(p.add(8) as *const u64);
             fence(Ordering::Acquire);
@@ -188,212 +372,365 @@ impl PackedRing {
         }
     }
 
-    /// Whether descriptor `i` read as `d` is available in the current lap.
-    fn is_avail(d: &Desc, wrap: bool) -> bool {
-        (d.flags & F_AVAIL != 0) == wrap && (d.flags & F_USED != 0) != wrap
+    fn write_device_event(&mut self, flags: u16) {
+        // SAFETY: the 4-byte device event area was validated in guest memory, 4-aligned.
+        unsafe { std::ptr::write_volatile(self.device_event.add(2) as *mut u16, flags.to_le()) };
+        if let Some(l) = self.log.as_deref_mut() {
+            l.wrote(self.device_event, 4);
+            l.flush();
+        }
     }
 
-    /// Takes the chain at the next available descriptor, if one is there. Checks
-    /// every descriptor (direction, bounds, length of the chain).
-    fn take_chain(&mut self, writable: bool) -> Result<Option<Chain>, GuestError> {
+    /// The driver's event area: (offset and wrap, flags).
+    fn read_driver_event(&self) -> (u16, u16) {
+        // SAFETY: the 4-byte driver event area was validated in guest memory, 4-aligned.
+        let v = u32::from_le(unsafe { std::ptr::read_volatile(self.driver_event as *const u32) });
+        (v as u16, (v >> 16) as u16)
+    }
+
+    /// Whether the burst may walk one more full chain.
+    #[inline(always)]
+    fn has_budget(&self) -> bool {
+        self.budget > MAX_CHAIN + 1
+    }
+
+    /// Takes the chain at `at` if the driver made it available, checking every
+    /// descriptor (direction, bounds, chain length, indirect table) and storing as
+    /// many segments as `segs` holds. Does not move the ring: the caller does, once
+    /// it consumed the chain.
+    #[inline]
+    fn take_chain(
+        &mut self,
+        at: Pos,
+        writable: bool,
+        segs: &mut [Seg],
+    ) -> Result<Option<Chain>, GuestError> {
         let mut c = Chain {
-            segs: [(std::ptr::null_mut(), 0); 16],
             nseg: 0,
-            bytes: 0,
+            stored: 0,
+            total: 0,
             id: 0,
             count: 0,
+            next: at,
         };
-        let (mut idx, mut wrap) = (self.avail_idx, self.avail_wrap);
+        let limit = MAX_CHAIN.min(self.size as u32);
         loop {
-            let d = self.read_desc(idx);
-            if !Self::is_avail(&d, wrap) {
-                if c.count == 0 {
-                    return Ok(None);
-                }
-                // The driver makes a chain available head last: a chain it has not
-                // finished is not there yet.
+            let d = self.read_desc(c.next.idx);
+            if !d.avail_in(c.next.wrap) {
+                // The driver makes a chain available head last: this cannot be the
+                // middle of one it finished. Nothing (more) is there yet.
                 return Ok(None);
             }
-            if d.flags & F_INDIRECT != 0 {
-                return Err(GuestError::IndirectNotNegotiated);
-            }
-            if (d.flags & F_WRITE != 0) != writable {
-                return Err(if writable {
-                    GuestError::ReadOnlyInReceive { addr: d.addr }
-                } else {
-                    GuestError::WritableInTransmit { addr: d.addr }
-                });
-            }
             c.count += 1;
-            // A chain cannot be longer than the ring; a longer claim would have the
-            // next poll read the ring around again, so it ends here.
-            let limit = MAX_CHAIN.min(self.size as u32);
-            if d.flags & F_NEXT != 0 && c.count as u32 >= limit {
-                return Err(GuestError::ChainTooLong { limit });
+            c.next = c.next.advance(1, self.size);
+            if d.flags & F_INDIRECT != 0 {
+                self.indirect(&d, c.count == 1, writable, segs, &mut c)?;
+                c.id = d.id;
+                break;
             }
-            if d.len > 0 {
-                let p = self.table.translate(d.addr, d.len, &mut self.hint).ok_or(
-                    GuestError::BufferOutside {
-                        addr: d.addr,
-                        len: d.len,
-                    },
-                )?;
-                if c.nseg < c.segs.len() {
-                    c.segs[c.nseg] = (p, d.len);
-                    c.nseg += 1;
-                }
-                c.bytes += d.len as u64;
-            }
-            idx += 1;
-            if idx == self.size {
-                idx = 0;
-                wrap = !wrap;
-            }
+            self.push_seg(&d, writable, segs, &mut c)?;
             if d.flags & F_NEXT == 0 {
                 c.id = d.id;
                 break;
             }
+            // A chain cannot be longer than the ring (nor than MAX_CHAIN).
+            if c.count as u32 >= limit {
+                self.budget = self.budget.saturating_sub(c.count as u32);
+                return Err(GuestError::ChainTooLong { limit });
+            }
         }
-        if c.bytes == 0 {
-            return Err(GuestError::EmptyChain {
-                head: self.avail_idx,
-            });
+        self.budget = self.budget.saturating_sub(c.count as u32);
+        if c.total == 0 {
+            return Err(GuestError::EmptyChain { head: at.idx });
         }
-        self.avail_idx = idx;
-        self.avail_wrap = wrap;
         Ok(Some(c))
     }
 
-    /// Writes a used descriptor for buffer `id` (`len` bytes written) at the next used
-    /// slot, and moves past the `count` descriptors its chain took. The flags go last,
-    /// after a release fence: the driver reads the other fields after it sees them.
-    fn put_used(&mut self, id: u16, len: u32, count: u16) {
-        let (slot, flags) = self.next_used(id, len, count);
-        fence(Ordering::Release);
-        self.publish_used(slot, flags);
+    /// One descriptor of a chain: its direction checked, its buffer translated.
+    #[inline(always)]
+    fn push_seg(
+        &mut self,
+        d: &Desc,
+        writable: bool,
+        segs: &mut [Seg],
+        c: &mut Chain,
+    ) -> Result<(), GuestError> {
+        if (d.flags & F_WRITE != 0) != writable {
+            return Err(if writable {
+                GuestError::ReadOnlyInReceive { addr: d.addr }
+            } else {
+                GuestError::WritableInTransmit { addr: d.addr }
+            });
+        }
+        let ptr = self.table.translate(d.addr, d.len, &mut self.hint).ok_or(
+            GuestError::BufferOutside {
+                addr: d.addr,
+                len: d.len,
+            },
+        )?;
+        c.total += d.len as u64;
+        if c.nseg < segs.len() {
+            segs[c.nseg] = Seg { ptr, len: d.len };
+            c.nseg += 1;
+            c.stored += d.len as u64;
+        }
+        Ok(())
     }
 
-    /// Writes id and length of a used descriptor at the next used slot and moves past
-    /// the `count` descriptors its chain took; returns the slot and the flags that
-    /// publish it (`publish_used`).
-    fn next_used(&mut self, id: u16, len: u32, count: u16) -> (u16, u16) {
-        let slot = self.used_idx;
+    /// An indirect descriptor (`alone`: the chain's first, as it must be, without
+    /// NEXT): every entry of its table is a descriptor of the chain, in order (a
+    /// packed table has no `next`); none may be indirect itself.
+    #[cold]
+    #[inline(never)]
+    fn indirect(
+        &mut self,
+        d: &Desc,
+        alone: bool,
+        writable: bool,
+        segs: &mut [Seg],
+        c: &mut Chain,
+    ) -> Result<(), GuestError> {
+        if !self.feat.indirect {
+            return Err(GuestError::IndirectNotNegotiated);
+        }
+        if !alone || d.flags & F_NEXT != 0 {
+            return Err(GuestError::IndirectMisplaced);
+        }
+        let n = d.len / 16;
+        if d.len == 0 || !d.len.is_multiple_of(16) || n > self.size as u32 {
+            return Err(GuestError::IndirectLength {
+                len: d.len,
+                ring: self.size as u32,
+            });
+        }
+        if n > MAX_CHAIN {
+            return Err(GuestError::ChainTooLong { limit: MAX_CHAIN });
+        }
+        let t = self.table.translate(d.addr, d.len, &mut self.hint).ok_or(
+            GuestError::IndirectOutside {
+                addr: d.addr,
+                len: d.len,
+            },
+        )?;
+        self.budget = self.budget.saturating_sub(n);
+        for k in 0..n as usize {
+            // SAFETY: the table (n * 16 bytes) lies in guest memory (translated above);
+            // entry k is inside it. Read once, byte-wise: the guest may place it
+            // unaligned.
+            let raw: [u8; 16] =
+                unsafe { std::ptr::read_volatile(t.add(16 * k) as *const [u8; 16]) };
+            let e = Desc {
+                addr: u64::from_le_bytes(raw[0..8].try_into().unwrap()),
+                len: u32::from_le_bytes(raw[8..12].try_into().unwrap()),
+                id: u16::from_le_bytes(raw[12..14].try_into().unwrap()),
+                flags: u16::from_le_bytes(raw[14..16].try_into().unwrap()),
+            };
+            if e.flags & F_INDIRECT != 0 {
+                return Err(GuestError::IndirectMisplaced);
+            }
+            self.push_seg(&e, writable, segs, c)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a used descriptor for buffer `id` (`len` bytes written) at the next used
+    /// slot and moves past the `count` descriptors its chain took. The burst's first
+    /// one is published last (`publish`); the others at once: the driver reads them
+    /// only after the first.
+    #[inline(always)]
+    fn put_used(&mut self, id: u16, len: u32, count: u16) {
+        let slot = self.used.idx;
+        let flags = if self.used.wrap { F_AVAIL | F_USED } else { 0 };
         let p = self.desc.wrapping_add(16 * slot as usize);
-        let flags = if self.used_wrap { F_AVAIL | F_USED } else { 0 };
-        // SAFETY: used_idx < size: inside the validated ring, 16-aligned.
+        // SAFETY: slot < size: inside the validated ring, 16-aligned.
         unsafe {
             std::ptr::write_volatile(p.add(8) as *mut u32, len.to_le());
             std::ptr::write_volatile(p.add(12) as *mut u16, id.to_le());
         }
-        self.advance_used(count);
-        (slot, flags)
+        if self.unpublished.is_none() {
+            self.unpublished = Some((slot, flags));
+        } else {
+            // SAFETY: as above.
+            unsafe { std::ptr::write_volatile(p.add(14) as *mut u16, flags.to_le()) };
+        }
+        self.used = self.used.advance(count, self.size);
     }
 
-    fn publish_used(&mut self, slot: u16, flags: u16) {
+    /// Ends a burst: publishes its used descriptors (the first one's flags, after a
+    /// release fence), writes out its dirty-log marks and interrupts the guest if it
+    /// asked for it.
+    #[inline]
+    fn publish(&mut self) {
+        let Some((slot, flags)) = self.unpublished.take() else {
+            return;
+        };
+        fence(Ordering::Release);
         let p = self.desc.wrapping_add(16 * slot as usize);
         // SAFETY: slot < size: inside the validated ring, 2-aligned.
         unsafe { std::ptr::write_volatile(p.add(14) as *mut u16, flags.to_le()) };
-    }
-
-    fn advance_used(&mut self, count: u16) {
-        let n = self.used_idx as u32 + count as u32;
-        if n >= self.size as u32 {
-            self.used_wrap = !self.used_wrap;
+        if let Some(l) = self.log.as_deref_mut() {
+            l.wrote_used();
+            l.flush();
         }
-        self.used_idx = (n % self.size as u32) as u16;
+        self.signal();
     }
 
-    /// Moves up to `out.len()` frames the guest transmitted into mbufs (frames longer
-    /// than an mbuf's data room, or than the MTU, are dropped and counted in `drops`).
+    /// Interrupts the guest after used descriptors were published, as its event area
+    /// asks: never (`DISABLE`), always (`ENABLE`), or (`DESC`, with EVENT_IDX) when
+    /// the used descriptors published since the last decision passed the offset and
+    /// wrap it names, as DPDK's `vhost_vring_call_packed` decides.
+    #[inline]
+    fn signal(&mut self) {
+        let Some(irq) = &self.irq else { return };
+        // The used flags must be visible before the driver's wish is read, or an
+        // interrupt can be missed.
+        fence(Ordering::SeqCst);
+        let (off_wrap, flags) = self.read_driver_event();
+        let new = self.used.idx;
+        let old = self.signalled.replace(new);
+        let notify = match flags & 3 {
+            EVENT_DISABLE => false,
+            EVENT_DESC if self.feat.event_idx => match old {
+                Some(old) => need_event(off_wrap, old, new, self.used.wrap, self.size),
+                None => true,
+            },
+            _ => true,
+        };
+        if notify {
+            irq.raise();
+        }
+    }
+
+    /// Before its PMD thread sleeps: asks the driver to kick when it makes buffers
+    /// available (device event `ENABLE`), then looks again: the kick fd to wait on,
+    /// `Pending` when a chain came meanwhile, or `Timeout` without a kick fd.
+    pub fn arm_kick(&mut self) -> crate::idle::Wake {
+        use crate::idle::Wake;
+        use std::os::fd::AsRawFd;
+        let Some(fd) = self.kick.as_ref().map(|k| k.as_raw_fd()) else {
+            return Wake::Timeout;
+        };
+        self.write_device_event(EVENT_ENABLE);
+        // The request must be visible before the next descriptor is read again, or a
+        // chain made available in between is neither seen nor kicked about.
+        fence(Ordering::SeqCst);
+        if self.read_desc(self.avail.idx).avail_in(self.avail.wrap) {
+            self.disarm_kick(false);
+            return Wake::Pending;
+        }
+        Wake::Fd(fd)
+    }
+
+    /// After the sleep: kicks off again, and the kick fd drained if it was readable.
+    pub fn disarm_kick(&mut self, kicked: bool) {
+        self.write_device_event(EVENT_DISABLE);
+        if kicked {
+            drain_kick(&mut self.kick);
+        }
+    }
+
+    /// Moves up to `out.len()` frames the guest transmitted into mbufs, as the split
+    /// ring's `dequeue` does (same drops, same offload headers, large buffers).
+    #[inline]
     pub fn dequeue(
         &mut self,
         cache: &mut MempoolCache,
         out: &mut [Option<Mbuf>],
-        drops: &mut u64,
+        drops: &mut RxCounts,
+        bytes: &mut u64,
+    ) -> usize {
+        if self.feat.host_offload {
+            self.dequeue_burst::<true>(cache, out, drops, bytes)
+        } else {
+            self.dequeue_burst::<false>(cache, out, drops, bytes)
+        }
+    }
+
+    #[inline(always)]
+    fn dequeue_burst<const OL: bool>(
+        &mut self,
+        cache: &mut MempoolCache,
+        out: &mut [Option<Mbuf>],
+        drops: &mut RxCounts,
         bytes: &mut u64,
     ) -> usize {
         if self.error.is_some() {
             return 0;
         }
-        let mut got = 0;
-        while got < out.len() {
-            // The buffer first: with none free the chain stays on the ring.
-            let Some(mut m) = cache.alloc() else { break };
-            let chain = match self.take_chain(false) {
+        self.budget = BURST_DESC_BUDGET;
+        let mut segs = [NO_SEG; MAX_SEGS];
+        let mut got = 0usize;
+        for _ in 0..out.len() {
+            if !self.has_budget() {
+                break; // the rest waits for the next poll
+            }
+            let c = match self.take_chain(self.avail, false, &mut segs) {
                 Ok(Some(c)) => c,
-                Ok(None) => {
-                    cache.free(m);
-                    break;
-                }
+                Ok(None) => break,
                 Err(e) => {
-                    cache.free(m);
-                    self.error = Some(e);
+                    self.fail(e);
                     break;
                 }
             };
-            let payload = chain.bytes.saturating_sub(self.hdr_len as u64) as usize;
-            let whole = chain.nseg < chain.segs.len() || chain.bytes == self.seg_bytes(&chain);
-            if payload > self.max_frame.min(DATA_ROOM) || !whole {
-                *drops += 1;
-                cache.free(m);
-                self.put_used(chain.id, 0, chain.count);
-                continue;
-            }
-            let dst = m.set_len(payload);
-            let mut skip = self.hdr_len;
-            let mut off = 0;
-            for &(p, len) in &chain.segs[..chain.nseg] {
-                let len = len as usize;
-                let k = skip.min(len);
-                skip -= k;
-                if len > k {
-                    // SAFETY: the segment lies in guest memory (checked in take_chain);
-                    // dst has room for what the segments hold after the header.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(p.add(k), dst.as_mut_ptr().add(off), len - k)
-                    };
-                    off += len - k;
+            match frame_from_chain::<OL>(
+                &self.feat,
+                self.fast_payload,
+                cache,
+                &segs[..c.nseg],
+                (c.stored, c.total),
+                drops,
+                bytes,
+            ) {
+                Taken::Frame(m) => {
+                    out[got] = Some(m);
+                    got += 1;
                 }
+                Taken::Dropped => {}
+                Taken::Wait => break, // an empty pool loses nothing: the chain waits
             }
-            self.put_used(chain.id, 0, chain.count);
-            *bytes += payload as u64;
-            out[got] = Some(m);
-            got += 1;
-        }
-        if got > 0 {
-            self.signal();
+            self.avail = c.next;
+            self.put_used(c.id, 0, c.count);
         }
         if self.mem.is_poisoned() {
+            // Some of these frames were read from memory that vanished: deliver none.
             for m in out[..got].iter_mut() {
                 cache.free(m.take().expect("stored above"));
             }
             got = 0;
-            self.error = Some(GuestError::MemoryGone);
+            self.fail(GuestError::MemoryGone);
         }
+        self.publish();
         got
     }
 
-    /// Interrupts the guest after used descriptors were published, unless it turned
-    /// interrupts off (`DESC`, a wish for one at a given descriptor, is taken as on:
-    /// an interrupt more is allowed).
-    fn signal(&self) {
-        let Some(irq) = &self.irq else { return };
-        fence(Ordering::SeqCst);
-        // SAFETY: the 4-byte driver event area was validated in guest memory.
-        let flags = unsafe { std::ptr::read_volatile(self.driver_event.add(2) as *const u16) };
-        if u16::from_le(flags) & 3 != F_EVENT_DISABLE {
-            irq.raise();
-        }
-    }
-
-    fn seg_bytes(&self, c: &Chain) -> u64 {
-        c.segs[..c.nseg].iter().map(|s| s.1 as u64).sum()
-    }
-
-    /// Copies frames from the front of `pkts` into the guest's receive buffers (one
-    /// chain per frame; with mergeable buffers a frame may take several). Returns how
-    /// many were consumed; stops at the first frame without room.
+    /// Copies frames from the front of `pkts` into the guest's receive buffers, as
+    /// the split ring's `enqueue` does. Returns how many were consumed (delivered, or
+    /// dropped and counted in `too_big`); stops at the first frame without room.
+    #[inline]
     pub fn enqueue(
+        &mut self,
+        pkts: &mut [Option<Mbuf>],
+        cache: &mut MempoolCache,
+        bytes: &mut u64,
+        too_big: &mut u64,
+    ) -> usize {
+        self.enqueue_burst::<false>(pkts, cache, bytes, too_big)
+    }
+
+    /// `enqueue` for a burst that may hold frames with offload metadata (see the
+    /// split ring's `enqueue_offload`).
+    pub fn enqueue_offload(
+        &mut self,
+        pkts: &mut [Option<Mbuf>],
+        cache: &mut MempoolCache,
+        bytes: &mut u64,
+        too_big: &mut u64,
+    ) -> usize {
+        self.enqueue_burst::<true>(pkts, cache, bytes, too_big)
+    }
+
+    #[inline(always)]
+    fn enqueue_burst<const OL: bool>(
         &mut self,
         pkts: &mut [Option<Mbuf>],
         cache: &mut MempoolCache,
@@ -403,317 +740,130 @@ impl PackedRing {
         if self.error.is_some() {
             return 0;
         }
+        self.budget = BURST_DESC_BUDGET;
+        let hdr_len = self.feat.hdr_len;
+        let mut rsv = self.rsv.take().expect("put back at the end of every burst");
         let mut consumed = 0;
         for slot in pkts.iter_mut() {
+            let own: NetHdr;
+            let net = if OL {
+                let m = slot.as_mut().expect("tx slots are filled");
+                match offload_for_guest(self.feat.guest_caps, m) {
+                    Some(h) => {
+                        own = h;
+                        &own
+                    }
+                    None => {
+                        *too_big += 1;
+                        consumed += 1;
+                        cache.free(slot.take().expect("checked"));
+                        continue;
+                    }
+                }
+            } else {
+                &PLAIN
+            };
             let frame = slot.as_ref().expect("tx slots are filled").data();
-            let need = self.hdr_len + frame.len();
-            // Peek: a frame is written only once all its chains are there.
-            let save = (self.avail_idx, self.avail_wrap);
-            let mut nchains = 0usize;
-            let mut have = 0u64;
-            let mut fail = None;
-            while have < need as u64 {
-                if nchains == self.chains.len() {
-                    fail = Some(GuestError::ReceiveTooFragmented { len: frame.len() });
+            let next = match self.reserve(&mut rsv, frame.len()) {
+                Ok(Room::Fits(next)) => next,
+                Ok(Room::TooBig) => {
+                    // The chain is left for a frame that fits.
+                    *too_big += 1;
+                    consumed += 1;
+                    cache.free(slot.take().expect("checked"));
+                    continue;
+                }
+                Ok(Room::Wait) => break,
+                Err(e) => {
+                    self.fail(e);
                     break;
                 }
-                match self.take_chain(true) {
-                    Ok(Some(c)) => {
-                        have += self.seg_bytes(&c);
-                        self.chains[nchains] = c;
-                        nchains += 1;
-                        if !self.mrg_rxbuf {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        fail = Some(e);
-                        break;
-                    }
-                }
+            };
+            let need = hdr_len + frame.len();
+            let first = rsv.segs[0];
+            if rsv.chains == 1 && first.len as usize >= need && (hdr_len == 12 || hdr_len == 10) {
+                // SAFETY: reserve checked the segment: writable guest memory with room
+                // for header and frame.
+                unsafe { fill_single::<OL>(first.ptr, hdr_len, frame, net) };
+            } else {
+                // SAFETY: reserve checked every segment: writable guest memory with
+                // room for the header and the frame.
+                unsafe { copy_reserved(&rsv, hdr_len, frame, net) };
             }
-            if let Some(e) = fail {
-                self.error = Some(e);
-                break;
+            if let Some(l) = self.log.as_deref_mut() {
+                log_reserved(l, &rsv, need);
             }
-            if have < need as u64 {
-                (self.avail_idx, self.avail_wrap) = save;
-                if nchains == 0 || self.mrg_rxbuf {
-                    break; // no room now: the frame waits
-                }
-                // One chain too small without mergeable buffers: left for a frame
-                // that fits; this one is dropped.
-                consumed += 1;
-                *too_big += 1;
-                cache.free(slot.take().expect("checked"));
-                continue;
+            for k in 0..rsv.chains {
+                self.put_used(rsv.heads[k], rsv.written[k], rsv.descs[k]);
             }
-            let mut hdr = [0u8; 12];
-            hdr[10..12].copy_from_slice(&(nchains as u16).to_le_bytes());
-            let mut src: [&[u8]; 2] = [&hdr[..self.hdr_len], frame];
-            let mut which = 0;
-            let mut first = (0u16, 0u16);
-            for k in 0..nchains {
-                let c = self.chains[k];
-                let mut n = 0u32;
-                for &(p, len) in &c.segs[..c.nseg] {
-                    let mut pos = 0usize;
-                    while pos < len as usize && which < 2 {
-                        let k = (len as usize - pos).min(src[which].len());
-                        // SAFETY: pos + k <= len, inside the writable segment (checked).
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(src[which].as_ptr(), p.add(pos), k)
-                        };
-                        pos += k;
-                        n += k as u32;
-                        src[which] = &src[which][k..];
-                        if src[which].is_empty() {
-                            which += 1;
-                        }
-                    }
-                }
-                // The frame's used descriptors are published together: the first
-                // one's flags last, so the driver never sees part of a frame (Linux
-                // drops a frame whose num_buffers are not all there).
-                let (slot, flags) = self.next_used(c.id, n, c.count);
-                if k == 0 {
-                    first = (slot, flags);
-                } else {
-                    fence(Ordering::Release);
-                    self.publish_used(slot, flags);
-                }
-            }
-            fence(Ordering::Release);
-            self.publish_used(first.0, first.1);
+            self.avail = next;
             *bytes += frame.len() as u64;
             consumed += 1;
             cache.free(slot.take().expect("checked"));
         }
-        if consumed > 0 {
-            self.signal();
+        self.rsv = Some(rsv);
+        if self.mem.is_poisoned() {
+            self.fail(GuestError::MemoryGone);
         }
+        self.publish();
         consumed
+    }
+
+    /// Reserves in `rsv` the receive chains a frame of `len` bytes (plus header)
+    /// needs, from the next available one on (several only with mergeable buffers).
+    #[inline]
+    fn reserve(&mut self, rsv: &mut Reserved, len: usize) -> Result<Room, GuestError> {
+        let need = (self.feat.hdr_len + len) as u64;
+        rsv.clear();
+        let mut at = self.avail;
+        let mut have = 0u64;
+        while have < need {
+            if rsv.full() {
+                return Err(GuestError::ReceiveTooFragmented { len });
+            }
+            if !self.has_budget() {
+                return Ok(Room::Wait);
+            }
+            let Some(c) = self.take_chain(at, true, &mut rsv.segs[rsv.nseg..])? else {
+                return Ok(Room::Wait);
+            };
+            if !self.feat.mrg_rxbuf && c.stored < need {
+                return Ok(Room::TooBig);
+            }
+            rsv.push_chain(c.id, c.count, c.nseg, c.stored.min(need - have) as u32);
+            have += c.stored;
+            at = c.next;
+            // Without mergeable buffers a frame takes one chain, whole or not at all.
+            if !self.feat.mrg_rxbuf {
+                break;
+            }
+        }
+        Ok(Room::Fits(at))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hugepage::HugepagePolicy;
-    use crate::mempool::Mempool;
-    use crate::vhost::driver::DriverMem;
-
-    const GPA: u64 = 0x4000_0000;
-    const UVA: u64 = 0x7f12_0000_0000;
-    const BUF: u64 = 0x10000;
-
-    /// The driver's side of a packed ring at region offset 0.
-    struct Driver<'a> {
-        mem: &'a DriverMem,
-        size: u16,
-        next: u16,
-        wrap: bool,
+/// Whether the used descriptors published from `old` to `new` (indexes; `wrap` the
+/// used wrap counter at `new`) passed the driver's event offset `off_wrap`, in a ring
+/// of `size` (DPDK's `vhost_need_event` over packed indexes).
+fn need_event(off_wrap: u16, old: u16, new: u16, wrap: bool, size: u16) -> bool {
+    let (size, new) = (size as i32, new as i32);
+    let mut old = old as i32;
+    if new <= old {
+        old -= size;
     }
+    let mut off = (off_wrap & !WRAP_BIT) as i32;
+    if (off_wrap & WRAP_BIT != 0) != wrap {
+        off -= size;
+    }
+    ((new - off - 1) as u16) < ((new - old) as u16)
+}
 
-    impl Driver<'_> {
-        /// Makes `bufs` (region offset, length, flags) available as one chain with `id`.
-        fn post(&mut self, id: u16, bufs: &[(u64, u32, u16)]) {
-            // Head last, as a driver does: the device sees the chain whole or not at all.
-            let head = self.next;
-            let mut slots = Vec::new();
-            for (k, &(off, len, fl)) in bufs.iter().enumerate() {
-                let mut f = fl;
-                if k + 1 < bufs.len() {
-                    f |= F_NEXT;
-                }
-                f |= if self.wrap { F_AVAIL } else { F_USED };
-                slots.push((self.next, GPA + off, len, id, f));
-                self.next += 1;
-                if self.next == self.size {
-                    self.next = 0;
-                    self.wrap = !self.wrap;
-                }
-            }
-            for &(i, addr, len, id, f) in slots.iter().rev() {
-                let o = 16 * i as u64;
-                self.mem.write(o, &addr.to_le_bytes());
-                self.mem.write(o + 8, &len.to_le_bytes());
-                self.mem.write(o + 12, &id.to_le_bytes());
-                let _ = head;
-                self.mem.write_u16(o + 14, f);
-            }
+impl Drop for PackedRing {
+    /// A ring taken down publishes what it wrote and leaves no dirty page unmarked.
+    fn drop(&mut self) {
+        self.publish();
+        if let Some(l) = self.log.as_deref_mut() {
+            l.flush();
         }
-        /// The used descriptor at slot `i`: (id, len, used-flag pair as a wrap value).
-        fn used(&self, i: u16) -> (u16, u32, u16) {
-            let o = 16 * i as u64;
-            let len = self.mem.read_u32(o + 8);
-            let id = self.mem.read_u16(o + 12);
-            (id, len, self.mem.read_u16(o + 14) & (F_AVAIL | F_USED))
-        }
-    }
-
-    fn rig(size: u16) -> (DriverMem, Arc<Mempool>) {
-        let mem = DriverMem::new(0, 1 << 20, GPA, UVA);
-        let pool = Mempool::with_large(256, 0, HugepagePolicy::Off).unwrap();
-        let _ = size;
-        (mem, pool)
-    }
-
-    fn ring(mem: &DriverMem, size: u16, mrg: bool) -> PackedRing {
-        let gm = Arc::new(GuestMemory::map(&[mem.region()], vec![mem.file()]).unwrap());
-        let addrs = RingAddrs {
-            desc: UVA,
-            avail: UVA + 0xf000,
-            used: UVA + 0xf004,
-        };
-        PackedRing::new(gm, size as u32, addrs, 0x8000, 12, 1514, mrg, None).unwrap()
-    }
-
-    fn frame(n: usize, tag: u8) -> Vec<u8> {
-        vec![tag; n]
-    }
-
-    #[test]
-    fn transmitted_chains_are_received_in_order_across_the_wrap() {
-        let (mem, pool) = rig(4);
-        let mut cache = MempoolCache::new(pool.clone());
-        let mut d = Driver {
-            mem: &mem,
-            size: 4,
-            next: 0,
-            wrap: true,
-        };
-        let mut r = ring(&mem, 4, true);
-        let mut seen = Vec::new();
-        // Six frames through a ring of four: one descriptor, then header and frame
-        // in two descriptors, alternately; ids out of order.
-        for k in 0..6u16 {
-            let off = BUF + 0x1000 * k as u64;
-            mem.write(off, &[0u8; 12]);
-            mem.write(off + 12, &frame(60, k as u8));
-            if k % 2 == 0 {
-                d.post(10 - k, &[(off, 72, 0)]);
-            } else {
-                d.post(10 - k, &[(off, 12, 0), (off + 12, 60, 0)]);
-            }
-            let mut out: [Option<Mbuf>; 4] = Default::default();
-            let mut drops = 0;
-            let n = r.dequeue(&mut cache, &mut out, &mut drops, &mut 0);
-            assert_eq!((n, drops), (1, 0), "frame {k}");
-            let m = out[0].take().unwrap();
-            assert_eq!(m.data(), &frame(60, k as u8)[..]);
-            cache.free(m);
-            seen.push(k);
-        }
-        assert!(r.error().is_none());
-        // The last used descriptor: frame 5 (id 5), in the second lap's slots.
-        // Frames took 1,2,1,2,1,2 descriptors: 9 in all; frame 5 is used at slot 7 % 4.
-        let (id, len, fl) = d.used(3);
-        assert_eq!((id, len), (5, 0));
-        assert_eq!(fl, 0, "second lap: the used wrap counter is 0");
-        // Nine descriptors in a ring of four: two laps and one, wrap counter back at 1.
-        assert_eq!(r.base(), 0x8001_8001);
-        drop(cache);
-        assert_eq!(pool.available(), 256);
-    }
-
-    #[test]
-    fn received_frames_fill_buffers_and_merge_across_them() {
-        let (mem, pool) = rig(8);
-        let mut cache = MempoolCache::new(pool.clone());
-        let mut d = Driver {
-            mem: &mem,
-            size: 8,
-            next: 0,
-            wrap: true,
-        };
-        let mut r = ring(&mem, 8, true);
-        d.post(1, &[(BUF, 2048, F_WRITE)]);
-        d.post(2, &[(BUF + 0x1000, 64, F_WRITE)]);
-        d.post(3, &[(BUF + 0x2000, 64, F_WRITE)]);
-        let mut pkts: Vec<Option<Mbuf>> = [100usize, 100]
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| {
-                let mut m = cache.alloc().unwrap();
-                m.set_len(n).copy_from_slice(&frame(n, i as u8 + 1));
-                Some(m)
-            })
-            .collect();
-        assert_eq!(r.enqueue(&mut pkts, &mut cache, &mut 0, &mut 0), 2);
-        assert_eq!(d.used(0), (1, 112, F_AVAIL | F_USED));
-        assert_eq!(mem.read(BUF + 12, 100), frame(100, 1));
-        // The second frame took two 64-byte buffers: num_buffers = 2.
-        assert_eq!(d.used(1), (2, 64, F_AVAIL | F_USED));
-        assert_eq!(d.used(2), (3, 48, F_AVAIL | F_USED));
-        assert_eq!(
-            u16::from_le_bytes(mem.read(BUF + 0x1000 + 10, 2).try_into().unwrap()),
-            2
-        );
-        let mut got = mem.read(BUF + 0x1000 + 12, 52);
-        got.extend(mem.read(BUF + 0x2000, 48));
-        assert_eq!(got, frame(100, 2));
-        drop(cache);
-        assert_eq!(pool.available(), 256);
-    }
-
-    #[test]
-    fn a_guest_breaking_the_rules_stops_the_ring() {
-        let (mem, pool) = rig(8);
-        let mut cache = MempoolCache::new(pool.clone());
-        for (what, bufs, want) in [
-            (
-                "writable in transmit",
-                vec![(BUF, 100u32, F_WRITE)],
-                GuestError::WritableInTransmit { addr: GPA + BUF },
-            ),
-            (
-                "outside memory",
-                vec![(1 << 30, 100, 0)],
-                GuestError::BufferOutside {
-                    addr: GPA + (1 << 30),
-                    len: 100,
-                },
-            ),
-            (
-                "indirect",
-                vec![(BUF, 32, F_INDIRECT)],
-                GuestError::IndirectNotNegotiated,
-            ),
-        ] {
-            let mut d = Driver {
-                mem: &mem,
-                size: 8,
-                next: 0,
-                wrap: true,
-            };
-            let mut r = ring(&mem, 8, true);
-            d.post(1, &bufs);
-            let mut out: [Option<Mbuf>; 4] = Default::default();
-            let mut drops = 0;
-            assert_eq!(
-                r.dequeue(&mut cache, &mut out, &mut drops, &mut 0),
-                0,
-                "{what}"
-            );
-            assert_eq!(r.error(), Some(want), "{what}");
-        }
-        // A chain that claims more descriptors than the ring has: every one NEXT.
-        let mut d = Driver {
-            mem: &mem,
-            size: 8,
-            next: 0,
-            wrap: true,
-        };
-        let mut r = ring(&mem, 8, true);
-        let bufs: Vec<(u64, u32, u16)> = (0..8).map(|k| (BUF + 64 * k, 64, F_NEXT)).collect();
-        d.post(1, &bufs);
-        let mut out: [Option<Mbuf>; 4] = Default::default();
-        let mut drops = 0;
-        assert_eq!(r.dequeue(&mut cache, &mut out, &mut drops, &mut 0), 0);
-        assert_eq!(r.error(), Some(GuestError::ChainTooLong { limit: 8 }));
-        drop(cache);
-        assert_eq!(pool.available(), 256);
     }
 }

@@ -959,18 +959,25 @@ impl Conn {
             .notifier
             .has_call(i)
             .then(|| Irq::new(sh.notifier.clone(), i));
+        let log = match (&self.log, self.features & VHOST_F_LOG_ALL != 0) {
+            (Some(log), true) => Some(log.clone()),
+            _ => None,
+        };
+        let kick = self.kick_for_ring(i);
         let built = if self.features & VIRTIO_F_RING_PACKED != 0 {
-            let f = self.ring_features();
             PackedRing::new(
                 mem.clone(),
                 vq.size,
                 addrs,
                 vq.base,
-                f.hdr_len,
-                f.max_frame,
-                f.mrg_rxbuf,
+                self.ring_features(),
                 irq,
             )
+            .map(|r| r.with_kick(kick))
+            .map(|r| match log {
+                Some(log) => r.with_log(log),
+                None => r,
+            })
             .map(Ring::Packed)
         } else {
             LiveRing::new(
@@ -981,13 +988,11 @@ impl Conn {
                 self.ring_features(),
                 irq,
             )
-            .map(|r| r.with_kick(self.kick_for_ring(i)))
-            .map(
-                |r| match (&self.log, self.features & VHOST_F_LOG_ALL != 0) {
-                    (Some(log), true) => r.with_log(log.clone(), vq.log_used),
-                    _ => r,
-                },
-            )
+            .map(|r| r.with_kick(kick))
+            .map(|r| match log {
+                Some(log) => r.with_log(log, vq.log_used),
+                None => r,
+            })
             .map(Ring::Split)
         };
         match built {

@@ -22,7 +22,7 @@ impl Ring {
     ) -> usize {
         match self {
             Ring::Split(r) => r.dequeue(cache, out, drops, bytes),
-            Ring::Packed(r) => r.dequeue(cache, out, &mut drops.oversize, bytes),
+            Ring::Packed(r) => r.dequeue(cache, out, drops, bytes),
         }
     }
 
@@ -50,9 +50,7 @@ impl Ring {
     ) -> usize {
         match self {
             Ring::Split(r) => r.enqueue_offload(pkts, cache, bytes, too_big),
-            // WIP: offload headers are not written to packed rings yet, so frames
-            // asking for a checksum reach a packed guest without it.
-            Ring::Packed(r) => r.enqueue(pkts, cache, bytes, too_big),
+            Ring::Packed(r) => r.enqueue_offload(pkts, cache, bytes, too_big),
         }
     }
 
@@ -72,13 +70,14 @@ impl Ring {
     pub fn arm_kick(&mut self) -> crate::idle::Wake {
         match self {
             Ring::Split(r) => r.arm_kick(),
-            Ring::Packed(_) => crate::idle::Wake::Timeout,
+            Ring::Packed(r) => r.arm_kick(),
         }
     }
 
     pub fn disarm_kick(&mut self, kicked: bool) {
-        if let Ring::Split(r) = self {
-            r.disarm_kick(kicked);
+        match self {
+            Ring::Split(r) => r.disarm_kick(kicked),
+            Ring::Packed(r) => r.disarm_kick(kicked),
         }
     }
 
@@ -94,7 +93,7 @@ impl Ring {
     pub fn logging(&self) -> bool {
         match self {
             Ring::Split(r) => r.logging(),
-            Ring::Packed(_) => false,
+            Ring::Packed(r) => r.logging(),
         }
     }
 }

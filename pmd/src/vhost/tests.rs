@@ -12,20 +12,20 @@ use crate::mempool::{Mbuf, Mempool, MempoolCache};
 use std::io::Read;
 use std::sync::Arc;
 
-const OUTSIDE: u64 = 64 << 10;
-const SIZE: u64 = 1 << 20;
-const GPA: u64 = 0x4000_0000; // guest memory need not start at 0
-const UVA: u64 = 0x7f12_0000_0000;
-const BUF: u64 = 0x10000; // buffers start here in the region
-const CANARY: u8 = 0xc5;
+pub(super) const OUTSIDE: u64 = 64 << 10;
+pub(super) const SIZE: u64 = 1 << 20;
+pub(super) const GPA: u64 = 0x4000_0000; // guest memory need not start at 0
+pub(super) const UVA: u64 = 0x7f12_0000_0000;
+pub(super) const BUF: u64 = 0x10000; // buffers start here in the region
+pub(super) const CANARY: u8 = 0xc5;
 
-struct Rig {
-    mem: DriverMem,
-    pool: Arc<Mempool>,
-    cache: MempoolCache,
+pub(super) struct Rig {
+    pub(super) mem: DriverMem,
+    pub(super) pool: Arc<Mempool>,
+    pub(super) cache: MempoolCache,
 }
 
-fn rig() -> Rig {
+pub(super) fn rig() -> Rig {
     let mem = DriverMem::new(OUTSIDE, SIZE, GPA, UVA);
     mem.fill_outside(CANARY);
     let pool = Mempool::with_large(1024, 4, HugepagePolicy::Off).unwrap();
@@ -33,7 +33,7 @@ fn rig() -> Rig {
     Rig { mem, pool, cache }
 }
 
-fn feat(mrg: bool, event_idx: bool) -> RingFeatures {
+pub(super) fn feat(mrg: bool, event_idx: bool) -> RingFeatures {
     RingFeatures {
         event_idx,
         mrg_rxbuf: mrg,
@@ -51,13 +51,13 @@ fn live(r: &Rig, ring: &DriverRing, f: RingFeatures, irq: Option<Irq>) -> LiveRi
 }
 
 /// A frame with a 12-byte zero header in front, at region offset `off`.
-fn put_frame(r: &Rig, off: u64, frame: &[u8]) -> u32 {
+pub(super) fn put_frame(r: &Rig, off: u64, frame: &[u8]) -> u32 {
     r.mem.write(off, &[0u8; 12]);
     r.mem.write(off + 12, frame);
     (12 + frame.len()) as u32
 }
 
-fn frame(n: usize, tag: u8) -> Vec<u8> {
+pub(super) fn frame(n: usize, tag: u8) -> Vec<u8> {
     let mut f = vec![tag; n];
     f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
     f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
@@ -73,14 +73,14 @@ fn dequeue(cache: &mut MempoolCache, lr: &mut LiveRing) -> Vec<Mbuf> {
     v
 }
 
-fn assert_clean(r: &Rig) {
+pub(super) fn assert_clean(r: &Rig) {
     assert!(
         r.mem.read_outside().iter().all(|&b| b == CANARY),
         "memory outside the guest region was written"
     );
 }
 
-fn free_all(cache: &mut MempoolCache, v: Vec<Mbuf>) {
+pub(super) fn free_all(cache: &mut MempoolCache, v: Vec<Mbuf>) {
     for m in v {
         cache.free(m);
     }
@@ -408,7 +408,7 @@ fn a_long_frame_without_large_buffers_is_dropped_not_waited_for() {
     r.cache = cache;
 }
 
-fn rx_frames(n: usize, len: usize, cache: &mut MempoolCache) -> Vec<Option<Mbuf>> {
+pub(super) fn rx_frames(n: usize, len: usize, cache: &mut MempoolCache) -> Vec<Option<Mbuf>> {
     (0..n)
         .map(|i| {
             let mut m = cache.alloc().unwrap();
@@ -610,22 +610,22 @@ fn memory_table_rejects_overlaps_and_fd_mismatch() {
 
 /// A guest's call eventfd behind a notifier without a thread: `Call::count` delivers
 /// what the ring raised, then reads the eventfd as the guest would.
-struct Call {
+pub(super) struct Call {
     n: Arc<Notifier>,
     fd: Arc<std::fs::File>,
 }
 
 impl Call {
-    fn new() -> Call {
+    pub(super) fn new() -> Call {
         let n = Notifier::new("test", 2);
         let fd = Arc::new(super::driver::eventfd(0, false));
         n.set_call(0, Some(fd.clone()));
         Call { n, fd }
     }
-    fn irq(&self) -> Option<Irq> {
+    pub(super) fn irq(&self) -> Option<Irq> {
         Some(Irq::new(self.n.clone(), 0))
     }
-    fn count(&self) -> u64 {
+    pub(super) fn count(&self) -> u64 {
         self.n.deliver();
         let mut b = [0u8; 8];
         match (&*self.fd).read(&mut b) {
@@ -1175,7 +1175,7 @@ fn a_sleeping_thread_asks_for_kicks_and_stops_asking_after() {
 }
 
 /// The pages marked in a dirty log file (bit numbers).
-fn marked_pages(log: &std::fs::File, len: usize) -> Vec<u64> {
+pub(super) fn marked_pages(log: &std::fs::File, len: usize) -> Vec<u64> {
     use std::os::unix::fs::FileExt;
     let mut b = vec![0u8; len];
     log.read_exact_at(&mut b, 0).unwrap();
@@ -1191,7 +1191,7 @@ fn marked_pages(log: &std::fs::File, len: usize) -> Vec<u64> {
 }
 
 /// The log bit of region offset `off`.
-fn page_of(off: u64) -> u64 {
+pub(super) fn page_of(off: u64) -> u64 {
     (GPA + off) / super::log::LOG_PAGE
 }
 

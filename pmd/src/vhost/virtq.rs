@@ -29,7 +29,7 @@ pub const VRING_AVAIL_F_NO_INTERRUPT: u16 = virtio_ring::VRING_AVAIL_F_NO_INTERR
 pub const MAX_RING: u32 = 32768;
 /// Descriptors of one chain the data path copies through; longer chains are
 /// still validated to their end.
-const MAX_SEGS: usize = 64;
+pub(super) const MAX_SEGS: usize = 64;
 
 /// Most descriptors one chain may have, indirect table included (DPDK keeps 256
 /// segments per chain, Linux vhost 1024): a longer chain is a guest error, so a chain
@@ -163,6 +163,11 @@ pub enum RingError {
         len: u64,
     },
     Misaligned(RingAddrs),
+    /// A packed ring's SET_VRING_BASE index past the ring.
+    Base {
+        base: u32,
+        size: u32,
+    },
 }
 
 impl std::fmt::Display for RingError {
@@ -175,6 +180,12 @@ impl std::fmt::Display for RingError {
                 write!(f, "{what} {addr:#x}+{len} is outside guest memory")
             }
             RingError::Misaligned(a) => write!(f, "ring addresses misaligned: {a:x?}"),
+            RingError::Base { base, size } => {
+                write!(
+                    f,
+                    "ring base {base:#x} names a descriptor past the ring of {size}"
+                )
+            }
         }
     }
 }
@@ -285,7 +296,7 @@ unsafe fn read_desc_unaligned(p: *const u8) -> Desc {
 /// Every segment must be `len` readable bytes, and `dst` must have at least as many
 /// bytes as the segments hold after the header.
 #[inline(never)]
-unsafe fn copy_segments(segs: &[Seg], hdr: u64, dst: &mut [u8]) {
+pub(super) unsafe fn copy_segments(segs: &[Seg], hdr: u64, dst: &mut [u8]) {
     let mut skip = hdr;
     let mut off = 0usize;
     for s in segs {
@@ -314,7 +325,7 @@ unsafe fn copy_segments(segs: &[Seg], hdr: u64, dst: &mut [u8]) {
 /// # Safety
 /// `p` must have `hdr_len` (10 or 12) writable bytes.
 #[inline(always)]
-unsafe fn write_net_header(p: *mut u8, hdr_len: usize) {
+pub(super) unsafe fn write_net_header(p: *mut u8, hdr_len: usize) {
     // SAFETY: the caller gives hdr_len >= 10 writable bytes at p.
     unsafe {
         std::ptr::write_unaligned(p as *mut u64, 0);
@@ -326,8 +337,30 @@ unsafe fn write_net_header(p: *mut u8, hdr_len: usize) {
     }
 }
 
+/// Writes header and frame into one receive buffer: num_buffers (bytes 10-11 of a
+/// 12-byte header) is 1, and with `OL` the frame's offload header goes first.
+///
+/// # Safety
+/// `p` must have `hdr_len` (10 or 12) + `frame.len()` writable bytes.
+#[inline(always)]
+pub(super) unsafe fn fill_single<const OL: bool>(
+    p: *mut u8,
+    hdr_len: usize,
+    frame: &[u8],
+    net: &NetHdr,
+) {
+    // SAFETY: the caller gives hdr_len + frame.len() writable bytes at p.
+    unsafe {
+        write_net_header(p, hdr_len);
+        if OL && !net.is_plain() {
+            std::ptr::copy_nonoverlapping(net.to_bytes().as_ptr(), p, NetHdr::LEN);
+        }
+        std::ptr::copy_nonoverlapping(frame.as_ptr(), p.add(hdr_len), frame.len());
+    }
+}
+
 /// The header of a frame that asks for no offload.
-const PLAIN: NetHdr = NetHdr {
+pub(super) const PLAIN: NetHdr = NetHdr {
     flags: 0,
     gso_type: 0,
     hdr_len: 0,
@@ -337,14 +370,14 @@ const PLAIN: NetHdr = NetHdr {
 };
 
 /// What `dequeue_long` made of a frame.
-enum Long {
+pub(super) enum Long {
     Frame(Mbuf),
     Drop(LongDrop),
     /// No buffer free: the frame stays on the ring.
     NoBuffer,
 }
 
-enum LongDrop {
+pub(super) enum LongDrop {
     Mtu,
     Oversize,
     NoBuffer,
@@ -371,15 +404,203 @@ struct Desc {
 }
 
 #[derive(Clone, Copy)]
-struct Seg {
-    ptr: *mut u8,
-    len: u32,
+pub(super) struct Seg {
+    pub(super) ptr: *mut u8,
+    pub(super) len: u32,
 }
 
-const NO_SEG: Seg = Seg {
+pub(super) const NO_SEG: Seg = Seg {
     ptr: std::ptr::null_mut(),
     len: 0,
 };
+
+/// Drains a ring's kick eventfd after its PMD thread woke on it. One that cannot be
+/// drained without blocking is given up: the ring is then polled on timeouts only.
+pub(super) fn drain_kick(kick: &mut Option<std::os::fd::OwnedFd>) {
+    use std::os::fd::AsRawFd;
+    if let Some(k) = kick {
+        if !crate::idle::drain_eventfd(k.as_raw_fd()) {
+            tracing::warn!(
+                "a kick eventfd cannot be read without blocking; polling the ring on timeouts"
+            );
+            *kick = None;
+        }
+    }
+}
+
+/// What became of one chain a guest transmitted.
+pub(super) enum Taken {
+    Frame(Mbuf),
+    /// Dropped and counted: the chain is returned used.
+    Dropped,
+    /// No buffer free: the chain stays on the ring for the next poll.
+    Wait,
+}
+
+/// Makes the frame in a transmitted chain's segments (`sizes`: bytes in the segments
+/// stored, bytes in the whole chain) an mbuf, as either ring layout found it: its
+/// virtio-net header read and checked (`OL`), frames up to `fast_payload` copied in
+/// line, longer ones through `dequeue_long`. Drops are counted in `drops`, the
+/// frame's bytes in `bytes`.
+#[inline(always)]
+pub(super) fn frame_from_chain<const OL: bool>(
+    feat: &RingFeatures,
+    fast_payload: u64,
+    cache: &mut MempoolCache,
+    segs: &[Seg],
+    (stored, total): (u64, u64),
+    drops: &mut RxCounts,
+    bytes: &mut u64,
+) -> Taken {
+    let hdr = feat.hdr_len as u64;
+    let payload = total.saturating_sub(hdr);
+    let net = if OL {
+        match net_header(segs) {
+            Ok(h) => h,
+            Err(d) => {
+                match d {
+                    LongDrop::Mtu => drops.mtu += 1,
+                    _ => drops.bad_offload += 1,
+                }
+                return Taken::Dropped;
+            }
+        }
+    } else {
+        NetHdr::default()
+    };
+    let mut m = if payload > fast_payload || stored != total {
+        let gso = OL && net.gso_type != GSO_NONE;
+        match dequeue_long(feat, cache, segs, payload, stored != total, gso) {
+            Long::Frame(m) => m,
+            Long::Drop(d) => {
+                match d {
+                    LongDrop::Mtu => drops.mtu += 1,
+                    LongDrop::Oversize => drops.oversize += 1,
+                    LongDrop::NoBuffer => drops.no_mbuf += 1,
+                }
+                return Taken::Dropped;
+            }
+            Long::NoBuffer => return Taken::Wait,
+        }
+    } else {
+        let Some(mut m) = cache.alloc() else {
+            return Taken::Wait;
+        };
+        let dst = m.set_len(payload as usize);
+        if segs.len() == 1 && segs[0].len as u64 >= hdr {
+            // SAFETY: the segment lies in guest memory (checked) and holds hdr + payload
+            // bytes; dst has payload bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    segs[0].ptr.add(hdr as usize),
+                    dst.as_mut_ptr(),
+                    payload as usize,
+                )
+            };
+        } else {
+            // SAFETY: every segment was checked in guest memory; dst has payload bytes,
+            // what the segments hold after the header.
+            unsafe { copy_segments(segs, hdr, dst) };
+        }
+        m
+    };
+    if OL && !net.is_plain() {
+        m.set_offload(net);
+        drops.offload += 1;
+    }
+    *bytes += payload;
+    Taken::Frame(m)
+}
+
+/// A frame longer than the in-line path takes: over the MTU or `MAX_SEGS`
+/// descriptors (dropped), else copied into a large buffer.
+#[cold]
+#[inline(never)]
+pub(super) fn dequeue_long(
+    feat: &RingFeatures,
+    cache: &mut MempoolCache,
+    segs: &[Seg],
+    payload: u64,
+    cut: bool,
+    gso: bool,
+) -> Long {
+    if cut {
+        return Long::Drop(LongDrop::Oversize);
+    }
+    // A TSO frame is longer than the MTU by design (its segments were checked).
+    if payload > feat.max_frame as u64 && !gso {
+        return Long::Drop(LongDrop::Mtu);
+    }
+    if payload > DATA_ROOM as u64 && cache.pool().large_capacity() == 0 {
+        return Long::Drop(LongDrop::Oversize); // waiting would not help
+    }
+    let Some(mut m) = cache.alloc_for(payload as usize) else {
+        // No small buffer: the frame waits, as in the in-line path. No large one:
+        // dropped, so that a guest slow to take jumbo frames (holding large
+        // buffers in its queues) cannot block other guests' rings behind one.
+        return if payload > DATA_ROOM as u64 {
+            Long::Drop(LongDrop::NoBuffer)
+        } else {
+            Long::NoBuffer
+        };
+    };
+    if m.capacity() < payload as usize {
+        cache.free(m);
+        return Long::Drop(LongDrop::Oversize);
+    }
+    let dst = m.set_len(payload as usize);
+    // SAFETY: collect checked every segment in guest memory; dst has payload bytes,
+    // what the segments hold after the header.
+    unsafe { copy_segments(segs, feat.hdr_len as u64, dst) };
+    Long::Frame(m)
+}
+
+/// The virtio-net header at the start of a chain (its first 10 bytes, wherever the
+/// segments split them), checked: an offload this switch takes; a bad one is
+/// `Oversize` here, counted as `bad_offload` by the caller.
+#[inline]
+pub(super) fn net_header(segs: &[Seg]) -> Result<NetHdr, LongDrop> {
+    let mut b = [0u8; NetHdr::LEN];
+    let mut at = 0;
+    for s in segs {
+        let k = (s.len as usize).min(b.len() - at);
+        // SAFETY: the segment lies in guest memory (checked by collect or
+        // look_ahead) and has at least k bytes.
+        unsafe { std::ptr::copy_nonoverlapping(s.ptr, b.as_mut_ptr().add(at), k) };
+        at += k;
+        if at == b.len() {
+            break;
+        }
+    }
+    let h = NetHdr::parse(&b);
+    if h.is_plain() {
+        return Ok(NetHdr::default());
+    }
+    // Its segments' length is checked against each output port's by the egress
+    // step, from the real headers (the sender's hdr_len is only a hint).
+    h.check().map_err(|_| LongDrop::Oversize)?;
+    Ok(h)
+}
+
+/// The header a frame with offload metadata gets in this guest's ring: its own,
+/// when the ring negotiated what it asks for; else (the guest renegotiated since
+/// the switch step looked) plain, with the checksum completed here. `None`: a TSO
+/// frame the guest cannot take, or a checksum that does not fit the frame (drop).
+#[inline]
+pub(super) fn offload_for_guest(guest_caps: Caps, m: &mut Mbuf) -> Option<NetHdr> {
+    let Some(h) = m.offload() else {
+        return Some(NetHdr::default());
+    };
+    if guest_caps.covers(h.needs()) {
+        return Some(h);
+    }
+    if h.gso_type != GSO_NONE {
+        return None;
+    }
+    csum::complete(m.data_mut(), h.csum_start, h.csum_offset).ok()?;
+    m.clear_offload();
+    Some(NetHdr::default())
+}
 
 impl LiveRing {
     /// Validates a ring's placement and builds its live state.
@@ -543,15 +764,7 @@ impl LiveRing {
             self.log_used_now();
         }
         if kicked {
-            use std::os::fd::AsRawFd;
-            if let Some(k) = &self.kick {
-                if !crate::idle::drain_eventfd(k.as_raw_fd()) {
-                    tracing::warn!(
-                        "a kick eventfd cannot be read without blocking; polling the ring on timeouts"
-                    );
-                    self.kick = None;
-                }
-            }
+            drain_kick(&mut self.kick);
         }
     }
 
@@ -894,7 +1107,6 @@ impl LiveRing {
         let mut segs = [NO_SEG; MAX_SEGS];
         let mut got = 0usize;
         let mut done = 0u16;
-        let hdr = self.feat.hdr_len as u64;
         while done < n {
             let head = ahead.heads[done as usize];
             let fast = ahead.segs[done as usize];
@@ -913,72 +1125,23 @@ impl LiveRing {
                     }
                 }
             };
-            let payload = total.saturating_sub(hdr);
-            let net = if OL {
-                match self.net_header(&segs[..nseg]) {
-                    Ok(h) => h,
-                    Err(d) => {
-                        match d {
-                            LongDrop::Mtu => drops.mtu += 1,
-                            _ => drops.bad_offload += 1,
-                        }
-                        self.write_used_elem(self.last_used.wrapping_add(done), head, 0);
-                        done += 1;
-                        continue;
-                    }
+            match frame_from_chain::<OL>(
+                &self.feat,
+                self.fast_payload,
+                cache,
+                &segs[..nseg],
+                (stored, total),
+                drops,
+                bytes,
+            ) {
+                Taken::Frame(m) => {
+                    out[got] = Some(m);
+                    got += 1;
                 }
-            } else {
-                NetHdr::default()
-            };
-            if payload > self.fast_payload || stored != total {
-                let gso = OL && net.gso_type != GSO_NONE;
-                match self.dequeue_long(cache, &segs[..nseg], payload, stored != total, gso) {
-                    Long::Frame(mut m) => {
-                        if OL && !net.is_plain() {
-                            m.set_offload(net);
-                            drops.offload += 1;
-                        }
-                        *bytes += payload;
-                        out[got] = Some(m);
-                        got += 1;
-                    }
-                    Long::Drop(d) => match d {
-                        LongDrop::Mtu => drops.mtu += 1,
-                        LongDrop::Oversize => drops.oversize += 1,
-                        LongDrop::NoBuffer => drops.no_mbuf += 1,
-                    },
-                    Long::NoBuffer => break, // as an empty pool below: it waits
-                }
-                self.write_used_elem(self.last_used.wrapping_add(done), head, 0);
-                done += 1;
-                continue;
-            }
-            // An empty pool loses nothing: the rest stay on the ring for the next poll.
-            let Some(mut m) = cache.alloc() else { break };
-            let dst = m.set_len(payload as usize);
-            if nseg == 1 && segs[0].len as u64 >= hdr {
-                // SAFETY: the segment lies in guest memory (checked) and holds hdr + payload
-                // bytes; dst has payload bytes.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        segs[0].ptr.add(hdr as usize),
-                        dst.as_mut_ptr(),
-                        payload as usize,
-                    )
-                };
-            } else {
-                // SAFETY: collect checked every segment in guest memory; dst has payload
-                // bytes, what the segments hold after the header.
-                unsafe { copy_segments(&segs[..nseg], hdr, dst) };
+                Taken::Dropped => {}
+                Taken::Wait => break, // an empty pool loses nothing: the rest waits
             }
             self.write_used_elem(self.last_used.wrapping_add(done), head, 0);
-            if OL && !net.is_plain() {
-                m.set_offload(net);
-                drops.offload += 1;
-            }
-            *bytes += payload;
-            out[got] = Some(m);
-            got += 1;
             done += 1;
         }
         if self.mem.is_poisoned() {
@@ -992,76 +1155,6 @@ impl LiveRing {
         // A ring the guest just broke is not polled again: settle it now.
         self.publish_used(done, done, self.error.is_none());
         got
-    }
-
-    /// A frame longer than the in-line path takes: over the MTU or `MAX_SEGS`
-    /// descriptors (dropped), else copied into a large buffer.
-    #[cold]
-    #[inline(never)]
-    fn dequeue_long(
-        &self,
-        cache: &mut MempoolCache,
-        segs: &[Seg],
-        payload: u64,
-        cut: bool,
-        gso: bool,
-    ) -> Long {
-        if cut {
-            return Long::Drop(LongDrop::Oversize);
-        }
-        // A TSO frame is longer than the MTU by design (its segments were checked).
-        if payload > self.feat.max_frame as u64 && !gso {
-            return Long::Drop(LongDrop::Mtu);
-        }
-        if payload > DATA_ROOM as u64 && cache.pool().large_capacity() == 0 {
-            return Long::Drop(LongDrop::Oversize); // waiting would not help
-        }
-        let Some(mut m) = cache.alloc_for(payload as usize) else {
-            // No small buffer: the frame waits, as in the in-line path. No large one:
-            // dropped, so that a guest slow to take jumbo frames (holding large
-            // buffers in its queues) cannot block other guests' rings behind one.
-            return if payload > DATA_ROOM as u64 {
-                Long::Drop(LongDrop::NoBuffer)
-            } else {
-                Long::NoBuffer
-            };
-        };
-        if m.capacity() < payload as usize {
-            cache.free(m);
-            return Long::Drop(LongDrop::Oversize);
-        }
-        let dst = m.set_len(payload as usize);
-        // SAFETY: collect checked every segment in guest memory; dst has payload bytes,
-        // what the segments hold after the header.
-        unsafe { copy_segments(segs, self.feat.hdr_len as u64, dst) };
-        Long::Frame(m)
-    }
-
-    /// The virtio-net header at the start of a chain (its first 10 bytes, wherever the
-    /// segments split them), checked: an offload this switch takes; a bad one is
-    /// `Oversize` here, counted as `bad_offload` by the caller.
-    #[inline]
-    fn net_header(&self, segs: &[Seg]) -> Result<NetHdr, LongDrop> {
-        let mut b = [0u8; NetHdr::LEN];
-        let mut at = 0;
-        for s in segs {
-            let k = (s.len as usize).min(b.len() - at);
-            // SAFETY: the segment lies in guest memory (checked by collect or
-            // look_ahead) and has at least k bytes.
-            unsafe { std::ptr::copy_nonoverlapping(s.ptr, b.as_mut_ptr().add(at), k) };
-            at += k;
-            if at == b.len() {
-                break;
-            }
-        }
-        let h = NetHdr::parse(&b);
-        if h.is_plain() {
-            return Ok(NetHdr::default());
-        }
-        // Its segments' length is checked against each output port's by the egress
-        // step, from the real headers (the sender's hdr_len is only a hint).
-        h.check().map_err(|_| LongDrop::Oversize)?;
-        Ok(h)
     }
 
     /// Whether used entries were published that the guest was not yet considered for an
@@ -1186,7 +1279,10 @@ impl LiveRing {
             // Plain bursts refer to one constant header: nothing is built per frame.
             let own: NetHdr;
             let net = if OL {
-                match self.offload_for_guest(slot.as_mut().expect("tx slots are filled")) {
+                match offload_for_guest(
+                    self.feat.guest_caps,
+                    slot.as_mut().expect("tx slots are filled"),
+                ) {
                     Some(h) => {
                         own = h;
                         &own
@@ -1218,8 +1314,8 @@ impl LiveRing {
                         // SAFETY: reserve checked every segment: writable guest memory
                         // with room for the header and the frame.
                         unsafe { copy_reserved(rsv, self.feat.hdr_len, frame, net) };
-                        if self.log.is_some() {
-                            self.log_reserved(rsv, frame.len());
+                        if let Some(l) = self.log.as_deref_mut() {
+                            log_reserved(l, rsv, self.feat.hdr_len + frame.len());
                         }
                         for c in 0..rsv.chains {
                             let (head, len) = (rsv.heads[c], rsv.written[c]);
@@ -1254,25 +1350,6 @@ impl LiveRing {
         }
         self.publish_used(used, used, false);
         consumed
-    }
-
-    /// Dirty logging of a frame `copy_reserved` wrote: the bytes of its header and
-    /// frame, in order over the reserved segments.
-    #[cold]
-    #[inline(never)]
-    fn log_reserved(&mut self, rsv: &Reserved, frame_len: usize) {
-        let Some(l) = self.log.as_deref_mut() else {
-            return;
-        };
-        let mut left = self.feat.hdr_len + frame_len;
-        for sg in &rsv.segs[..rsv.nseg] {
-            let k = left.min(sg.len as usize);
-            l.wrote(sg.ptr, k);
-            left -= k;
-            if left == 0 {
-                break;
-            }
-        }
     }
 
     /// Dirty logging, once per burst: marks the one-descriptor buffers of the
@@ -1310,42 +1387,15 @@ impl LiveRing {
         if seg.ptr.is_null() || (seg.len as usize) < need || (hdr_len != 12 && hdr_len != 10) {
             return false;
         }
-        // num_buffers (bytes 10-11 of a 12-byte header) is 1: one chain.
         // SAFETY: seg is writable guest memory (checked) with room for need = hdr_len
-        // (12 or 10) + frame bytes; the frame is in the mbuf.
-        unsafe {
-            write_net_header(seg.ptr, hdr_len);
-            if OL && !net.is_plain() {
-                std::ptr::copy_nonoverlapping(net.to_bytes().as_ptr(), seg.ptr, NetHdr::LEN);
-            }
-            std::ptr::copy_nonoverlapping(frame.as_ptr(), seg.ptr.add(hdr_len), frame.len());
-        }
+        // (12 or 10) + frame bytes.
+        unsafe { fill_single::<OL>(seg.ptr, hdr_len, frame, net) };
         self.write_used_elem(
             self.last_used.wrapping_add(k),
             ahead.heads[k as usize],
             need as u32,
         );
         true
-    }
-
-    /// The header a frame with offload metadata gets in this guest's ring: its own,
-    /// when the ring negotiated what it asks for; else (the guest renegotiated since
-    /// the switch step looked) plain, with the checksum completed here. `None`: a TSO
-    /// frame the guest cannot take, or a checksum that does not fit the frame (drop).
-    #[inline]
-    fn offload_for_guest(&self, m: &mut Mbuf) -> Option<NetHdr> {
-        let Some(h) = m.offload() else {
-            return Some(NetHdr::default());
-        };
-        if self.feat.guest_caps.covers(h.needs()) {
-            return Some(h);
-        }
-        if h.gso_type != GSO_NONE {
-            return None;
-        }
-        csum::complete(m.data_mut(), h.csum_start, h.csum_offset).ok()?;
-        m.clear_offload();
-        Some(NetHdr::default())
     }
 
     /// Reserves the receive chains a frame of `len` bytes (plus header) needs, from
@@ -1370,7 +1420,7 @@ impl LiveRing {
             if k >= room || !self.has_budget() {
                 return Err(None);
             }
-            if rsv.chains == MAX_MRG_CHAINS as usize || rsv.nseg == rsv.segs.len() {
+            if rsv.full() {
                 return Err(Some(GuestError::ReceiveTooFragmented { len }));
             }
             let head = head_at(k)
@@ -1381,7 +1431,7 @@ impl LiveRing {
             if !self.feat.mrg_rxbuf && stored < need {
                 return Ok(false);
             }
-            rsv.push_chain(head, n, stored.min(need - have) as u32);
+            rsv.push_chain(head, 1, n, stored.min(need - have) as u32);
             have += stored;
         }
         Ok(true)
@@ -1391,35 +1441,58 @@ impl LiveRing {
 /// Segments most receive chains of one frame may bring (over all its chains).
 const RESERVE_SEGS: usize = 256;
 
-/// The receive chains reserved for one frame: heads, their segments in order, and
-/// how many bytes each chain gets.
-struct Reserved {
-    chains: usize,
-    heads: [u16; MAX_MRG_CHAINS as usize],
-    written: [u32; MAX_MRG_CHAINS as usize],
-    nseg: usize,
-    segs: [Seg; RESERVE_SEGS],
+/// The receive chains reserved for one frame: heads (a packed ring's buffer ids),
+/// the descriptors each took (packed rings), their segments in order, and how many
+/// bytes each chain gets.
+pub(super) struct Reserved {
+    pub(super) chains: usize,
+    pub(super) heads: [u16; MAX_MRG_CHAINS as usize],
+    pub(super) descs: [u16; MAX_MRG_CHAINS as usize],
+    pub(super) written: [u32; MAX_MRG_CHAINS as usize],
+    pub(super) nseg: usize,
+    pub(super) segs: [Seg; RESERVE_SEGS],
 }
 
 impl Reserved {
-    fn new() -> Reserved {
+    pub(super) fn new() -> Reserved {
         Reserved {
             chains: 0,
             heads: [0; MAX_MRG_CHAINS as usize],
+            descs: [0; MAX_MRG_CHAINS as usize],
             written: [0; MAX_MRG_CHAINS as usize],
             nseg: 0,
             segs: [NO_SEG; RESERVE_SEGS],
         }
     }
-    fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.chains = 0;
         self.nseg = 0;
     }
-    fn push_chain(&mut self, head: u16, nseg: usize, bytes: u32) {
+    /// Whether another chain may be reserved (`MAX_MRG_CHAINS`, and room for segments).
+    pub(super) fn full(&self) -> bool {
+        self.chains == MAX_MRG_CHAINS as usize || self.nseg == self.segs.len()
+    }
+    pub(super) fn push_chain(&mut self, head: u16, descs: u16, nseg: usize, bytes: u32) {
         self.heads[self.chains] = head;
+        self.descs[self.chains] = descs;
         self.written[self.chains] = bytes;
         self.chains += 1;
         self.nseg += nseg;
+    }
+}
+
+/// Dirty logging of a frame `copy_reserved` wrote: `len` bytes (header and frame), in
+/// order over the reserved segments.
+#[cold]
+#[inline(never)]
+pub(super) fn log_reserved(l: &mut RingLog, rsv: &Reserved, mut len: usize) {
+    for sg in &rsv.segs[..rsv.nseg] {
+        let k = len.min(sg.len as usize);
+        l.wrote(sg.ptr, k);
+        len -= k;
+        if len == 0 {
+            break;
+        }
     }
 }
 
@@ -1429,7 +1502,7 @@ impl Reserved {
 /// # Safety
 /// Every reserved segment must be writable guest memory of its `len`, and together
 /// they must hold `hdr_len + frame.len()` bytes.
-unsafe fn copy_reserved(rsv: &Reserved, hdr_len: usize, frame: &[u8], net: &NetHdr) {
+pub(super) unsafe fn copy_reserved(rsv: &Reserved, hdr_len: usize, frame: &[u8], net: &NetHdr) {
     let mut hdr = [0u8; 12];
     hdr[..NetHdr::LEN].copy_from_slice(&net.to_bytes());
     hdr[10..12].copy_from_slice(&(rsv.chains as u16).to_le_bytes());
