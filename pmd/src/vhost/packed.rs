@@ -660,6 +660,7 @@ impl PackedRing {
         self.budget = BURST_DESC_BUDGET;
         let mut segs = [NO_SEG; MAX_SEGS];
         let mut got = 0usize;
+        let fit = (self.feat.hdr_len as u64, self.fast_payload);
         for _ in 0..out.len() {
             if !self.has_budget() {
                 break; // the rest waits for the next poll
@@ -674,9 +675,10 @@ impl PackedRing {
             };
             match frame_from_chain::<OL>(
                 &self.feat,
-                self.fast_payload,
+                fit,
                 cache,
-                &segs[..c.nseg],
+                &segs,
+                c.nseg,
                 (c.stored, c.total),
                 drops,
                 bytes,

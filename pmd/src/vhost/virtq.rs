@@ -437,25 +437,26 @@ pub(super) enum Taken {
     Wait,
 }
 
-/// Makes the frame in a transmitted chain's segments (`sizes`: bytes in the segments
-/// stored, bytes in the whole chain) an mbuf, as either ring layout found it: its
-/// virtio-net header read and checked (`OL`), frames up to `fast_payload` copied in
-/// line, longer ones through `dequeue_long`. Drops are counted in `drops`, the
+/// Makes the frame in a transmitted chain's first `nseg` segments (`sizes`: bytes in
+/// the segments stored, bytes in the whole chain) an mbuf, as either ring layout found
+/// it: its virtio-net header (`fit.0` bytes) read and checked (`OL`), frames up to
+/// `fit.1` bytes copied in line, longer ones through `dequeue_long`. The caller reads
+/// `fit` once per burst. Drops are counted in `drops`, the
 /// frame's bytes in `bytes`.
 #[inline(always)]
 pub(super) fn frame_from_chain<const OL: bool>(
     feat: &RingFeatures,
-    fast_payload: u64,
+    (hdr, fast_payload): (u64, u64),
     cache: &mut MempoolCache,
-    segs: &[Seg],
+    segs: &[Seg; MAX_SEGS],
+    nseg: usize,
     (stored, total): (u64, u64),
     drops: &mut RxCounts,
     bytes: &mut u64,
 ) -> Taken {
-    let hdr = feat.hdr_len as u64;
     let payload = total.saturating_sub(hdr);
     let net = if OL {
-        match net_header(segs) {
+        match net_header(&segs[..nseg]) {
             Ok(h) => h,
             Err(d) => {
                 match d {
@@ -470,7 +471,7 @@ pub(super) fn frame_from_chain<const OL: bool>(
     };
     let mut m = if payload > fast_payload || stored != total {
         let gso = OL && net.gso_type != GSO_NONE;
-        match dequeue_long(feat, cache, segs, payload, stored != total, gso) {
+        match dequeue_long(feat, cache, &segs[..nseg], payload, stored != total, gso) {
             Long::Frame(m) => m,
             Long::Drop(d) => {
                 match d {
@@ -487,7 +488,7 @@ pub(super) fn frame_from_chain<const OL: bool>(
             return Taken::Wait;
         };
         let dst = m.set_len(payload as usize);
-        if segs.len() == 1 && segs[0].len as u64 >= hdr {
+        if nseg == 1 && segs[0].len as u64 >= hdr {
             // SAFETY: the segment lies in guest memory (checked) and holds hdr + payload
             // bytes; dst has payload bytes.
             unsafe {
@@ -500,7 +501,7 @@ pub(super) fn frame_from_chain<const OL: bool>(
         } else {
             // SAFETY: every segment was checked in guest memory; dst has payload bytes,
             // what the segments hold after the header.
-            unsafe { copy_segments(segs, hdr, dst) };
+            unsafe { copy_segments(&segs[..nseg], hdr, dst) };
         }
         m
     };
@@ -1107,6 +1108,7 @@ impl LiveRing {
         let mut segs = [NO_SEG; MAX_SEGS];
         let mut got = 0usize;
         let mut done = 0u16;
+        let fit = (self.feat.hdr_len as u64, self.fast_payload);
         while done < n {
             let head = ahead.heads[done as usize];
             let fast = ahead.segs[done as usize];
@@ -1127,9 +1129,10 @@ impl LiveRing {
             };
             match frame_from_chain::<OL>(
                 &self.feat,
-                self.fast_payload,
+                fit,
                 cache,
-                &segs[..nseg],
+                &segs,
+                nseg,
                 (stored, total),
                 drops,
                 bytes,
