@@ -72,6 +72,7 @@ impl Setup<'_> {
             user: None,
             host_mtu: None,
             no_offloads: false,
+            packed: false,
             qemu_args: &args,
         });
         Instance { guest, qmp_path }
@@ -92,6 +93,7 @@ impl Setup<'_> {
             user: None,
             host_mtu: None,
             no_offloads: false,
+            packed: false,
             qemu_args: &[],
         })
     }

@@ -248,17 +248,37 @@ fn sha_of(line: &str) -> &str {
 
 #[test]
 fn guests_with_and_without_offloads_get_intact_streams() {
+    streams(false);
+}
+
+/// The same on packed virtqueues: offload headers, TSO frames and segmentation for a
+/// guest without TSO cross a packed ring as they cross a split one.
+#[test]
+fn guests_on_packed_rings_get_intact_streams_with_and_without_offloads() {
+    streams(true);
+}
+
+/// `packed`: the guests' NICs use packed virtqueues (`packed=on`).
+fn streams(packed: bool) {
     let img = images();
-    let dir = Scratch::new("offload-qemu");
+    let dir = Scratch::new(if packed {
+        "offload-packed"
+    } else {
+        "offload-qemu"
+    });
     let cfg = write_config(
         &dir,
         &server_ports(&["vm1", "vm2", "vm3"]),
         "tx_stall_ms = 1000",
     );
     let sw = Switch::start(&cfg, dir.path("ctl.sock"));
-    let plain = BootOpts::default();
+    let plain = BootOpts {
+        packed,
+        ..BootOpts::default()
+    };
     let without = BootOpts {
         no_offloads: true,
+        packed,
         ..BootOpts::default()
     };
     let a = Guest::boot_with(
@@ -315,6 +335,13 @@ fn guests_with_and_without_offloads_get_intact_streams() {
     for s in [&s1, &s2, &s3] {
         assert_eq!(s["drop_offload"] + s["guest_errors"] + s["drop_mtu"], 0);
     }
+    let layout = if packed {
+        "layout=packed "
+    } else {
+        "layout=split "
+    };
+    let show = sw.ctl("show");
+    assert_eq!(show.matches(layout).count(), 3, "show:\n{show}");
     for g in [a, b, c] {
         g.wait_exit(Duration::from_secs(60));
     }

@@ -121,6 +121,7 @@ fn only_a_qemu_in_the_socket_group_can_connect() {
             user,
             host_mtu: None,
             no_offloads: false,
+            packed: false,
             qemu_args: &[],
         })
     };

@@ -294,8 +294,30 @@ fn wait_link_back(g: &Guest, name: &str, losses: u64) -> u64 {
 
 #[test]
 fn guests_keep_their_traffic_across_switch_restart_and_crash() {
+    restarts(Rings::Split);
+}
+
+/// Packed rings resume where the ring says: QEMU sends the new switch the ring base
+/// of the last GET_VRING_BASE, stale after a restart or crash.
+#[test]
+fn guests_on_packed_rings_keep_their_traffic_across_switch_restart_and_crash() {
+    restarts(Rings::Packed);
+}
+
+/// The guests' virtqueue layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rings {
+    Split,
+    Packed,
+}
+
+fn restarts(rings: Rings) {
     let img = images();
-    let dir = Scratch::new("restart");
+    let dir = Scratch::new(if rings == Rings::Packed {
+        "restart-packed"
+    } else {
+        "restart"
+    });
     let ports: Vec<PortSpec> = ["vm1", "vm2"]
         .into_iter()
         .map(|name| PortSpec {
@@ -321,6 +343,7 @@ fn guests_keep_their_traffic_across_switch_restart_and_crash() {
         user: None,
         host_mtu: None,
         no_offloads: false,
+        packed: rings == Rings::Packed,
         qemu_args: &[],
     });
     let mut b = Guest::launch(&GuestSpec {
@@ -334,6 +357,7 @@ fn guests_keep_their_traffic_across_switch_restart_and_crash() {
         user: None,
         host_mtu: None,
         no_offloads: false,
+        packed: rings == Rings::Packed,
         qemu_args: &[],
     });
     // QEMU creates its listening socket at once, then waits for a backend.
@@ -349,6 +373,16 @@ fn guests_keep_their_traffic_across_switch_restart_and_crash() {
     }
     let sw = Switch::start(&cfg, ctl.clone());
     wait_both_up(&sw);
+    let layout = format!(
+        "layout={} ",
+        if rings == Rings::Packed {
+            "packed"
+        } else {
+            "split"
+        }
+    );
+    let show = sw.ctl("show");
+    assert_eq!(show.matches(&layout).count(), 2, "show:\n{show}");
     let replies = Replies::watch(&a);
     a.wait_line("VSW-STREAM-START", Duration::from_secs(300));
     replies.wait_steady(Instant::now(), "first switch", &a);
@@ -398,6 +432,7 @@ fn guests_keep_their_traffic_across_switch_restart_and_crash() {
     }
     let show = sw.ctl("show");
     assert_eq!(show.matches("connections=1 ").count(), 2, "show:\n{show}");
+    assert_eq!(show.matches(&layout).count(), 2, "show:\n{show}");
     let stats = sw.port_stats("vm1");
     assert_eq!(stats["guest_errors"], 0, "guest errors: {stats:?}");
     let log = sw.stop();

@@ -1,13 +1,17 @@
 //! DPDK `dpdk-testpmd` with two `net_virtio_user` ports plays two guests: it sends
 //! MAC-addressed frames from each port to the other through the switch, in both
-//! directions, with the switch as vhost-user server and as client; then testpmd is
-//! restarted and traffic must flow again without restarting the switch.
+//! directions, with the switch as vhost-user server and as client, on split and on
+//! packed virtqueues (`packed_vq=1`); then testpmd is restarted and traffic must flow
+//! again without restarting the switch.
 
 mod common;
 use common::*;
 use std::time::Duration;
 
-fn run(mode: &str, testpmd_is_server: bool, tag: &str) {
+/// One round trip of testpmd as `opts` say (`opts.server`: testpmd listens, the
+/// switch's ports are clients).
+fn run(opts: &TestpmdOpts, tag: &str) {
+    let mode = if opts.server { "client" } else { "server" };
     let dir = Scratch::new(tag);
     let cfg = write_config(
         &dir,
@@ -26,9 +30,16 @@ fn run(mode: &str, testpmd_is_server: bool, tag: &str) {
         "",
     );
     let sw = Switch::start(&cfg, dir.path("ctl.sock"));
-    let mut tp = Testpmd::start(&dir, ["vm1", "vm2"], testpmd_is_server, &format!("{tag}a"));
+    let mut tp = Testpmd::start_with(&dir, ["vm1", "vm2"], &format!("{tag}a"), opts);
     tp.wait_for("Checking link statuses", 0, Duration::from_secs(60));
     wait_both_up(&sw);
+    let layout = if opts.packed { "packed" } else { "split" };
+    let show = sw.ctl("show");
+    assert_eq!(
+        show.matches(&format!("layout={layout} ")).count(),
+        2,
+        "both ports on {layout} rings:\n{show}"
+    );
     let n1 = traffic_round(&sw, &mut tp, 3, || {});
     tp.quit();
     sw.wait_show(
@@ -43,7 +54,7 @@ fn run(mode: &str, testpmd_is_server: bool, tag: &str) {
     );
 
     // The guest side restarts; the switch keeps running and serves it again.
-    let mut tp = Testpmd::start(&dir, ["vm1", "vm2"], testpmd_is_server, &format!("{tag}b"));
+    let mut tp = Testpmd::start_with(&dir, ["vm1", "vm2"], &format!("{tag}b"), opts);
     tp.wait_for("Checking link statuses", 0, Duration::from_secs(60));
     wait_both_up(&sw);
     let show = sw.ctl("show");
@@ -53,7 +64,7 @@ fn run(mode: &str, testpmd_is_server: bool, tag: &str) {
     );
     let n2 = traffic_round(&sw, &mut tp, 2, || {});
     tp.quit();
-    eprintln!("{mode}: {n1} frames before the restart, {n2} after");
+    eprintln!("{mode}, {layout} rings: {n1} frames before the restart, {n2} after");
     let log = sw.stop();
     assert!(
         !dir.path("vm1.sock").exists() || mode == "client",
@@ -64,12 +75,35 @@ fn run(mode: &str, testpmd_is_server: bool, tag: &str) {
 
 #[test]
 fn testpmd_switch_as_server() {
-    run("server", false, "tps");
+    run(&TestpmdOpts::default(), "tps");
 }
 
 #[test]
 fn testpmd_switch_as_client() {
-    run("client", true, "tpc");
+    let opts = TestpmdOpts {
+        server: true,
+        ..TestpmdOpts::default()
+    };
+    run(&opts, "tpc");
+}
+
+#[test]
+fn testpmd_packed_rings_switch_as_server() {
+    let opts = TestpmdOpts {
+        packed: true,
+        ..TestpmdOpts::default()
+    };
+    run(&opts, "tpps");
+}
+
+#[test]
+fn testpmd_packed_rings_switch_as_client() {
+    let opts = TestpmdOpts {
+        server: true,
+        packed: true,
+        ..TestpmdOpts::default()
+    };
+    run(&opts, "tppc");
 }
 
 /// Two queue pairs per port, two PMD threads: queue pair k of every port is polled by

@@ -38,6 +38,8 @@ pub struct BootOpts<'a> {
     /// The NIC without checksum and segmentation offloads (QEMU enables them by
     /// default).
     pub no_offloads: bool,
+    /// Packed virtqueues (`packed=on`) instead of split ones.
+    pub packed: bool,
 }
 
 /// Who listens on a guest's vhost-user socket.
@@ -72,6 +74,8 @@ pub struct GuestSpec<'a> {
     pub host_mtu: Option<u16>,
     /// The NIC without checksum and segmentation offloads.
     pub no_offloads: bool,
+    /// Packed virtqueues (QEMU's `packed=on`) instead of split ones.
+    pub packed: bool,
     /// More QEMU arguments (a QMP socket, `-incoming`).
     pub qemu_args: &'a [String],
 }
@@ -100,6 +104,9 @@ impl Guest {
         }
         if spec.no_offloads {
             cmd.arg("--no-offloads");
+        }
+        if spec.packed {
+            cmd.arg("--packed");
         }
         if let Some(m) = spec.host_mtu {
             cmd.args(["--host-mtu", &m.to_string()]);
@@ -177,6 +184,7 @@ impl Guest {
             user: None,
             host_mtu: opts.host_mtu,
             no_offloads: opts.no_offloads,
+            packed: opts.packed,
             qemu_args: &[],
         })
     }

@@ -352,6 +352,30 @@ pub struct Resources {
     pub threads: usize,
 }
 
+/// How testpmd's virtio-user ports connect (see `Testpmd::start_with`).
+#[derive(Clone, Copy, Debug)]
+pub struct TestpmdOpts<'a> {
+    /// Testpmd listens (the switch is a client).
+    pub server: bool,
+    /// Queue pairs per port.
+    pub queues: usize,
+    /// The destination MAC each port sends to.
+    pub peers: [&'a str; 2],
+    /// Packed virtqueues (`packed_vq=1`) instead of split ones.
+    pub packed: bool,
+}
+
+impl Default for TestpmdOpts<'_> {
+    fn default() -> Self {
+        TestpmdOpts {
+            server: false,
+            queues: 1,
+            peers: [MAC1, MAC0],
+            packed: false,
+        }
+    }
+}
+
 /// An interactive dpdk-testpmd with two virtio-user ports (the guest side).
 pub struct Testpmd {
     child: Child,
@@ -388,14 +412,36 @@ impl Testpmd {
         queues: usize,
         peers: [&str; 2],
     ) -> Testpmd {
+        let opts = TestpmdOpts {
+            server,
+            queues,
+            peers,
+            ..TestpmdOpts::default()
+        };
+        Testpmd::start_with(dir, ports, prefix, &opts)
+    }
+
+    /// Testpmd with its virtio-user ports on sockets `<port>.sock` in `dir`, as
+    /// `opts` say; `prefix` names its DPDK runtime files.
+    pub fn start_with(
+        dir: &Scratch,
+        ports: [&str; 2],
+        prefix: &str,
+        opts: &TestpmdOpts,
+    ) -> Testpmd {
         which("dpdk-testpmd");
+        let TestpmdOpts {
+            server,
+            queues,
+            peers,
+            packed,
+        } = *opts;
         let srv = if server { ",server=1" } else { "" };
+        let packed = if packed { ",packed_vq=1" } else { "" };
         let vdev = |i: usize, mac: &str| {
             format!(
-                "net_virtio_user{i},path={},queues={queues},mac={mac}{srv}{}",
+                "net_virtio_user{i},path={},queues={queues},mac={mac}{srv}{packed}",
                 dir.path(&format!("{}.sock", ports[i])).display(),
-                // WIP: packed rings by hand (VSW_TESTPMD_VDEV=",packed_vq=1").
-                std::env::var("VSW_TESTPMD_VDEV").unwrap_or_default()
             )
         };
         // stdbuf: testpmd writes its answers with stdio, which a pipe would hold back.

@@ -21,13 +21,14 @@
 #                 backend is asked for it with NET_SET_MTU).
 #   --no-offloads the NIC without checksum and segmentation offloads (csum=off,
 #                 guest_csum=off, host_tso4/6=off, guest_tso4/6=off, ECN off).
+#   --packed      packed virtqueues (virtio-net packed=on) instead of split ones.
 #   --dry-run     print the QEMU command line instead of running it.
 set -euo pipefail
 
 die() { echo "qemu-guest.sh: error: $*" >&2; exit 2; }
 
 sock=""; server=0; tap=""; images=""; mac=52:54:00:12:34:56; queues=1; mem=256
-append=""; dry=0; extra=(); mem_path=""; host_mtu=""; offloads=1
+append=""; dry=0; extra=(); mem_path=""; host_mtu=""; offloads=1; packed=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --sock)    sock=${2:?}; shift 2 ;;
@@ -41,6 +42,7 @@ while [ $# -gt 0 ]; do
     --append)  append=${2?}; shift 2 ;;
     --host-mtu) host_mtu=${2:?}; shift 2 ;;
     --no-offloads) offloads=0; shift ;;
+    --packed)  packed=1; shift ;;
     --dry-run) dry=1; shift ;;
     --)        shift; extra=("$@"); break ;;
     *) die "unknown option $1" ;;
@@ -102,8 +104,7 @@ if [ "$queues" -gt 1 ]; then
   dev="$dev,mq=on,vectors=$((2 * queues + 2))"
 fi
 [ -n "$host_mtu" ] && dev="$dev,host_mtu=$host_mtu"
-# WIP: packed virtqueues by hand (VSW_PACKED=1).
-[ -n "${VSW_PACKED:-}" ] && dev="$dev,packed=on"
+[ $packed = 1 ] && dev="$dev,packed=on"
 if [ $offloads = 0 ]; then
   dev="$dev,csum=off,guest_csum=off,host_tso4=off,host_tso6=off,guest_tso4=off,guest_tso6=off,host_ecn=off,guest_ecn=off"
 fi

@@ -103,6 +103,8 @@ pub struct VringSlot {
     /// The ring in `ring` marks what it writes in a dirty log (control thread's note,
     /// for `ctl show`).
     pub logging: AtomicBool,
+    /// The ring in `ring` is a packed one (control thread's note, for `ctl show`).
+    pub packed: AtomicBool,
 }
 
 // SAFETY: access to `ring` follows the protocol above: the control thread only after
@@ -118,6 +120,7 @@ impl VringSlot {
             tx_lock: TxLock::new(),
             ring: UnsafeCell::new(None),
             logging: AtomicBool::new(false),
+            packed: AtomicBool::new(false),
         }
     }
     pub fn state(&self) -> RingState {
@@ -558,7 +561,7 @@ impl Port for VhostUserPort {
             .map(|v| v.state().name().to_string())
             .collect();
         format!(
-            "driver=vhost-user mode={} path={} queues={} mtu={} connected={} connections={} vrings=[{}] irq_sent={} irq_dropped={} dirty_log={} rarp_sent={}",
+            "driver=vhost-user mode={} path={} queues={} mtu={} connected={} connections={} vrings=[{}] layout={} irq_sent={} irq_dropped={} dirty_log={} rarp_sent={}",
             match s.cfg.mode {
                 Mode::Server => "server",
                 Mode::Client => "client",
@@ -569,6 +572,11 @@ impl Port for VhostUserPort {
             s.connected.load(Ordering::Relaxed),
             s.connections.load(Ordering::Relaxed),
             rings.join(","),
+            if s.vrings.iter().any(|v| v.packed.load(Ordering::Relaxed)) {
+                "packed"
+            } else {
+                "split"
+            },
             s.notifier.sent.load(Ordering::Relaxed),
             s.notifier.dropped.load(Ordering::Relaxed),
             s.logging_rings(),

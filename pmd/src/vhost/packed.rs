@@ -239,12 +239,14 @@ impl PackedRing {
             pos
         } else {
             let found = self.found_in_ring();
-            tracing::warn!(
-                base = format_args!("{b:#06x}"),
-                resumed = format_args!("{:#06x}", found.bits()),
-                "packed ring base contradicts the ring (a frontend's stale state after a \
-                 restart); resuming where the ring's used descriptors end"
-            );
+            if found != pos {
+                tracing::warn!(
+                    base = format_args!("{base:#x}"),
+                    resumed = format_args!("{:#06x}", found.bits()),
+                    "packed ring base contradicts the ring (a frontend's stale state after a \
+                     restart); resuming where the ring's used descriptors end"
+                );
+            }
             found
         };
         self.avail = pos;
@@ -254,7 +256,7 @@ impl PackedRing {
 
     /// Whether the device can have stopped at `p`: the descriptor there is not one
     /// it marked used in that lap, and the one before it was written in that lap
-    /// (the previous one, for index 0).
+    /// (the previous one, for index 0), or made available again for the next.
     fn consistent(&self, p: Pos) -> bool {
         let here = self.read_desc(p.idx);
         let (prev_idx, prev_wrap) = if p.idx == 0 {
@@ -263,7 +265,8 @@ impl PackedRing {
             (p.idx - 1, p.wrap)
         };
         let prev = self.read_desc(prev_idx);
-        !here.used_in(p.wrap) && (prev.flags & F_AVAIL != 0) == prev_wrap
+        !here.used_in(p.wrap)
+            && ((prev.flags & F_AVAIL != 0) == prev_wrap || prev.avail_in(!prev_wrap))
     }
 
     /// Where the device stopped, read from the ring's flags, for chains of one

@@ -71,7 +71,7 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCO
 /// Dirty-page logging on (`VHOST_F_LOG_ALL`): QEMU sets it while it migrates the guest.
 pub const VHOST_F_LOG_ALL: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
 pub const VIRTIO_F_VERSION_1: u64 = bit(virtio_config::VIRTIO_F_VERSION_1);
-/// Packed virtqueues (virtio 1.1). WIP: offered on this branch only.
+/// Packed virtqueues (virtio 1.1, `packed.rs`).
 pub const VIRTIO_F_RING_PACKED: u64 = bit(virtio_config::VIRTIO_F_RING_PACKED);
 
 /// Virtio features this backend implements. Bits are only ever added to this set: a
@@ -998,14 +998,13 @@ impl Conn {
         match built {
             Ok(ring) => {
                 slot.logging.store(ring.logging(), Ordering::Relaxed);
+                slot.packed
+                    .store(matches!(ring, Ring::Packed(_)), Ordering::Relaxed);
                 // SAFETY: the ring is down (teardown above), so no PMD thread holds it.
                 unsafe { *slot.ring.get() = Some(ring) };
                 slot.set(RingState::Live);
                 sh.update_up();
                 tracing::debug!(port = %sh.cfg.name, vring = i, "ring live");
-                if self.features & VIRTIO_F_RING_PACKED != 0 {
-                    tracing::info!(port = %sh.cfg.name, vring = i, "packed ring live");
-                }
             }
             Err(e) => {
                 slot.set(RingState::Broken);
