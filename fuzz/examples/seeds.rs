@@ -278,6 +278,62 @@ fn config_seeds(dir: &Path, root: &Path) {
     }
 }
 
+/// A packed descriptor at slot `i` of a ring at offset 0: buffer at guest offset
+/// `addr_off`, made available in the first lap (AVAIL set, USED clear).
+fn packed_desc(im: &mut Image, i: u16, addr_off: u64, len: u32, id: u16, flags: u16) {
+    let mut b = Vec::new();
+    b.extend_from_slice(&(GPA + addr_off).to_le_bytes());
+    b.extend_from_slice(&len.to_le_bytes());
+    b.extend_from_slice(&id.to_le_bytes());
+    b.extend_from_slice(&(flags | 1 << 7).to_le_bytes());
+    im.put(16 * i as u64, &b);
+}
+
+fn packed_seeds(dir: &Path) {
+    // Rings of 16 at offset 0; driver event area after them (256), device event at 260.
+    let (desc, drv, dev) = (0u16, 256u16, 260u16);
+    let base = 0x8000;
+    let f = F_EVENT_IDX | F_MRG_RXBUF | F_INDIRECT | F_CALL;
+    // Transmit: single descriptors, a two-descriptor chain, an indirect table.
+    let mut im = Image::new(16, 4096);
+    for i in 0..6u16 {
+        let off = BUF + 128 * i as u64;
+        let len = im.frame(off, 60, i as u8);
+        packed_desc(&mut im, i, off, len, 20 + i, 0);
+    }
+    im.frame(BUF + 1024, 100, 7);
+    packed_desc(&mut im, 6, BUF + 1024, 12, 30, F_NEXT);
+    packed_desc(&mut im, 7, BUF + 1036, 100, 30, 0);
+    let table = 3072u64;
+    im.frame(BUF + 1536, 200, 9);
+    for (k, (off, len)) in [(BUF + 1536, 12u32), (BUF + 1548, 200)].iter().enumerate() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&(GPA + off).to_le_bytes());
+        b.extend_from_slice(&len.to_le_bytes());
+        b.extend_from_slice(&[0u8; 4]);
+        im.put(table + 16 * k as u64, &b);
+    }
+    packed_desc(&mut im, 8, table, 32, 31, F_IND);
+    let ops = [0x04, 0x1f, 0x1f];
+    for (name, flags) in [("simple", 0), ("features", f), ("offloads", f | F_OFFLOAD)] {
+        let data = encode(flags, log2(16), base, desc, drv, dev, &ops, &im.mem);
+        seed(dir, "packed_dequeue", name, &data);
+    }
+    // Receive: writable 2 KiB buffers, and small ones a frame merges across.
+    let mut im = Image::new(16, 4096);
+    for i in 0..4u16 {
+        packed_desc(&mut im, i, BUF + 2048 * i as u64, 2048, i, F_WRITE);
+    }
+    for i in 4..12u16 {
+        packed_desc(&mut im, i, BUF + 8192 + 64 * i as u64, 64, i, F_WRITE);
+    }
+    let ops = [0x03, 0x20 | 0x01, 0x02];
+    for (name, flags) in [("simple", 0), ("features", f), ("offloads", f | F_OFFLOAD)] {
+        let data = encode(flags, log2(16), base, desc, drv, dev, &ops, &im.mem);
+        seed(dir, "packed_enqueue", name, &data);
+    }
+}
+
 fn frame_seeds(dir: &Path) {
     let mut untagged = vec![60u8];
     untagged.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0]);
@@ -542,6 +598,7 @@ fn main() {
     let dir = root.join("fuzz").join("corpus");
     dequeue_seeds(&dir);
     enqueue_seeds(&dir);
+    packed_seeds(&dir);
     config_seeds(&dir, &root);
     frame_seeds(&dir);
     protocol_seeds(&dir);

@@ -1,7 +1,9 @@
-//! The split virtqueue (`pmd::vhost::virtq::LiveRing`) over guest memory the input
-//! writes: descriptor table, avail ring, used ring, buffers and indexes are whatever
-//! the fuzzer chose, and a few dequeue or enqueue bursts run over them, with the guest
-//! publishing more entries in between.
+//! The split virtqueue (`pmd::vhost::virtq::LiveRing`) or the packed one
+//! (`pmd::vhost::packed::PackedRing`) over guest memory the input writes: descriptor
+//! table, avail ring, used ring (a packed ring's descriptors and event areas),
+//! buffers and indexes are whatever the fuzzer chose, and a few dequeue or enqueue
+//! bursts run over them, with the guest publishing more entries in between (split
+//! rings; a packed ring's available descriptors are all in the input already).
 //!
 //! Guest memory is a memfd laid out as
 //! `[canary 4 KiB][region 0][canary 4 KiB][region 1][canary 4 KiB]`. Region 1 is in
@@ -18,7 +20,7 @@
 //!   ways (headers read on dequeue, metadata on enqueued frames), bit 7 with bit 6: a
 //!   guest that takes no offload;
 //! - `[1]` ring size: bit 7 clear: `1 << (b & 15)`; set: `b & 0x7f` (any number);
-//! - `[2..4]` the base (SET_VRING_BASE);
+//! - `[2..4]` the base (SET_VRING_BASE; packed: index and wrap counter);
 //! - `[4..6]`, `[6..8]`, `[8..10]` descriptor table, avail ring and used ring as
 //!   offsets from the first region's frontend-virtual address;
 //! - `[10]` number of operations (at most `MAX_OPS`), then that many operation bytes
@@ -29,6 +31,8 @@ use pmd::hugepage::HugepagePolicy;
 use pmd::vhost::driver::{eventfd, DriverMem};
 use pmd::vhost::mem::{GuestMemory, RegionDesc};
 use pmd::vhost::notify::{Irq, Notifier};
+use pmd::vhost::packed::PackedRing;
+use pmd::vhost::ring::Ring;
 use pmd::vhost::virtq::{LiveRing, RingAddrs, RingFeatures, RxCounts};
 use pmd::{Mbuf, Mempool, MempoolCache};
 use std::collections::HashSet;
@@ -275,15 +279,27 @@ pub enum Dir {
     Enqueue,
 }
 
-/// Runs one input; panics on a broken property.
+/// The ring layout an input drives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Split,
+    Packed,
+}
+
+/// Runs one input on a split ring; panics on a broken property.
 pub fn run(data: &[u8], dir: Dir) {
+    run_layout(data, dir, Layout::Split)
+}
+
+/// Runs one input on a ring of `layout`; panics on a broken property.
+pub fn run_layout(data: &[u8], dir: Dir, layout: Layout) {
     let Some(inp) = Input::decode(data) else {
         return;
     };
-    RIG.with(|rig| run_on(rig, &inp, dir));
+    RIG.with(|rig| run_on(rig, &inp, dir, layout));
 }
 
-fn run_on(rig: &Rig, inp: &Input, dir: Dir) {
+fn run_on(rig: &Rig, inp: &Input, dir: Dir, layout: Layout) {
     let two = inp.flags & F_TWO_REGIONS != 0;
     rig.reset(two, inp.image);
     let mrg = inp.flags & F_MRG_RXBUF != 0;
@@ -325,11 +341,17 @@ fn run_on(rig: &Rig, inp: &Input, dir: Dir) {
     let mut cache = MempoolCache::new(rig.pool.clone());
     let mut held: Vec<Mbuf> = Vec::new();
     let mut seen: HashSet<(u32, bool)> = HashSet::new();
-    if let Ok(mut lr) = LiveRing::new(gm, inp.size, addrs, inp.base, feat, irq) {
+    let ring = match layout {
+        Layout::Split => LiveRing::new(gm, inp.size, addrs, inp.base, feat, irq).map(Ring::Split),
+        Layout::Packed => {
+            PackedRing::new(gm, inp.size, addrs, inp.base as u32, feat, irq).map(Ring::Packed)
+        }
+    };
+    if let Ok(mut lr) = ring {
         rig.check_canaries(two);
         for &b in inp.ops {
             let op = Op::decode(b);
-            if op.publish {
+            if op.publish && layout == Layout::Split {
                 rig.publish(inp.avail, two, 1 + ((op.frames - 1) % 16) as u16);
             }
             let stopped = lr.error().is_some();
@@ -373,7 +395,7 @@ fn run_on(rig: &Rig, inp: &Input, dir: Dir) {
 }
 
 fn dequeue(
-    lr: &mut LiveRing,
+    lr: &mut Ring,
     cache: &mut MempoolCache,
     op: Op,
     held: &mut Vec<Mbuf>,
@@ -405,7 +427,7 @@ fn dequeue(
     n
 }
 
-fn enqueue(lr: &mut LiveRing, cache: &mut MempoolCache, op: Op, offload: bool) -> usize {
+fn enqueue(lr: &mut Ring, cache: &mut MempoolCache, op: Op, offload: bool) -> usize {
     let lens = LENS[op.bits56 as usize];
     let mut pkts: Vec<Option<Mbuf>> = Vec::with_capacity(op.frames);
     for i in 0..op.frames {
