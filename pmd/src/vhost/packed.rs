@@ -680,11 +680,9 @@ impl PackedRing {
                 &self.feat,
                 fit,
                 cache,
-                &segs,
-                c.nseg,
+                (&segs, c.nseg),
                 (c.stored, c.total),
-                drops,
-                bytes,
+                (&mut *drops, &mut *bytes),
             ) {
                 Taken::Frame(m) => {
                     out[got] = Some(m);

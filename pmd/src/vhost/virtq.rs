@@ -448,11 +448,9 @@ pub(super) fn frame_from_chain<const OL: bool>(
     feat: &RingFeatures,
     (hdr, fast_payload): (u64, u64),
     cache: &mut MempoolCache,
-    segs: &[Seg; MAX_SEGS],
-    nseg: usize,
+    (segs, nseg): (&[Seg; MAX_SEGS], usize),
     (stored, total): (u64, u64),
-    drops: &mut RxCounts,
-    bytes: &mut u64,
+    (drops, bytes): (&mut RxCounts, &mut u64),
 ) -> Taken {
     let payload = total.saturating_sub(hdr);
     let net = if OL {
@@ -1131,11 +1129,9 @@ impl LiveRing {
                 &self.feat,
                 fit,
                 cache,
-                &segs,
-                nseg,
+                (&segs, nseg),
                 (stored, total),
-                drops,
-                bytes,
+                (drops, bytes),
             ) {
                 Taken::Frame(m) => {
                     out[got] = Some(m);
