@@ -25,6 +25,7 @@ use super::virtq::{
 };
 use crate::mempool::{Mbuf, MempoolCache, DATA_ROOM};
 use crate::offload::NetHdr;
+use crate::prefetch;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use virtio_bindings::virtio_ring;
@@ -38,6 +39,8 @@ const EVENT_ENABLE: u16 = virtio_ring::VRING_PACKED_EVENT_FLAG_ENABLE as u16;
 const EVENT_DISABLE: u16 = virtio_ring::VRING_PACKED_EVENT_FLAG_DISABLE as u16;
 const EVENT_DESC: u16 = virtio_ring::VRING_PACKED_EVENT_FLAG_DESC as u16;
 const WRAP_BIT: u16 = 1 << virtio_ring::VRING_PACKED_EVENT_F_WRAP_CTR;
+/// Descriptors a burst looks ahead at to prefetch their buffers.
+const AHEAD: usize = 32;
 
 /// A place in the ring: a descriptor index and the wrap counter of its lap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,17 +64,12 @@ impl Pos {
     /// `n` (at most the ring's size) descriptors further.
     #[inline(always)]
     fn advance(self, n: u16, size: u16) -> Pos {
-        let k = self.idx as u32 + n as u32;
-        if k >= size as u32 {
-            Pos {
-                idx: (k - size as u32) as u16,
-                wrap: !self.wrap,
-            }
-        } else {
-            Pos {
-                idx: k as u16,
-                wrap: self.wrap,
-            }
+        // idx < size <= 32768 and n <= size: no overflow in 16 bits.
+        let k = self.idx + n;
+        let over = k >= size;
+        Pos {
+            idx: if over { k - size } else { k },
+            wrap: self.wrap ^ over,
         }
     }
 }
@@ -89,7 +87,7 @@ impl Desc {
     /// Whether the driver made it available in the lap of wrap counter `wrap`.
     #[inline(always)]
     fn avail_in(&self, wrap: bool) -> bool {
-        (self.flags & F_AVAIL != 0) == wrap && (self.flags & F_USED != 0) != wrap
+        self.flags & (F_AVAIL | F_USED) == if wrap { F_AVAIL } else { F_USED }
     }
     /// Whether the device marked it used in the lap of wrap counter `wrap`.
     fn used_in(&self, wrap: bool) -> bool {
@@ -108,6 +106,29 @@ struct Chain {
     id: u16,
     count: u16,
     next: Pos,
+}
+
+/// The next chains of a burst that are one descriptor each, read once by
+/// `look_ahead`: their checked segments and buffer ids.
+struct Ahead {
+    n: usize,
+    segs: [Seg; AHEAD],
+    ids: [u16; AHEAD],
+    /// Where each chain is, and where the one after the last starts.
+    pos: [Pos; AHEAD],
+    end: Pos,
+}
+
+impl Ahead {
+    /// Where chain `k` (or, `k == n`, the one after the look-ahead's) starts.
+    #[inline(always)]
+    fn at(&self, k: usize) -> Pos {
+        if k < self.n {
+            self.pos[k]
+        } else {
+            self.end
+        }
+    }
 }
 
 /// Whether a frame's receive chains were reserved.
@@ -130,8 +151,6 @@ pub struct PackedRing {
     device_event: *mut u8,
     /// Next descriptor to take.
     avail: Pos,
-    /// Next descriptor to write a used descriptor to.
-    used: Pos,
     /// The first used descriptor of the current burst, written but not published
     /// (its slot and flags).
     unpublished: Option<(u16, u16)>,
@@ -193,7 +212,6 @@ impl PackedRing {
             driver_event,
             device_event,
             avail: Pos::from_bits(WRAP_BIT),
-            used: Pos::from_bits(WRAP_BIT),
             unpublished: None,
             signalled: None,
             feat,
@@ -250,7 +268,6 @@ impl PackedRing {
             found
         };
         self.avail = pos;
-        self.used = pos;
         Ok(())
     }
 
@@ -342,7 +359,9 @@ impl PackedRing {
     /// The ring state to resume from (GET_VRING_BASE), as QEMU reads it: next avail
     /// index and wrap counter in bits 0-15, next used ones in bits 16-31.
     pub fn base(&self) -> u32 {
-        self.avail.bits() as u32 | (self.used.bits() as u32) << 16
+        // This device completes every chain in the burst that took it, in place: the
+        // next used descriptor goes where the next chain starts.
+        self.avail.bits() as u32 | (self.avail.bits() as u32) << 16
     }
 
     /// The rule the guest broke, once it broke one; the ring does nothing after that.
@@ -389,6 +408,53 @@ impl PackedRing {
         // SAFETY: the 4-byte driver event area was validated in guest memory, 4-aligned.
         let v = u32::from_le(unsafe { std::ptr::read_volatile(self.driver_event as *const u32) });
         (v as u16, (v >> 16) as u16)
+    }
+
+    /// Reads the next `n` (at most [`AHEAD`]) available chains while they are the
+    /// common one: one descriptor (no NEXT, no INDIRECT) in the right direction,
+    /// non-empty, inside guest memory; checks each and prefetches the first and last
+    /// line of its buffer, as the split ring's look-ahead does, so a burst waits for
+    /// the guest's core about once rather than once per frame. Each descriptor is
+    /// read once here and used from the result. Stops at the first other chain,
+    /// which `take_chain` reads and checks in full.
+    #[inline(always)]
+    fn look_ahead(&mut self, n: usize, writable: bool) -> Ahead {
+        let mut a = Ahead {
+            n: 0,
+            segs: [NO_SEG; AHEAD],
+            ids: [0; AHEAD],
+            pos: [self.avail; AHEAD],
+            end: self.avail,
+        };
+        let want = if writable { F_WRITE } else { 0 };
+        let mut at = self.avail;
+        for i in 0..n.min(AHEAD) {
+            let d = self.read_desc(at.idx);
+            if !d.avail_in(at.wrap)
+                || d.flags & (F_NEXT | F_INDIRECT | F_WRITE) != want
+                || d.len == 0
+            {
+                break;
+            }
+            let Some(p) = self.table.translate(d.addr, d.len, &mut self.hint) else {
+                break;
+            };
+            let last = p.wrapping_add(d.len.min(128) as usize - 1);
+            if writable {
+                prefetch::write(p);
+                prefetch::write(last);
+            } else {
+                prefetch::read(p);
+                prefetch::read(last);
+            }
+            a.segs[i] = Seg { ptr: p, len: d.len };
+            a.ids[i] = d.id;
+            a.pos[i] = at;
+            a.n = i + 1;
+            at = at.advance(1, self.size);
+        }
+        a.end = at;
+        a
     }
 
     /// Whether the burst may walk one more full chain.
@@ -536,27 +602,29 @@ impl PackedRing {
         Ok(())
     }
 
-    /// Writes a used descriptor for buffer `id` (`len` bytes written) at the next used
-    /// slot and moves past the `count` descriptors its chain took. The burst's first
-    /// one is published last (`publish`); the others at once: the driver reads them
-    /// only after the first.
+    /// Writes a used descriptor for buffer `id` (`len` bytes written) at `at`, where
+    /// its chain started (this device completes in order, so used descriptors go
+    /// where the chains were). The burst's first one is published last (`publish`);
+    /// the others at once: the driver reads them only after the first.
     #[inline(always)]
-    fn put_used(&mut self, id: u16, len: u32, count: u16) {
-        let slot = self.used.idx;
-        let flags = if self.used.wrap { F_AVAIL | F_USED } else { 0 };
+    fn put_used(&mut self, at: Pos, id: u16, len: u32) {
+        let slot = at.idx;
+        let flags = at.wrap as u16 * (F_AVAIL | F_USED);
         let p = self.desc.wrapping_add(16 * slot as usize);
-        // SAFETY: slot < size: inside the validated ring, 16-aligned.
-        unsafe {
-            std::ptr::write_volatile(p.add(8) as *mut u32, len.to_le());
-            std::ptr::write_volatile(p.add(12) as *mut u16, id.to_le());
-        }
         if self.unpublished.is_none() {
+            // SAFETY: slot < size: inside the validated ring, 16-aligned.
+            unsafe {
+                std::ptr::write_volatile(p.add(8) as *mut u32, len.to_le());
+                std::ptr::write_volatile(p.add(12) as *mut u16, id.to_le());
+            }
             self.unpublished = Some((slot, flags));
         } else {
-            // SAFETY: as above.
-            unsafe { std::ptr::write_volatile(p.add(14) as *mut u16, flags.to_le()) };
+            // Length, id and flags at once: the driver reads this one only after the
+            // burst's first.
+            let w = len as u64 | (id as u64) << 32 | (flags as u64) << 48;
+            // SAFETY: as above; 8-aligned.
+            unsafe { std::ptr::write_volatile(p.add(8) as *mut u64, w.to_le()) };
         }
-        self.used = self.used.advance(count, self.size);
     }
 
     /// Ends a burst: publishes its used descriptors (the first one's flags, after a
@@ -589,12 +657,12 @@ impl PackedRing {
         // interrupt can be missed.
         fence(Ordering::SeqCst);
         let (off_wrap, flags) = self.read_driver_event();
-        let new = self.used.idx;
+        let new = self.avail.idx;
         let old = self.signalled.replace(new);
         let notify = match flags & 3 {
             EVENT_DISABLE => false,
             EVENT_DESC if self.feat.event_idx => match old {
-                Some(old) => need_event(off_wrap, old, new, self.used.wrap, self.size),
+                Some(old) => need_event(off_wrap, old, new, self.avail.wrap, self.size),
                 None => true,
             },
             _ => true,
@@ -661,10 +729,62 @@ impl PackedRing {
             return 0;
         }
         self.budget = BURST_DESC_BUDGET;
-        let mut segs = [NO_SEG; MAX_SEGS];
-        let mut got = 0usize;
         let fit = (self.feat.hdr_len as u64, self.fast_payload);
-        for _ in 0..out.len() {
+        let ahead = self.look_ahead(out.len(), false);
+        let mut got = 0usize;
+        let mut k = 0;
+        while k < ahead.n {
+            let seg = [ahead.segs[k]];
+            let len = seg[0].len as u64;
+            match frame_from_chain::<OL, 1>(
+                &self.feat,
+                fit,
+                cache,
+                (&seg, 1),
+                (len, len),
+                (&mut *drops, &mut *bytes),
+            ) {
+                Taken::Frame(m) => {
+                    out[got] = Some(m);
+                    got += 1;
+                }
+                Taken::Dropped => {}
+                Taken::Wait => break, // an empty pool loses nothing: the chain waits
+            }
+            self.put_used(ahead.pos[k], ahead.ids[k], 0);
+            k += 1;
+        }
+        self.avail = ahead.at(k);
+        if k == ahead.n && k < out.len() {
+            got = self.dequeue_chains::<OL>(cache, out, (k, got), drops, bytes);
+        }
+        if self.mem.is_poisoned() {
+            // Some of these frames were read from memory that vanished: deliver none.
+            for m in out[..got].iter_mut() {
+                cache.free(m.take().expect("stored above"));
+            }
+            got = 0;
+            self.fail(GuestError::MemoryGone);
+        }
+        self.publish();
+        got
+    }
+
+    /// The rest of a dequeue burst after the look-ahead's chains (`done` chains taken
+    /// so far, `got` frames stored): any chain, read and checked in full by
+    /// `take_chain`. Returns the frames stored in all.
+    #[inline(never)]
+    fn dequeue_chains<const OL: bool>(
+        &mut self,
+        cache: &mut MempoolCache,
+        out: &mut [Option<Mbuf>],
+        (done, mut got): (usize, usize),
+        drops: &mut RxCounts,
+        bytes: &mut u64,
+    ) -> usize {
+        let fit = (self.feat.hdr_len as u64, self.fast_payload);
+        let mut segs = [NO_SEG; MAX_SEGS];
+        for _ in done..out.len() {
             if !self.has_budget() {
                 break; // the rest waits for the next poll
             }
@@ -676,7 +796,7 @@ impl PackedRing {
                     break;
                 }
             };
-            match frame_from_chain::<OL>(
+            match frame_from_chain::<OL, MAX_SEGS>(
                 &self.feat,
                 fit,
                 cache,
@@ -689,20 +809,11 @@ impl PackedRing {
                     got += 1;
                 }
                 Taken::Dropped => {}
-                Taken::Wait => break, // an empty pool loses nothing: the chain waits
+                Taken::Wait => break,
             }
+            self.put_used(self.avail, c.id, 0);
             self.avail = c.next;
-            self.put_used(c.id, 0, c.count);
         }
-        if self.mem.is_poisoned() {
-            // Some of these frames were read from memory that vanished: deliver none.
-            for m in out[..got].iter_mut() {
-                cache.free(m.take().expect("stored above"));
-            }
-            got = 0;
-            self.fail(GuestError::MemoryGone);
-        }
-        self.publish();
         got
     }
 
@@ -746,6 +857,11 @@ impl PackedRing {
         self.budget = BURST_DESC_BUDGET;
         let hdr_len = self.feat.hdr_len;
         let mut rsv = self.rsv.take().expect("put back at the end of every burst");
+        let ahead = self.look_ahead(pkts.len(), true);
+        // The look-ahead's next chain while every frame took one of them in turn
+        // (`self.avail` is then behind); past `ahead.n` once a frame went to
+        // `enqueue_reserved` (which moves `self.avail` itself).
+        let mut ak = 0;
         let mut consumed = 0;
         for slot in pkts.iter_mut() {
             let own: NetHdr;
@@ -767,42 +883,48 @@ impl PackedRing {
                 &PLAIN
             };
             let frame = slot.as_ref().expect("tx slots are filled").data();
-            let next = match self.reserve(&mut rsv, frame.len()) {
-                Ok(Room::Fits(next)) => next,
-                Ok(Room::TooBig) => {
-                    // The chain is left for a frame that fits.
-                    *too_big += 1;
-                    consumed += 1;
-                    cache.free(slot.take().expect("checked"));
-                    continue;
+            let need = hdr_len + frame.len();
+            // The common case in line: the look-ahead's next buffer has room for
+            // header and frame.
+            if ak < ahead.n
+                && ahead.segs[ak].len as usize >= need
+                && (hdr_len == 12 || hdr_len == 10)
+            {
+                let seg = ahead.segs[ak];
+                // SAFETY: look_ahead checked the segment: writable guest memory of
+                // seg.len >= need bytes.
+                unsafe { fill_single::<OL>(seg.ptr, hdr_len, frame, net) };
+                if let Some(l) = self.log.as_deref_mut() {
+                    l.wrote(seg.ptr, need);
                 }
+                self.put_used(ahead.pos[ak], ahead.ids[ak], need as u32);
+                ak += 1;
+                *bytes += frame.len() as u64;
+                consumed += 1;
+                cache.free(slot.take().expect("checked"));
+                continue;
+            }
+            // Anything else is reserved from the ring (the look-ahead no longer
+            // describes what follows).
+            if ak <= ahead.n {
+                self.avail = ahead.at(ak);
+                ak = ahead.n + 1;
+            }
+            match self.enqueue_reserved(&mut rsv, frame, net) {
+                Ok(Room::Fits(_)) => *bytes += frame.len() as u64,
+                // The chain is left for a frame that fits.
+                Ok(Room::TooBig) => *too_big += 1,
                 Ok(Room::Wait) => break,
                 Err(e) => {
                     self.fail(e);
                     break;
                 }
-            };
-            let need = hdr_len + frame.len();
-            let first = rsv.segs[0];
-            if rsv.chains == 1 && first.len as usize >= need && (hdr_len == 12 || hdr_len == 10) {
-                // SAFETY: reserve checked the segment: writable guest memory with room
-                // for header and frame.
-                unsafe { fill_single::<OL>(first.ptr, hdr_len, frame, net) };
-            } else {
-                // SAFETY: reserve checked every segment: writable guest memory with
-                // room for the header and the frame.
-                unsafe { copy_reserved(&rsv, hdr_len, frame, net) };
             }
-            if let Some(l) = self.log.as_deref_mut() {
-                log_reserved(l, &rsv, need);
-            }
-            for k in 0..rsv.chains {
-                self.put_used(rsv.heads[k], rsv.written[k], rsv.descs[k]);
-            }
-            self.avail = next;
-            *bytes += frame.len() as u64;
             consumed += 1;
             cache.free(slot.take().expect("checked"));
+        }
+        if ak <= ahead.n {
+            self.avail = ahead.at(ak);
         }
         self.rsv = Some(rsv);
         if self.mem.is_poisoned() {
@@ -810,6 +932,40 @@ impl PackedRing {
         }
         self.publish();
         consumed
+    }
+
+    /// A frame the look-ahead's buffers do not take: its chains reserved in `rsv`
+    /// (`reserve`), then header and frame copied across them and their used
+    /// descriptors written.
+    #[inline(never)]
+    fn enqueue_reserved(
+        &mut self,
+        rsv: &mut Reserved,
+        frame: &[u8],
+        net: &NetHdr,
+    ) -> Result<Room, GuestError> {
+        if !self.has_budget() {
+            return Ok(Room::Wait);
+        }
+        let room = self.reserve(rsv, frame.len())?;
+        let Room::Fits(next) = room else {
+            return Ok(room);
+        };
+        let hdr_len = self.feat.hdr_len;
+        // SAFETY: reserve checked every segment: writable guest memory with room for
+        // the header and the frame.
+        unsafe { copy_reserved(rsv, hdr_len, frame, net) };
+        if let Some(l) = self.log.as_deref_mut() {
+            log_reserved(l, rsv, hdr_len + frame.len());
+        }
+        let mut at = self.avail;
+        for k in 0..rsv.chains {
+            self.put_used(at, rsv.heads[k], rsv.written[k]);
+            at = at.advance(rsv.descs[k], self.size);
+        }
+        debug_assert_eq!(at, next);
+        self.avail = next;
+        Ok(room)
     }
 
     /// Reserves in `rsv` the receive chains a frame of `len` bytes (plus header)

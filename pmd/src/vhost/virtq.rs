@@ -444,11 +444,11 @@ pub(super) enum Taken {
 /// `fit` once per burst. Drops are counted in `drops`, the
 /// frame's bytes in `bytes`.
 #[inline(always)]
-pub(super) fn frame_from_chain<const OL: bool>(
+pub(super) fn frame_from_chain<const OL: bool, const N: usize>(
     feat: &RingFeatures,
     (hdr, fast_payload): (u64, u64),
     cache: &mut MempoolCache,
-    (segs, nseg): (&[Seg; MAX_SEGS], usize),
+    (segs, nseg): (&[Seg; N], usize),
     (stored, total): (u64, u64),
     (drops, bytes): (&mut RxCounts, &mut u64),
 ) -> Taken {
@@ -1125,7 +1125,7 @@ impl LiveRing {
                     }
                 }
             };
-            match frame_from_chain::<OL>(
+            match frame_from_chain::<OL, MAX_SEGS>(
                 &self.feat,
                 fit,
                 cache,
