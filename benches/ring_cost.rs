@@ -17,6 +17,7 @@ use pmd::rcu::Rcu;
 use pmd::vhost::driver::{DriverMem, DriverRing, PackedDriver, F_WRITE};
 use pmd::vhost::mem::GuestMemory;
 use pmd::vhost::packed::PackedRing;
+use pmd::vhost::ring::RingBase;
 use pmd::vhost::virtq::{LiveRing, RingFeatures, RxCounts};
 use pmd::Port;
 use pmd::{Mbuf, Mempool, MempoolCache};
@@ -101,7 +102,15 @@ fn enqueue_bursts(
 
 fn packed(mem: &DriverMem, ring: &PackedDriver) -> PackedRing {
     let gm = Arc::new(GuestMemory::map(&[mem.region()], vec![mem.file()]).unwrap());
-    PackedRing::new(gm, 256, ring.addrs(), 0x8000, FEAT, None).unwrap()
+    PackedRing::new(
+        gm,
+        256,
+        ring.addrs(),
+        RingBase::Frontend(0x8000),
+        FEAT,
+        None,
+    )
+    .unwrap()
 }
 
 /// The guest's side of a packed ring in the `*_packed` steps: 32 one-descriptor

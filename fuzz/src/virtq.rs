@@ -32,7 +32,7 @@ use pmd::vhost::driver::{eventfd, DriverMem};
 use pmd::vhost::mem::{GuestMemory, RegionDesc};
 use pmd::vhost::notify::{Irq, Notifier};
 use pmd::vhost::packed::PackedRing;
-use pmd::vhost::ring::Ring;
+use pmd::vhost::ring::{Ring, RingBase};
 use pmd::vhost::virtq::{LiveRing, RingAddrs, RingFeatures, RxCounts};
 use pmd::{Mbuf, Mempool, MempoolCache};
 use std::collections::HashSet;
@@ -344,7 +344,7 @@ fn run_on(rig: &Rig, inp: &Input, dir: Dir, layout: Layout) {
     let ring = match layout {
         Layout::Split => LiveRing::new(gm, inp.size, addrs, inp.base, feat, irq).map(Ring::Split),
         Layout::Packed => {
-            PackedRing::new(gm, inp.size, addrs, inp.base as u32, feat, irq).map(Ring::Packed)
+            PackedRing::new(gm, inp.size, addrs, RingBase::Frontend(inp.base as u32), feat, irq).map(Ring::Packed)
         }
     };
     if let Ok(mut lr) = ring {

@@ -18,6 +18,7 @@
 use super::log::{DirtyLog, RingLog};
 use super::mem::{FastTable, GuestMemory};
 use super::notify::Irq;
+use super::ring::RingBase;
 use super::virtq::{
     copy_reserved, drain_kick, fill_single, frame_from_chain, log_reserved, offload_for_guest,
     GuestError, Reserved, RingAddrs, RingError, RingFeatures, RxCounts, Seg, Taken,
@@ -184,7 +185,7 @@ impl PackedRing {
         mem: Arc<GuestMemory>,
         size: u32,
         addrs: RingAddrs,
-        base: u32,
+        base: RingBase,
         feat: RingFeatures,
         irq: Option<Irq>,
     ) -> Result<PackedRing, RingError> {
@@ -232,49 +233,82 @@ impl PackedRing {
         Ok(r)
     }
 
-    /// Where to resume. `base` is SET_VRING_BASE's value: the next avail index and
-    /// its wrap counter in bits 0-15 (QEMU adds the used ones in bits 16-31, equal
-    /// here: this device completes what it takes in the same burst); DPDK
-    /// virtio-user sends 0 for a new ring, that is index 0 in the first lap.
+    /// Where to resume. A base this switch's own ring stopped at is exact. A
+    /// frontend's (SET_VRING_BASE: the next avail index and its wrap counter in bits
+    /// 0-15; QEMU adds the used ones in bits 16-31, equal here, as this device
+    /// completes what it takes in the same burst) may be stale: QEMU keeps the one of
+    /// the last GET_VRING_BASE, so after the switch restarted or crashed it sends an
+    /// old one (it has "no reference like avail idx in shared memory" for packed
+    /// rings). And 0 is index 0 of either lap: DPDK virtio-user sends it for a new
+    /// ring (the first lap, wrap counter 1).
     ///
-    /// A frontend can give a base the ring has left behind: QEMU keeps the one of
-    /// the last GET_VRING_BASE, so after the switch restarted or crashed it sends
-    /// an old one (it has "no reference like avail idx in shared memory" for packed
-    /// rings). The ring itself says where the device stopped, when its chains take
-    /// one descriptor each (Linux's with indirect descriptors, testpmd's): see
-    /// `found_in_ring`. A base that the descriptors around it contradict is replaced
-    /// by that.
-    fn resume(&mut self, base: u32) -> Result<(), RingError> {
-        let b = if base == 0 { WRAP_BIT } else { base as u16 };
-        let pos = Pos::from_bits(b);
+    /// So a frontend's base is checked against the ring (`fits`, exact when every
+    /// chain is one descriptor); when it does not fit, the ring says where the device
+    /// stopped (`found_in_ring`). A ring that holds chains of several descriptors
+    /// cannot be read that way: its frontend's base is taken as it is, as DPDK does.
+    fn resume(&mut self, base: RingBase) -> Result<(), RingError> {
+        let v = base.value();
+        let pos = Pos::from_bits(v as u16);
         if pos.idx >= self.size {
             return Err(RingError::Base {
-                base,
+                base: v,
                 size: self.size as u32,
             });
         }
-        let pos = if self.consistent(pos) {
-            pos
-        } else {
-            let found = self.found_in_ring();
-            if found != pos {
-                tracing::warn!(
-                    base = format_args!("{base:#x}"),
-                    resumed = format_args!("{:#06x}", found.bits()),
-                    "packed ring base contradicts the ring (a frontend's stale state after a \
-                     restart); resuming where the ring's used descriptors end"
-                );
-            }
-            found
+        if v >> 16 != 0 && v as u16 != (v >> 16) as u16 {
+            tracing::warn!(
+                base = format_args!("{v:#x}"),
+                "packed ring base: the used position differs from the avail one; this \
+                 device completes in order and resumes both at the avail one"
+            );
+        }
+        self.avail = match base {
+            RingBase::Stopped(_) => pos,
+            RingBase::Frontend(_) => self.checked(pos, v),
         };
-        self.avail = pos;
         Ok(())
     }
 
-    /// Whether the device can have stopped at `p`: the descriptor there is not one
-    /// it marked used in that lap, and the one before it was written in that lap
-    /// (the previous one, for index 0), or made available again for the next.
-    fn consistent(&self, p: Pos) -> bool {
+    /// The position to resume at for a frontend's base `v` (`pos`), see `resume`.
+    fn checked(&self, pos: Pos, v: u32) -> Pos {
+        // Index 0 is tried in the first lap first (a new ring), then in the second.
+        let first_lap = Pos { idx: 0, wrap: true };
+        let second_lap = Pos {
+            idx: 0,
+            wrap: false,
+        };
+        let zero = [first_lap, second_lap];
+        let candidates: &[Pos] = if v as u16 == 0 {
+            &zero
+        } else {
+            std::slice::from_ref(&pos)
+        };
+        if let Some(&p) = candidates.iter().find(|&&p| self.fits(p)) {
+            return p;
+        }
+        if self.has_chains() {
+            tracing::warn!(
+                base = format_args!("{v:#x}"),
+                "packed ring base does not fit the ring, which holds chains of several \
+                 descriptors and so cannot say where the device stopped; taking the base"
+            );
+            return candidates[0];
+        }
+        let found = self.found_in_ring();
+        tracing::warn!(
+            base = format_args!("{v:#x}"),
+            resumed = format_args!("{:#06x}", found.bits()),
+            "packed ring base contradicts the ring (a frontend's stale state after a \
+             restart); resuming where the ring's used descriptors end"
+        );
+        found
+    }
+
+    /// Whether the device can have stopped at `p`, in a ring of one-descriptor chains:
+    /// the descriptor there is available in that lap, or still used from the lap
+    /// before; the one before it (the last of the lap before, for index 0) was used
+    /// in its lap, or made available again for the next.
+    fn fits(&self, p: Pos) -> bool {
         let here = self.read_desc(p.idx);
         let (prev_idx, prev_wrap) = if p.idx == 0 {
             (self.size - 1, !p.wrap)
@@ -282,8 +316,14 @@ impl PackedRing {
             (p.idx - 1, p.wrap)
         };
         let prev = self.read_desc(prev_idx);
-        !here.used_in(p.wrap)
-            && ((prev.flags & F_AVAIL != 0) == prev_wrap || prev.avail_in(!prev_wrap))
+        (here.avail_in(p.wrap) || here.used_in(!p.wrap))
+            && (prev.used_in(prev_wrap) || prev.avail_in(!prev_wrap))
+    }
+
+    /// Whether any descriptor in the ring is chained to the next (NEXT): then a
+    /// descriptor that looks available may be the rest of a chain already used.
+    fn has_chains(&self) -> bool {
+        (0..self.size).any(|i| self.read_desc(i).flags & F_NEXT != 0)
     }
 
     /// Where the device stopped, read from the ring's flags, for chains of one

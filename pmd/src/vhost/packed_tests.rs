@@ -7,6 +7,7 @@ use super::driver::{DriverMem, PackedDriver, F_AVAIL, F_INDIRECT, F_NEXT, F_USED
 use super::mem::GuestMemory;
 use super::notify::Irq;
 use super::packed::PackedRing;
+use super::ring::RingBase;
 use super::tests::{
     assert_clean, feat, frame, marked_pages, page_of, put_frame, rig, rx_frames, Call, Rig, BUF,
     GPA, SIZE,
@@ -24,7 +25,14 @@ fn packed_at(
     base: u32,
 ) -> Result<PackedRing, RingError> {
     let gm = Arc::new(GuestMemory::map(&[r.mem.region()], vec![r.mem.file()]).unwrap());
-    PackedRing::new(gm, d.size as u32, d.addrs(), base, f, irq)
+    PackedRing::new(
+        gm,
+        d.size as u32,
+        d.addrs(),
+        RingBase::Frontend(base),
+        f,
+        irq,
+    )
 }
 
 fn packed(r: &Rig, d: &PackedDriver, f: RingFeatures) -> PackedRing {
@@ -481,6 +489,87 @@ fn a_restarted_switch_resumes_where_the_ring_says_not_at_a_stale_base() {
         packed_at(&r, &d, feat(true, false), None, 9),
         Err(RingError::Base { base: 9, size: 8 })
     ));
+}
+
+#[test]
+fn a_full_ring_after_a_restart_resumes_where_the_device_stopped() {
+    // As a receive queue is kept: every buffer made available again once used. Eight
+    // frames, then three more: the device stops at index 3 of the second lap, and the
+    // driver has filled the ring again (indexes 0-2 for the third lap).
+    let mut r = rig();
+    let mut d = PackedDriver::new(&r.mem, 0, 8);
+    let mut pr = packed(&r, &d, feat(true, false));
+    let mut tag = 0u8;
+    let mut post = |d: &mut PackedDriver, n: usize| {
+        for _ in 0..n {
+            let off = BUF + 0x1000 * d.next as u64;
+            d.mem.write(off, &[0u8; 12]);
+            d.mem.write(off + 12, &frame(60, tag));
+            d.post(tag as u16, &[(off, 72, 0)]);
+            tag += 1;
+        }
+    };
+    let mut take = |pr: &mut PackedRing, cache: &mut MempoolCache, n: usize| -> Vec<u8> {
+        let mut out: [Option<Mbuf>; 8] = Default::default();
+        let (mut drops, mut bytes) = (RxCounts::default(), 0);
+        let got = pr.dequeue(cache, &mut out[..n], &mut drops, &mut bytes);
+        let tags = out[..got]
+            .iter()
+            .map(|m| m.as_ref().unwrap().data()[20])
+            .collect();
+        for m in out[..got].iter_mut() {
+            cache.free(m.take().unwrap());
+        }
+        tags
+    };
+    post(&mut d, 8);
+    assert_eq!(take(&mut pr, &mut r.cache, 8), (0..8).collect::<Vec<u8>>());
+    while d.take_used().is_some() {}
+    post(&mut d, 8);
+    assert_eq!(take(&mut pr, &mut r.cache, 3), [8, 9, 10]);
+    while d.take_used().is_some() {}
+    post(&mut d, 3);
+    assert_eq!(pr.base(), 0x0003_0003);
+    drop(pr);
+    // QEMU's stale base, DPDK's 0, and the right one.
+    for base in [0x8000_8000, 0, 0x0003_0003] {
+        let pr = packed_at(&r, &d, feat(true, false), None, base).unwrap();
+        assert_eq!(pr.base(), 0x0003_0003, "base {base:#x}");
+    }
+    let mut pr = packed_at(&r, &d, feat(true, false), None, 0x8000_8000).unwrap();
+    assert_eq!(
+        take(&mut pr, &mut r.cache, 8),
+        [11, 12, 13, 14, 15, 16, 17, 18]
+    );
+    assert!(pr.error().is_none());
+}
+
+#[test]
+fn the_switch_own_base_is_taken_as_it_is() {
+    // Index 0 of the second lap, where this switch's ring stopped: exact, even though
+    // a frontend's 0 would first be read as a new ring's.
+    let mut r = rig();
+    let mut d = PackedDriver::new(&r.mem, 0, 4);
+    let mut pr = packed(&r, &d, feat(true, false));
+    for k in 0..4u16 {
+        let off = BUF + 0x1000 * k as u64;
+        let len = put_frame(&r, off, &frame(60, k as u8));
+        d.post(k, &[(off, len, 0)]);
+    }
+    let (got, _) = dequeue(&mut r.cache, &mut pr);
+    free(&mut r.cache, got);
+    assert_eq!(pr.base(), 0);
+    drop(pr);
+    let gm = Arc::new(GuestMemory::map(&[r.mem.region()], vec![r.mem.file()]).unwrap());
+    let pr = PackedRing::new(
+        gm,
+        4,
+        d.addrs(),
+        RingBase::Stopped(0),
+        feat(true, false),
+        None,
+    );
+    assert_eq!(pr.unwrap().base(), 0);
 }
 
 #[test]

@@ -15,7 +15,7 @@ use super::log::{DirtyLog, LogError};
 use super::mem::{GuestMemory, MemError, RegionDesc, MAX_REGIONS};
 use super::notify::{check_eventfd, Irq, NotEventfd, Notifier};
 use super::packed::PackedRing;
-use super::ring::Ring;
+use super::ring::{Ring, RingBase};
 use super::virtq::{LiveRing, RingAddrs, RingFeatures};
 use super::{Mode, RingState, Shared, VhostConfig};
 use crate::offload::Caps;
@@ -255,9 +255,9 @@ fn io_err(op: &'static str, e: &std::io::Error) -> ProtocolError {
 struct VqCfg {
     size: u32,
     addrs: Option<RingAddrs>,
-    /// SET_VRING_BASE's value: a split ring's next avail index; a packed ring's next
-    /// avail index and wrap counter (bits 0-15) and used ones (bits 16-31, QEMU).
-    base: u32,
+    /// Where the ring resumes: SET_VRING_BASE's value, or where this switch's ring
+    /// stopped.
+    base: RingBase,
     kicked: bool,
     enabled: bool,
     kick: Option<File>,
@@ -708,7 +708,7 @@ impl Conn {
                 // What the ring owed goes to the call fd it had, before that goes.
                 self.sh.notifier.drain(i);
                 self.sh.notifier.set_call(i, None);
-                let base = self.vqs[i].base;
+                let base = self.vqs[i].base.value();
                 let reply = VhostUserVringState::new(i as u32, base);
                 Reply::Bytes(reply.as_slice().to_vec())
             }
@@ -784,7 +784,7 @@ impl Conn {
                 // Take a running ring down first, so the base it stopped at does not
                 // overwrite the one given here.
                 self.teardown(i);
-                self.vqs[i].base = num;
+                self.vqs[i].base = RingBase::Frontend(num);
             }
             _ => {
                 if num > 1 {
@@ -892,7 +892,7 @@ impl Conn {
         self.sh.rcu.synchronize();
         // SAFETY: the state is Down and a grace period passed: no PMD thread is inside.
         if let Some(old) = unsafe { (*slot.ring.get()).take() } {
-            self.vqs[i].base = old.base();
+            self.vqs[i].base = RingBase::Stopped(old.base());
         }
         slot.logging.store(false, Ordering::Relaxed);
     }
@@ -910,7 +910,7 @@ impl Conn {
             let slot = &self.sh.vrings[i];
             // SAFETY: every ring is down and a grace period passed (or none was up).
             if let Some(old) = unsafe { (*slot.ring.get()).take() } {
-                self.vqs[i].base = old.base();
+                self.vqs[i].base = RingBase::Stopped(old.base());
             }
             slot.logging.store(false, Ordering::Relaxed);
         }
@@ -984,7 +984,7 @@ impl Conn {
                 mem.clone(),
                 vq.size,
                 addrs,
-                vq.base as u16,
+                vq.base.value() as u16,
                 self.ring_features(),
                 irq,
             )

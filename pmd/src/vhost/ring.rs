@@ -6,6 +6,33 @@ use super::packed::PackedRing;
 use super::virtq::{GuestError, LiveRing, RxCounts};
 use crate::mempool::{Mbuf, MempoolCache};
 
+/// Where a ring resumes: SET_VRING_BASE's value (a split ring's next avail index; a
+/// packed ring's next avail index and wrap counter in bits 0-15, QEMU adding the used
+/// ones in bits 16-31), and who knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingBase {
+    /// As the frontend sent it: after this switch restarted, QEMU's is stale for a
+    /// packed ring (see `PackedRing::new`).
+    Frontend(u32),
+    /// Where this switch's own ring stopped (taken down to be changed or stopped):
+    /// exact.
+    Stopped(u32),
+}
+
+impl Default for RingBase {
+    fn default() -> RingBase {
+        RingBase::Frontend(0)
+    }
+}
+
+impl RingBase {
+    pub fn value(self) -> u32 {
+        match self {
+            RingBase::Frontend(v) | RingBase::Stopped(v) => v,
+        }
+    }
+}
+
 pub enum Ring {
     Split(LiveRing),
     Packed(PackedRing),
