@@ -467,8 +467,21 @@ impl PackedRing {
             end: self.avail,
         };
         let want = if writable { F_WRITE } else { 0 };
+        let n = n.min(AHEAD).min(self.size as usize);
+        // The descriptors' lines, with intent to write: this device writes used
+        // descriptors over them, and a line read first and written later would cross
+        // from the guest's core twice.
+        let (first, size) = (self.avail.idx as usize, self.size as usize);
+        let slot = |i: usize| {
+            self.desc
+                .wrapping_add(16 * if i >= size { i - size } else { i })
+        };
+        for i in (first..first + n).step_by(4) {
+            prefetch::write(slot(i));
+        }
+        prefetch::write(slot(first + n.max(1) - 1));
         let mut at = self.avail;
-        for i in 0..n.min(AHEAD) {
+        for i in 0..n {
             let d = self.read_desc(at.idx);
             if !d.avail_in(at.wrap)
                 || d.flags & (F_NEXT | F_INDIRECT | F_WRITE) != want
