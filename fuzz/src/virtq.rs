@@ -343,9 +343,15 @@ fn run_on(rig: &Rig, inp: &Input, dir: Dir, layout: Layout) {
     let mut seen: HashSet<(u32, bool)> = HashSet::new();
     let ring = match layout {
         Layout::Split => LiveRing::new(gm, inp.size, addrs, inp.base, feat, irq).map(Ring::Split),
-        Layout::Packed => {
-            PackedRing::new(gm, inp.size, addrs, RingBase::Frontend(inp.base as u32), feat, irq).map(Ring::Packed)
-        }
+        Layout::Packed => PackedRing::new(
+            gm,
+            inp.size,
+            addrs,
+            RingBase::Frontend(inp.base as u32),
+            feat,
+            irq,
+        )
+        .map(Ring::Packed),
     };
     if let Ok(mut lr) = ring {
         rig.check_canaries(two);

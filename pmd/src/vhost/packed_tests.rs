@@ -509,7 +509,7 @@ fn a_full_ring_after_a_restart_resumes_where_the_device_stopped() {
             tag += 1;
         }
     };
-    let mut take = |pr: &mut PackedRing, cache: &mut MempoolCache, n: usize| -> Vec<u8> {
+    let take = |pr: &mut PackedRing, cache: &mut MempoolCache, n: usize| -> Vec<u8> {
         let mut out: [Option<Mbuf>; 8] = Default::default();
         let (mut drops, mut bytes) = (RxCounts::default(), 0);
         let got = pr.dequeue(cache, &mut out[..n], &mut drops, &mut bytes);
