@@ -11,5 +11,5 @@ cargo build --release --workspace --all-targets
 cargo test --release --workspace -- --test-threads=1
 # The diagnosis build (cycles per loop step, benches/pvp) compiles and counts.
 cargo test --release -p switch --features step-cycles --lib steps
-# Each fuzz target for 45 s (five targets: about 4 minutes, after their build).
+# Each fuzz target for 45 s (seven targets: about 5 minutes, after their build).
 bash scripts/fuzz.sh "${VSWITCH_FUZZ_SECS:-45}"
