@@ -88,6 +88,8 @@ impl Ring {
         }
     }
 
+    /// Interrupts the guest for used entries a split ring published earlier (a packed
+    /// ring decides at the end of each burst: nothing is owed).
     pub fn settle(&mut self) {
         if let Ring::Split(r) = self {
             r.settle();

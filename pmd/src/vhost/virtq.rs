@@ -174,7 +174,10 @@ impl std::fmt::Display for RingError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
             RingError::Size(s) => {
-                write!(f, "ring size {s} is not a power of two in 1..={MAX_RING}")
+                write!(
+                    f,
+                    "ring size {s} is not in 1..={MAX_RING} (a power of two for split rings)"
+                )
             }
             RingError::Outside { what, addr, len } => {
                 write!(f, "{what} {addr:#x}+{len} is outside guest memory")
