@@ -20,9 +20,9 @@ use super::mem::{FastTable, GuestMemory};
 use super::notify::Irq;
 use super::ring::RingBase;
 use super::virtq::{
-    copy_reserved, drain_kick, fill_single, frame_from_chain, log_reserved, offload_for_guest,
+    copy_reserved, drain_kick, fill_single, frame_from_chain, header_for_guest, log_reserved,
     GuestError, Reserved, RingAddrs, RingError, RingFeatures, RxCounts, Seg, Taken,
-    BURST_DESC_BUDGET, MAX_CHAIN, MAX_RING, MAX_SEGS, NO_SEG, PLAIN,
+    BURST_DESC_BUDGET, MAX_CHAIN, MAX_RING, MAX_SEGS, NO_SEG,
 };
 use crate::mempool::{Mbuf, MempoolCache, DATA_ROOM};
 use crate::offload::NetHdr;
@@ -916,24 +916,13 @@ impl PackedRing {
         // `enqueue_reserved` (which moves `self.avail` itself).
         let mut ak = 0;
         let mut consumed = 0;
+        let mut own = NetHdr::default();
         for slot in pkts.iter_mut() {
-            let own: NetHdr;
-            let net = if OL {
-                let m = slot.as_mut().expect("tx slots are filled");
-                match offload_for_guest(self.feat.guest_caps, m) {
-                    Some(h) => {
-                        own = h;
-                        &own
-                    }
-                    None => {
-                        *too_big += 1;
-                        consumed += 1;
-                        cache.free(slot.take().expect("checked"));
-                        continue;
-                    }
-                }
-            } else {
-                &PLAIN
+            let Some(net) = header_for_guest::<OL>(self.feat.guest_caps, slot, &mut own) else {
+                *too_big += 1;
+                consumed += 1;
+                cache.free(slot.take().expect("checked"));
+                continue;
             };
             let frame = slot.as_ref().expect("tx slots are filled").data();
             let need = hdr_len + frame.len();

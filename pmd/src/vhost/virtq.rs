@@ -584,6 +584,23 @@ pub(super) fn net_header(segs: &[Seg]) -> Result<NetHdr, LongDrop> {
     Ok(h)
 }
 
+/// The header a frame gets in a guest's receive ring: the constant plain one in a
+/// burst without offload metadata (`OL` false: nothing is built or looked at per
+/// frame), else, in `own`, as `offload_for_guest` decides. `None`: the frame is to be
+/// dropped.
+#[inline(always)]
+pub(super) fn header_for_guest<'a, const OL: bool>(
+    guest_caps: Caps,
+    slot: &mut Option<Mbuf>,
+    own: &'a mut NetHdr,
+) -> Option<&'a NetHdr> {
+    if !OL {
+        return Some(&PLAIN);
+    }
+    *own = offload_for_guest(guest_caps, slot.as_mut().expect("tx slots are filled"))?;
+    Some(own)
+}
+
 /// The header a frame with offload metadata gets in this guest's ring: its own,
 /// when the ring negotiated what it asks for; else (the guest renegotiated since
 /// the switch step looked) plain, with the checksum completed here. `None`: a TSO
@@ -1277,27 +1294,14 @@ impl LiveRing {
         let mut rsv: Option<Reserved> = None;
         let mut used = 0u16; // avail entries consumed and used elements written
         let mut consumed = 0usize;
+        let mut own = NetHdr::default();
         for slot in pkts.iter_mut() {
             // Plain bursts refer to one constant header: nothing is built per frame.
-            let own: NetHdr;
-            let net = if OL {
-                match offload_for_guest(
-                    self.feat.guest_caps,
-                    slot.as_mut().expect("tx slots are filled"),
-                ) {
-                    Some(h) => {
-                        own = h;
-                        &own
-                    }
-                    None => {
-                        *too_big += 1;
-                        consumed += 1;
-                        cache.free(slot.take().expect("checked"));
-                        continue;
-                    }
-                }
-            } else {
-                &PLAIN
+            let Some(net) = header_for_guest::<OL>(self.feat.guest_caps, slot, &mut own) else {
+                *too_big += 1;
+                consumed += 1;
+                cache.free(slot.take().expect("checked"));
+                continue;
             };
             let frame = slot.as_ref().expect("tx slots are filled").data();
             if (used as usize) < ahead.n && self.copy_single::<OL>(&ahead, used, frame, net) {
