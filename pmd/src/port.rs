@@ -94,6 +94,18 @@ pub trait Port: Send + Sync {
     }
     /// After the sleep: the queue back to plain polling; `ready`: its fd was readable.
     fn disarm_wake(&self, _q: usize, _ready: bool) {}
+    /// Whether the port has work of its own beyond moving the switch's frames (an
+    /// underlay answering ARP, a tunnel aging its table): then every PMD thread calls
+    /// [`Port::service`] at its housekeeping point, every few dozen iterations and
+    /// after each sleep. Asked once, when the port joins the switch.
+    fn wants_service(&self) -> bool {
+        false
+    }
+    /// The port's own work (see `wants_service`); may transmit on `lane`. Called by
+    /// any PMD thread, concurrently; returns the frames it sent.
+    fn service(&self, _lane: &TxLane, _cache: &mut MempoolCache, _tr: &mut Traffic) -> usize {
+        0
+    }
     /// The driver's name as in the configuration (`"vhost-user"`, `"af-xdp"`, ...).
     fn driver(&self) -> &'static str;
     /// Numbers about the port's state beyond its counters, for metrics and JSON:

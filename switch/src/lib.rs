@@ -20,6 +20,7 @@ pub mod sleep;
 pub mod snapshot;
 pub mod stats;
 pub mod steps;
+pub mod tunnel;
 pub mod vlan;
 
 use control::{Control, Pmd, Shared};

@@ -264,6 +264,11 @@ impl LoopState {
         if let Some(r) = &mut cx.latency {
             r.swap(plan.gen);
         }
+        for &p in plan.serviced.iter() {
+            if let Some(port) = plan.port(p) {
+                port.service(&cx.lane, &mut cx.cache, &mut cx.traffic[p]);
+            }
+        }
         publish(cx, plan);
         cx.stats.rx_bursts.publish(&self.rx_sizes);
         cx.stats.tx_bursts.publish(&self.tx_sizes);
