@@ -17,6 +17,8 @@ use pmd::vhost::{VhostConfig, VhostUserPort};
 use pmd::{Mempool, Port};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
+use switch::tunnel::underlay::{Endpoint, UnderlayPort};
+use switch::tunnel::{TunnelConfig, VxlanPort};
 use switch::vlan::PortVlan;
 use switch::{Switch, SwitchError};
 use vswitch::config::{Config, ConfigError, PortConfig, PortKind, VlanMode};
@@ -30,6 +32,11 @@ pub enum ChangeError {
         key: &'static str,
     },
     NoSuchPort(String),
+    /// An underlay port cannot leave while tunnel ports use it.
+    InUse {
+        port: String,
+        by: Vec<String>,
+    },
     /// A port could not be opened.
     Open {
         port: String,
@@ -53,6 +60,10 @@ impl fmt::Display for ChangeError {
                 "key '{key}' differs from the running switch's: it takes effect only on restart"
             ),
             ChangeError::NoSuchPort(n) => write!(f, "no port named {n:?}"),
+            ChangeError::InUse { port, by } => write!(
+                f,
+                "port {port:?} is the underlay of tunnel port(s) {by:?}: remove them first"
+            ),
             ChangeError::Open { port, msg } => write!(f, "port {port:?}: {msg}"),
             ChangeError::Switch(e) => write!(f, "{e}"),
             ChangeError::RolledBack { cause, lost } => {
@@ -82,79 +93,57 @@ impl From<ConfigError> for ChangeError {
 }
 
 /// An open port: what the switch forwards through, and the vhost-user side again
-/// (it is shut down before the PMD threads stop, see `service::run`).
+/// (it is shut down before the PMD threads stop, see `service::run`), or the
+/// underlay side (tunnel ports attach to it).
 pub struct OpenPort {
     pub cfg: PortConfig,
     pub port: Arc<dyn Port>,
     vhost: Option<Arc<VhostUserPort>>,
+    underlay: Option<Arc<UnderlayPort>>,
 }
 
 impl OpenPort {
-    /// Opens the port `p` describes.
-    pub fn open(p: &PortConfig, pool: &Arc<Mempool>, rcu: &Arc<Rcu>) -> Result<OpenPort, String> {
-        let (port, vhost): (Arc<dyn Port>, _) = match &p.kind {
-            PortKind::VhostUser {
-                path,
-                mode,
-                max_memory,
-                socket_perms,
-                mtu,
-            } => {
-                let vc = VhostConfig {
-                    name: p.name.clone(),
-                    path: path.clone(),
-                    mode: *mode,
-                    queues: p.queues,
-                    max_memory: *max_memory,
-                    socket_perms: *socket_perms,
-                    mtu: *mtu,
-                };
-                let v = Arc::new(VhostUserPort::open(vc, rcu.clone())?);
-                (v.clone(), Some(v))
+    /// Opens the port `p` describes; a tunnel port finds its underlay in `open`.
+    pub fn open(
+        p: &PortConfig,
+        pool: &Arc<Mempool>,
+        rcu: &Arc<Rcu>,
+        open: &[OpenPort],
+    ) -> Result<OpenPort, String> {
+        let mut o = match p.kind {
+            PortKind::VhostUser { .. } => {
+                let v = open_vhost(p, rcu)?;
+                OpenPort {
+                    cfg: p.clone(),
+                    port: v.clone(),
+                    vhost: Some(v),
+                    underlay: None,
+                }
             }
-            PortKind::AfXdp {
-                iface,
-                xdp_mode,
-                zero_copy,
-            } => {
-                let xc = XdpConfig {
-                    name: p.name.clone(),
-                    iface: iface.clone(),
-                    queues: p.queues,
-                    xdp_mode: *xdp_mode,
-                    zero_copy: *zero_copy,
-                };
-                let x = AfXdpPort::open(xc, pool.clone()).map_err(|e| e.to_string())?;
-                (Arc::new(x), None)
-            }
-            PortKind::AfPacket { iface } => {
-                let pc = PacketConfig {
-                    name: p.name.clone(),
-                    iface: iface.clone(),
-                };
-                (
-                    Arc::new(AfPacketPort::open(pc).map_err(|e| e.to_string())?),
-                    None,
-                )
-            }
-            PortKind::Tap { iface, mtu } => {
-                let tc = TapConfig {
-                    name: p.name.clone(),
-                    iface: iface.clone(),
-                    mtu: *mtu,
-                };
-                (
-                    Arc::new(TapPort::open(tc).map_err(|e| e.to_string())?),
-                    None,
-                )
-            }
+            _ => OpenPort {
+                cfg: p.clone(),
+                port: open_driver(p, pool, rcu, open)?,
+                vhost: None,
+                underlay: None,
+            },
         };
+        if let Some(t) = p.kind.tunnel_ip() {
+            let iface = match &p.kind {
+                PortKind::AfXdp { iface, .. } | PortKind::AfPacket { iface, .. } => iface,
+                _ => unreachable!("only NIC ports have tunnel_ip"),
+            };
+            let ep = Endpoint {
+                ip: t.ip,
+                prefix: t.prefix,
+                gateway: t.gateway,
+                mac: pmd::nic::iface_mac(iface).map_err(|e| e.to_string())?,
+            };
+            let u = Arc::new(UnderlayPort::new(o.port.clone(), ep, pool.clone()));
+            o.port = u.clone();
+            o.underlay = Some(u);
+        }
         tracing::info!(port = %p.name, kind = ?p.kind, queues = p.queues, "port open");
-        Ok(OpenPort {
-            cfg: p.clone(),
-            port,
-            vhost,
-        })
+        Ok(o)
     }
 
     /// Takes a vhost-user port's rings down and ends its control thread (the guest
@@ -171,6 +160,94 @@ impl Drop for OpenPort {
         self.shut_down();
         tracing::info!(port = %self.cfg.name, "port closed");
     }
+}
+
+fn open_vhost(p: &PortConfig, rcu: &Arc<Rcu>) -> Result<Arc<VhostUserPort>, String> {
+    let PortKind::VhostUser {
+        path,
+        mode,
+        max_memory,
+        socket_perms,
+        mtu,
+    } = &p.kind
+    else {
+        unreachable!("a vhost-user port's config")
+    };
+    let vc = VhostConfig {
+        name: p.name.clone(),
+        path: path.clone(),
+        mode: *mode,
+        queues: p.queues,
+        max_memory: *max_memory,
+        socket_perms: *socket_perms,
+        mtu: *mtu,
+    };
+    Ok(Arc::new(VhostUserPort::open(vc, rcu.clone())?))
+}
+
+/// Opens the driver of a port other than vhost-user (see `open_vhost`: the service
+/// keeps a handle to those).
+fn open_driver(
+    p: &PortConfig,
+    pool: &Arc<Mempool>,
+    rcu: &Arc<Rcu>,
+    open: &[OpenPort],
+) -> Result<Arc<dyn Port>, String> {
+    Ok(match &p.kind {
+        PortKind::VhostUser { .. } => unreachable!("opened by open_vhost"),
+        PortKind::AfXdp {
+            iface,
+            xdp_mode,
+            zero_copy,
+            ..
+        } => {
+            let xc = XdpConfig {
+                name: p.name.clone(),
+                iface: iface.clone(),
+                queues: p.queues,
+                xdp_mode: *xdp_mode,
+                zero_copy: *zero_copy,
+            };
+            Arc::new(AfXdpPort::open(xc, pool.clone()).map_err(|e| e.to_string())?)
+        }
+        PortKind::AfPacket { iface, .. } => {
+            let pc = PacketConfig {
+                name: p.name.clone(),
+                iface: iface.clone(),
+            };
+            Arc::new(AfPacketPort::open(pc).map_err(|e| e.to_string())?)
+        }
+        PortKind::Tap { iface, mtu } => {
+            let tc = TapConfig {
+                name: p.name.clone(),
+                iface: iface.clone(),
+                mtu: *mtu,
+            };
+            Arc::new(TapPort::open(tc).map_err(|e| e.to_string())?)
+        }
+        PortKind::Vxlan {
+            underlay,
+            vni,
+            dst_port,
+            remotes,
+            learn_remotes,
+        } => {
+            let u = open
+                .iter()
+                .find(|o| &o.cfg.name == underlay)
+                .and_then(|o| o.underlay.clone())
+                .ok_or_else(|| format!("underlay port {underlay:?} is not open"))?;
+            let tc = TunnelConfig {
+                name: p.name.clone(),
+                vni: *vni,
+                dst_port: *dst_port,
+                remotes: remotes.clone(),
+                learn_remotes: *learn_remotes,
+                aging_secs: switch::tunnel::DEFAULT_AGING_SECS,
+            };
+            Arc::new(VxlanPort::open(&tc, u, pool.clone(), rcu.clone()).map_err(|e| e.to_string())?)
+        }
+    })
 }
 
 /// What the switch needs of open ports: each port with its VLAN settings.
@@ -207,7 +284,7 @@ fn open_each(
 ) -> Result<Vec<OpenPort>, ChangeError> {
     let mut open = Vec::new();
     for p in ports {
-        match OpenPort::open(p, pool, rcu) {
+        match OpenPort::open(p, pool, rcu, &open) {
             Ok(o) => open.push(o),
             Err(msg) => {
                 // Dropping what opened so far closes sockets and detaches XDP programs.
@@ -260,6 +337,24 @@ pub fn diff(old: &[PortConfig], new: &[PortConfig]) -> Diff {
             Some(_) => d.unchanged += 1,
         }
     }
+    // A tunnel port is attached to its underlay's open port: when that one closes
+    // (removed or changed), the tunnel is opened again on the new one.
+    let moved: Vec<PortConfig> = new
+        .iter()
+        .filter(|n| match &n.kind {
+            PortKind::Vxlan { underlay, .. } => {
+                d.removed.contains(underlay) || d.changed.iter().any(|c| &c.name == underlay)
+            }
+            _ => false,
+        })
+        .filter(|n| old.contains(n))
+        .cloned()
+        .collect();
+    d.unchanged -= moved.len();
+    d.changed.extend(moved);
+    // Opened in the file's order: an underlay before its tunnels.
+    let at = |p: &PortConfig| new.iter().position(|n| n.name == p.name);
+    d.changed.sort_by_key(at);
     d
 }
 
@@ -364,7 +459,9 @@ impl Ports {
             .collect();
         self.remove_and_close(sw, &mut st, &leaving)?;
         let mut opened = Vec::new();
-        for pc in d.added.iter().chain(&d.changed) {
+        let mut opening: Vec<&PortConfig> = d.added.iter().chain(&d.changed).collect();
+        opening.sort_by_key(|p| new.ports.iter().position(|n| n.name == p.name));
+        for pc in opening {
             if let Err(e) = self.open_and_add(sw, &mut st, pc.clone()) {
                 let lost = self.roll_back(sw, &mut st, &opened, &old);
                 return Err(ChangeError::RolledBack {
@@ -397,7 +494,7 @@ impl Ports {
         st: &mut State,
         pc: PortConfig,
     ) -> Result<usize, ChangeError> {
-        let o = OpenPort::open(&pc, &self.pool, &self.rcu).map_err(|msg| ChangeError::Open {
+        let o = OpenPort::open(&pc, &self.pool, &self.rcu, &st.open).map_err(|msg| ChangeError::Open {
             port: pc.name.clone(),
             msg,
         })?;
@@ -422,6 +519,21 @@ impl Ports {
             .find(|n| !st.open.iter().any(|o| &o.cfg.name == *n))
         {
             return Err(ChangeError::NoSuchPort(n.clone()));
+        }
+        for o in st.open.iter().filter(|o| names.contains(&o.cfg.name)) {
+            let by: Vec<String> = st
+                .open
+                .iter()
+                .filter(|t| matches!(&t.cfg.kind, PortKind::Vxlan { underlay, .. } if *underlay == o.cfg.name))
+                .filter(|t| !names.contains(&t.cfg.name))
+                .map(|t| t.cfg.name.clone())
+                .collect();
+            if !by.is_empty() {
+                return Err(ChangeError::InUse {
+                    port: o.cfg.name.clone(),
+                    by,
+                });
+            }
         }
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         sw.remove_ports(&refs)?;
@@ -486,7 +598,7 @@ fn close_all(open: Vec<OpenPort>) {
 /// A NIC port's interface must exist before anything changes (a tap port makes its own).
 fn check_ifaces(ports: &[PortConfig]) -> Result<(), ChangeError> {
     for p in ports {
-        if let PortKind::AfXdp { iface, .. } | PortKind::AfPacket { iface } = &p.kind {
+        if let PortKind::AfXdp { iface, .. } | PortKind::AfPacket { iface, .. } = &p.kind {
             pmd::nic::ifindex(iface).map_err(|e| ChangeError::Open {
                 port: p.name.clone(),
                 msg: e.to_string(),

@@ -15,6 +15,7 @@ mod error;
 mod port;
 mod raw;
 mod sockets;
+mod tunnel;
 #[cfg(test)]
 mod tests;
 mod vlan;
@@ -27,7 +28,7 @@ use pmd::hugepage::HugepagePolicy;
 use pmd::nic::af_xdp::{XdpMode, ZeroCopy};
 use pmd::vhost::Mode;
 use raw::{RawConfig, RawFdb, RawMempool, RawMetrics, RawSwitch};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 /// A validated configuration.
@@ -84,15 +85,53 @@ pub enum PortKind {
         iface: String,
         xdp_mode: XdpMode,
         zero_copy: ZeroCopy,
+        /// `tunnel_ip`: the port is an underlay, a tunnel endpoint with this address.
+        tunnel: Option<TunnelIp>,
     },
     AfPacket {
         iface: String,
+        tunnel: Option<TunnelIp>,
     },
     Tap {
         iface: String,
         /// Set on the device when the switch creates it.
         mtu: u16,
     },
+    /// A VXLAN tunnel port on the underlay port `underlay`.
+    Vxlan {
+        underlay: String,
+        vni: u32,
+        dst_port: u16,
+        /// The flood list (head-end replication).
+        remotes: Vec<Ipv4Addr>,
+        learn_remotes: bool,
+    },
+}
+
+impl PortKind {
+    /// A NIC port's tunnel endpoint, if it is an underlay.
+    pub fn tunnel_ip(&self) -> Option<&TunnelIp> {
+        match self {
+            PortKind::AfXdp { tunnel, .. } | PortKind::AfPacket { tunnel, .. } => tunnel.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// An underlay's tunnel endpoint: `tunnel_ip = "A.B.C.D/LEN"` and `tunnel_gateway`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunnelIp {
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl TunnelIp {
+    /// Whether `a` is in the endpoint's prefix (on-link).
+    pub fn on_link(&self, a: Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+        u32::from(a) & mask == u32::from(self.ip) & mask
+    }
 }
 
 /// A port's VLANs (`vlan_mode`, `tag`, `trunks`), as Open vSwitch defines them.

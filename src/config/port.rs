@@ -4,13 +4,15 @@
 
 use super::de::{self, DeError};
 use super::raw::{RawAfXdp, RawDriver, RawPort, RawVhostUser, DRIVERS};
+use super::tunnel;
 use super::sockets::{self, check_dir};
 use super::{
-    vlan, Config, PortConfig, PortKind, DEFAULT_MAX_GUEST_MEMORY_GIB, MAX_GUEST_MEMORY_GIB,
+    vlan, Config, PortConfig, PortKind, TunnelIp, DEFAULT_MAX_GUEST_MEMORY_GIB,
+    MAX_GUEST_MEMORY_GIB,
 };
 use pmd::sockperm::SocketPerms;
 use pmd::vhost::Mode;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use toml::{Table, Value};
 
@@ -23,6 +25,10 @@ pub(crate) struct Taken {
     names: HashSet<String>,
     paths: HashSet<PathBuf>,
     ifaces: HashSet<String>,
+    /// Underlay ports (with `tunnel_ip`) by name.
+    underlays: HashMap<String, TunnelIp>,
+    /// Tunnels: (underlay, VNI, UDP port).
+    tunnels: HashSet<(String, u32, u16)>,
 }
 
 impl Taken {
@@ -41,11 +47,31 @@ impl Taken {
                 self.paths.insert(path.clone());
             }
             PortKind::AfXdp { iface, .. }
-            | PortKind::AfPacket { iface }
+            | PortKind::AfPacket { iface, .. }
             | PortKind::Tap { iface, .. } => {
                 self.ifaces.insert(iface.clone());
             }
+            PortKind::Vxlan {
+                underlay,
+                vni,
+                dst_port,
+                ..
+            } => {
+                self.tunnels.insert((underlay.clone(), *vni, *dst_port));
+            }
         }
+        if let Some(t) = p.kind.tunnel_ip() {
+            self.underlays.insert(p.name.clone(), t.clone());
+        }
+    }
+
+    /// The endpoint of underlay port `name`, if it is one.
+    pub fn underlay(&self, name: &str) -> Option<&TunnelIp> {
+        self.underlays.get(name)
+    }
+
+    pub fn has_tunnel(&self, underlay: &str, vni: u32, dst_port: u16) -> bool {
+        self.tunnels.contains(&(underlay.to_string(), vni, dst_port))
     }
 }
 
@@ -66,6 +92,8 @@ fn explain(table: &Table, e: DeError) -> String {
             let what = match key {
                 "path" => format!(": driver {driver:?} needs the socket's path"),
                 "iface" => format!(": driver {driver:?} needs the interface's name"),
+                "underlay" => format!(": driver {driver:?} needs its underlay port's name"),
+                "vni" => format!(": driver {driver:?} needs the VXLAN network identifier"),
                 _ => String::new(),
             };
             format!("key '{key}' is missing{what}")
@@ -113,7 +141,12 @@ fn check(raw: RawPort, sw: &Config, taken: &Taken) -> Result<PortConfig, String>
     if !(1..=16).contains(&queues) {
         return Err(format!("key 'queues' = {queues}: must be 1..=16"));
     }
-    if queues != 1 && matches!(raw.driver, RawDriver::AfPacket(_) | RawDriver::Tap(_)) {
+    if queues != 1
+        && matches!(
+            raw.driver,
+            RawDriver::AfPacket(_) | RawDriver::Tap(_) | RawDriver::Vxlan(_)
+        )
+    {
         return Err(format!(
             "key 'queues' = {queues}: driver {:?} has one queue",
             raw.driver.name()
@@ -125,11 +158,13 @@ fn check(raw: RawPort, sw: &Config, taken: &Taken) -> Result<PortConfig, String>
         RawDriver::AfXdp(x) => af_xdp(x, taken)?,
         RawDriver::AfPacket(p) => PortKind::AfPacket {
             iface: iface(&p.iface, taken)?,
+            tunnel: tunnel::endpoint(p.tunnel_ip.as_deref(), p.tunnel_gateway.as_deref())?,
         },
         RawDriver::Tap(t) => PortKind::Tap {
             iface: iface(t.iface.as_deref().unwrap_or(&raw.name), taken)?,
             mtu: mtu(t.mtu)?,
         },
+        RawDriver::Vxlan(v) => tunnel::vxlan(v, taken)?,
     };
     Ok(PortConfig {
         name: raw.name,
@@ -213,6 +248,7 @@ fn af_xdp(x: RawAfXdp, taken: &Taken) -> Result<PortKind, String> {
         zero_copy: x
             .zero_copy
             .map_or(pmd::nic::af_xdp::ZeroCopy::Auto, Into::into),
+        tunnel: tunnel::endpoint(x.tunnel_ip.as_deref(), x.tunnel_gateway.as_deref())?,
     })
 }
 

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use super::VlanMode;
 
 /// The drivers, as `driver` names them (the variants of [`RawDriver`]).
-pub(crate) const DRIVERS: &[&str] = &["vhost-user", "af-xdp", "af-packet", "tap"];
+pub(crate) const DRIVERS: &[&str] = &["vhost-user", "af-xdp", "af-packet", "tap", "vxlan"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +95,8 @@ pub(crate) enum RawDriver {
     AfPacket(RawAfPacket),
     #[serde(rename = "tap")]
     Tap(RawTap),
+    #[serde(rename = "vxlan")]
+    Vxlan(RawVxlan),
 }
 
 impl RawDriver {
@@ -105,6 +107,7 @@ impl RawDriver {
             RawDriver::AfXdp(_) => DRIVERS[1],
             RawDriver::AfPacket(_) => DRIVERS[2],
             RawDriver::Tap(_) => DRIVERS[3],
+            RawDriver::Vxlan(_) => DRIVERS[4],
         }
     }
 }
@@ -126,12 +129,28 @@ pub(crate) struct RawAfXdp {
     pub iface: String,
     pub xdp_mode: Option<XdpModeKey>,
     pub zero_copy: Option<ZeroCopyKey>,
+    pub tunnel_ip: Option<String>,
+    pub tunnel_gateway: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAfPacket {
     pub iface: String,
+    pub tunnel_ip: Option<String>,
+    pub tunnel_gateway: Option<String>,
+}
+
+/// A VXLAN tunnel port (see `switch::tunnel`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawVxlan {
+    /// The af-xdp or af-packet port with `tunnel_ip` that carries the tunnel.
+    pub underlay: String,
+    pub vni: i64,
+    pub dst_port: Option<i64>,
+    pub remotes: Option<Vec<String>>,
+    pub learn_remotes: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

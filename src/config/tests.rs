@@ -141,7 +141,8 @@ fn add_port_nic_drivers_and_defaults() {
         PortKind::AfXdp {
             iface: "eth0".into(),
             xdp_mode: XdpMode::Generic,
-            zero_copy: ZeroCopy::Auto
+            zero_copy: ZeroCopy::Auto,
+            tunnel: None
         }
     );
     assert_eq!((p.queues, p.vlan.clone()), (1, VlanConfig::default()));
@@ -169,7 +170,8 @@ fn add_port_nic_drivers_and_defaults() {
     assert_eq!(
         p.kind,
         PortKind::AfPacket {
-            iface: "eth1".into()
+            iface: "eth1".into(),
+            tunnel: None
         }
     );
     // A client-mode port: the peer owns the socket, its permissions stay unset.

@@ -577,6 +577,15 @@ impl Shared {
                 .collect();
             let _ = writeln!(s, "port {}: {}", p.name(), kv.join(" "));
         }
+        // The drivers' own numbers (tunnels' counters among them), apart, so that the
+        // lines above keep their keys.
+        for p in c.ports.iter().flatten() {
+            let g = p.gauges();
+            if !g.is_empty() {
+                let kv: Vec<String> = g.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let _ = writeln!(s, "state {}: {}", p.name(), kv.join(" "));
+            }
+        }
         // Latency: after the counters, so that scripts reading the lines above see
         // them unchanged.
         if let Some(l) = self.latency() {

@@ -267,10 +267,19 @@ impl Switch {
 
     /// Counters of `port` from `ctl stats`.
     pub fn port_stats(&self, port: &str) -> HashMap<String, u64> {
+        self.stats_line("port", port)
+    }
+
+    /// The driver's own numbers of `port` (`Port::gauges`) from `ctl stats`.
+    pub fn port_state(&self, port: &str) -> HashMap<String, u64> {
+        self.stats_line("state", port)
+    }
+
+    fn stats_line(&self, kind: &str, port: &str) -> HashMap<String, u64> {
         let s = self.ctl("stats");
         let line = s
             .lines()
-            .find(|l| l.starts_with(&format!("port {port}:")))
+            .find(|l| l.starts_with(&format!("{kind} {port}:")))
             .unwrap_or_else(|| panic!("no port {port} in stats:\n{s}"));
         line.split_whitespace()
             .filter_map(|kv| kv.split_once('='))

@@ -93,6 +93,21 @@ pub fn iface_mtu(iface: &str) -> Result<u16, NicError> {
         .map_err(|_| NicError(format!("interface {iface:?}: {path} says {text:?}")))
 }
 
+/// The interface's MAC address, as sysfs reports it.
+pub fn iface_mac(iface: &str) -> Result<[u8; 6], NicError> {
+    let path = format!("/sys/class/net/{iface}/address");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| os_err(iface, &format!("reading {path}"), e))?;
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        .collect();
+    bytes
+        .try_into()
+        .map_err(|_| NicError(format!("interface {iface:?}: {path} says {text:?}")))
+}
+
 /// The interface's operational state as sysfs reports it ("up", "down", ...).
 pub fn operstate(iface: &str) -> String {
     std::fs::read_to_string(format!("/sys/class/net/{iface}/operstate"))

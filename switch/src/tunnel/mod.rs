@@ -34,6 +34,8 @@ use underlay::{AttachError, UnderlayPort};
 pub const MAX_REMOTES: usize = 256;
 /// Inner MACs one tunnel's table holds at most.
 const MAC_CAPACITY: usize = 8192;
+/// Seconds an inner MAC stays bound to its endpoint unseen: Linux's vxlan default.
+pub const DEFAULT_AGING_SECS: u32 = 300;
 /// Decapsulated frames waiting for the tunnel port's rx burst, at most.
 const RX_QUEUE: usize = 1024;
 

@@ -1,0 +1,377 @@
+//! VXLAN tunnel ports against Linux's vxlan device as the other end.
+//!
+//! The underlay is a Linux bridge in a namespace of its own (the data center's L2
+//! segment). On it: the switch's af-xdp underlay port (endpoint 10.99.0.1), and two
+//! kernel endpoints (10.99.0.2 and .3), each a namespace with a vxlan device
+//! (`id 42 dstport 4789 remote 10.99.0.1`) enslaved to a bridge with a veth to an
+//! "inner" namespace (192.168.42.2 and .3). Behind the switch, a namespace on an
+//! af-xdp port (192.168.42.1). A third kernel endpoint (10.99.0.4) is in no list.
+
+mod common;
+use common::netns::{must, ping_in, sh, Ping, VethNs};
+use common::*;
+use std::time::{Duration, Instant};
+
+const BURST: u64 = 20_000;
+const GAP_US: u32 = 20;
+
+/// One kernel VXLAN endpoint: `ns` holds the underlay veth (`ul`, address `vtep`) and
+/// the vxlan device in a bridge; `inner` is the namespace behind it.
+struct KernelVtep {
+    ns: String,
+    ul: String,
+    vtep: String,
+    inner: VethInner,
+}
+
+/// The inner namespace of a kernel endpoint: its interface, address and MAC.
+struct VethInner {
+    ns: String,
+    iface: String,
+    ip: String,
+    mac: String,
+}
+
+/// What makes one kernel endpoint.
+struct VtepOpts<'a> {
+    tag: &'a str,
+    /// Its underlay address (in 10.99.0.0/24).
+    vtep: &'a str,
+    /// The inner namespace's address (in 192.168.42.0/24).
+    inner_ip: &'a str,
+    /// The underlay bridge's namespace and bridge.
+    net_ns: &'a str,
+}
+
+fn id() -> u32 {
+    std::process::id() % 100_000
+}
+
+fn ns_cat(ns: &str, path: &str) -> String {
+    must("ip", &["netns", "exec", ns, "cat", path])
+        .trim()
+        .to_string()
+}
+
+fn fresh_ns(name: &str) {
+    let _ = sh("ip", &["netns", "del", name]);
+    must("ip", &["netns", "add", name]);
+    must(
+        "ip",
+        &["netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
+    );
+    must(
+        "ip",
+        &["netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"],
+    );
+    must("ip", &["-n", name, "link", "set", "lo", "up"]);
+}
+
+/// A veth pair `a` (in `ns_a`, or the host's namespace) and `b` (in `ns_b`), both up.
+fn veth(a: &str, ns_a: Option<&str>, b: &str, ns_b: &str) {
+    must("ip", &["link", "add", a, "type", "veth", "peer", "name", b]);
+    must("ip", &["link", "set", b, "netns", ns_b]);
+    if let Some(ns) = ns_a {
+        must("ip", &["link", "set", a, "netns", ns]);
+        must("ip", &["-n", ns, "link", "set", a, "up"]);
+    } else {
+        let v6 = format!("/proc/sys/net/ipv6/conf/{a}/disable_ipv6");
+        let _ = std::fs::write(v6, "1");
+        must("ip", &["link", "set", a, "up"]);
+    }
+    must("ip", &["-n", ns_b, "link", "set", b, "up"]);
+}
+
+impl KernelVtep {
+    fn new(o: &VtepOpts) -> KernelVtep {
+        let ns = format!("vswtest-{}-k{}", id(), o.tag);
+        let inner_ns = format!("vswtest-{}-i{}", id(), o.tag);
+        fresh_ns(&ns);
+        fresh_ns(&inner_ns);
+        // The underlay: a veth from the endpoint to the underlay bridge.
+        let ul = format!("k{}{}0", id(), o.tag);
+        let ul_peer = format!("k{}{}1", id(), o.tag);
+        veth(&ul, Some(&ns), &ul_peer, o.net_ns);
+        must("ip", &["-n", o.net_ns, "link", "set", &ul_peer, "master", "br0"]);
+        must("ip", &["-n", &ns, "addr", "add", &format!("{}/24", o.vtep), "dev", &ul]);
+        // The vxlan device in a bridge with a veth to the inner namespace.
+        must(
+            "ip",
+            &[
+                "-n", &ns, "link", "add", "vx42", "type", "vxlan", "id", "42", "dstport", "4789",
+                "local", o.vtep, "remote", "10.99.0.1", "dev", &ul,
+            ],
+        );
+        must("ip", &["-n", &ns, "link", "add", "brv", "type", "bridge"]);
+        must("ip", &["-n", &ns, "link", "set", "vx42", "master", "brv", "up"]);
+        must("ip", &["-n", &ns, "link", "set", "brv", "up"]);
+        let (kv0, kv1) = (format!("v{}{}0", id(), o.tag), format!("v{}{}1", id(), o.tag));
+        veth(&kv0, Some(&ns), &kv1, &inner_ns);
+        must("ip", &["-n", &ns, "link", "set", &kv0, "master", "brv"]);
+        must("ip", &["-n", &inner_ns, "link", "set", &kv1, "mtu", "1450"]);
+        must(
+            "ip",
+            &["-n", &inner_ns, "addr", "add", &format!("{}/24", o.inner_ip), "dev", &kv1],
+        );
+        let mac = ns_cat(&inner_ns, &format!("/sys/class/net/{kv1}/address"));
+        KernelVtep {
+            ns,
+            ul,
+            vtep: o.vtep.to_string(),
+            inner: VethInner {
+                ns: inner_ns,
+                iface: kv1,
+                ip: o.inner_ip.into(),
+                mac,
+            },
+        }
+    }
+
+    /// Frames the endpoint's underlay interface received.
+    fn underlay_rx(&self) -> u64 {
+        ns_cat(&self.ns, &format!("/sys/class/net/{}/statistics/rx_packets", self.ul))
+            .parse()
+            .unwrap()
+    }
+}
+
+impl VethInner {
+    fn rx_packets(&self) -> u64 {
+        ns_cat(&self.ns, &format!("/sys/class/net/{}/statistics/rx_packets", self.iface))
+            .parse()
+            .unwrap()
+    }
+    fn ping(&self, ip: &str, count: u32) -> u32 {
+        ping_in(
+            &self.ns,
+            ip,
+            &Ping {
+                count,
+                ..Ping::default()
+            },
+        )
+    }
+}
+
+impl Drop for KernelVtep {
+    fn drop(&mut self) {
+        let _ = sh("ip", &["netns", "del", &self.inner.ns]);
+        let _ = sh("ip", &["netns", "del", &self.ns]);
+    }
+}
+
+/// The underlay segment: a namespace with a bridge, and the switch's veth into it.
+struct Underlay {
+    ns: String,
+    host: String,
+}
+
+impl Underlay {
+    fn new() -> Underlay {
+        let ns = format!("vswtest-{}-net", id());
+        fresh_ns(&ns);
+        must("ip", &["-n", &ns, "link", "add", "br0", "type", "bridge"]);
+        must("ip", &["-n", &ns, "link", "set", "br0", "up"]);
+        let host = format!("vs{}u0", id());
+        let _ = sh("ip", &["link", "del", &host]);
+        veth(&host, None, "u1", &ns);
+        must("ip", &["-n", &ns, "link", "set", "u1", "master", "br0"]);
+        Underlay { ns, host }
+    }
+}
+
+impl Drop for Underlay {
+    fn drop(&mut self) {
+        let _ = sh("ip", &["netns", "del", &self.ns]);
+        let _ = sh("ip", &["link", "del", &self.host]);
+    }
+}
+
+/// `count` frames from `from` (a namespace, its interface) to `dst_mac` by trafgen.
+fn trafgen(dir: &Scratch, ns: &str, iface: &str, src_mac: &str, dst_mac: &str, count: u64) -> u64 {
+    let bytes = |mac: &str| {
+        mac.split(':')
+            .map(|b| format!("0x{b}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let conf = dir.path(&format!("trafgen-{ns}.cfg"));
+    std::fs::write(
+        &conf,
+        format!("{{ {}, {}, 0x88, 0xb5, fill(0x55, 46) }}\n", bytes(dst_mac), bytes(src_mac)),
+    )
+    .unwrap();
+    let n = count.to_string();
+    let gap = format!("{GAP_US}us");
+    let o = sh(
+        "ip",
+        &[
+            "netns", "exec", ns, "taskset", "-c", "0", "trafgen", "--dev", iface, "--conf",
+            conf.to_str().unwrap(), "-n", &n, "-q", "-t", &gap,
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "trafgen failed:\n{out}");
+    out.lines()
+        .find(|l| l.contains("packets outgoing"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count from trafgen:\n{out}"))
+}
+
+/// Waits until `rx()` has grown by `want` (or 5 s); returns the growth.
+fn received(rx: impl Fn() -> u64, before: u64, want: u64) -> u64 {
+    let t0 = Instant::now();
+    loop {
+        let got = rx() - before;
+        if got >= want || t0.elapsed() > Duration::from_secs(5) {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn config(ul: &Underlay, local: &VethNs) -> String {
+    format!(
+        r#"[[port]]
+name = "uplink"
+driver = "af-xdp"
+iface = "{}"
+xdp_mode = "generic"
+tunnel_ip = "10.99.0.1/24"
+# The underlay's own traffic in a VLAN of its own, apart from the overlay.
+vlan_mode = "access"
+tag = 4000
+
+[[port]]
+name = "vx42"
+driver = "vxlan"
+underlay = "uplink"
+vni = 42
+remotes = ["10.99.0.2", "10.99.0.3"]
+
+[[port]]
+name = "local"
+driver = "af-xdp"
+iface = "{}"
+xdp_mode = "generic"
+"#,
+        ul.host, local.host
+    )
+}
+
+#[test]
+fn a_namespace_behind_the_switch_reaches_linux_vxlan_endpoints() {
+    which("trafgen");
+    let dir = Scratch::new("vxlan");
+    let ul = Underlay::new();
+    let a = KernelVtep::new(&VtepOpts {
+        tag: "a",
+        vtep: "10.99.0.2",
+        inner_ip: "192.168.42.2",
+        net_ns: &ul.ns,
+    });
+    let b = KernelVtep::new(&VtepOpts {
+        tag: "b",
+        vtep: "10.99.0.3",
+        inner_ip: "192.168.42.3",
+        net_ns: &ul.ns,
+    });
+    let local = VethNs::new("l", "192.168.42.1/24");
+    let cfg = write_config_ports(&dir, &config(&ul, &local));
+    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
+    eprintln!("{}", sw.ctl("show"));
+
+    // Pings both ways, with each kernel endpoint.
+    assert_eq!(local.ping(&a.inner.ip, 3), 3, "local -> behind a");
+    assert_eq!(a.inner.ping(&local.ip, 3), 3, "behind a -> local");
+    assert_eq!(local.ping(&b.inner.ip, 3), 3, "local -> behind b");
+    assert_eq!(b.inner.ping(&local.ip, 3), 3, "behind b -> local");
+    let show = sw.ctl("show");
+    eprintln!("{show}");
+    assert!(
+        show.contains("neighbours=[10.99.0.2=") && !show.contains("=?"),
+        "both next hops resolved:\n{show}"
+    );
+    // The switch asked for both next hops (the kernels learned its MAC from the
+    // requests, so they had no need to ask).
+    let st = sw.port_state("uplink");
+    assert!(st["arp_requests"] >= 2, "{st:?}");
+
+    // A burst to a's inner MAC, now learned behind a: all of it to a, none to b.
+    let (a0, b0) = (a.inner.rx_packets(), b.underlay_rx());
+    let u0 = sw.port_state("vx42")["tx_unicast"];
+    let sent = trafgen(&dir, &local.ns, &local.inner, &local.mac, &a.inner.mac, BURST);
+    assert_eq!(sent, BURST);
+    let got = received(|| a.inner.rx_packets(), a0, BURST);
+    let b_saw = b.underlay_rx() - b0;
+    let unicast = sw.port_state("vx42")["tx_unicast"] - u0;
+    eprintln!("unicast burst: trafgen sent {sent}; behind a received {got}; b's underlay saw {b_saw}; vx42 tx_unicast +{unicast}");
+    assert!((BURST..=BURST + 20).contains(&got), "behind a received {got} of {BURST}\n{}", sw.ctl("stats"));
+    assert!(b_saw < 20, "b's underlay saw {b_saw} frames of a unicast burst to a");
+    assert!(unicast >= BURST);
+
+    // And back: a burst from behind a to local, decapsulated by the switch.
+    let l0 = local.rx_packets();
+    let sent = trafgen(&dir, &a.inner.ns, &a.inner.iface, &a.inner.mac, &local.mac, BURST);
+    let got = received(|| local.rx_packets(), l0, BURST);
+    eprintln!("burst back: trafgen behind a sent {sent}; local received {got}");
+    assert!((BURST..=BURST + 20).contains(&got), "local received {got} of {sent}\n{}", sw.ctl("stats"));
+
+    // Broadcast is replicated to both endpoints.
+    let (a0, b0) = (a.inner.rx_packets(), b.inner.rx_packets());
+    let f0 = sw.port_state("vx42")["tx_flooded"];
+    let sent = trafgen(&dir, &local.ns, &local.inner, &local.mac, "ff:ff:ff:ff:ff:ff", 1000);
+    let (ga, gb) = (received(|| a.inner.rx_packets(), a0, 1000), received(|| b.inner.rx_packets(), b0, 1000));
+    let flooded = sw.port_state("vx42")["tx_flooded"] - f0;
+    eprintln!("broadcast: sent {sent}; behind a received {ga}, behind b {gb}; vx42 tx_flooded +{flooded}");
+    assert!(ga >= 1000 && gb >= 1000 && flooded >= 1000);
+
+    // The kernel forgets the switch's MAC and its own changes: it asks again, and the
+    // switch answers and learns the new MAC of its next hop.
+    let replies = sw.port_state("uplink")["arp_replies"];
+    must("ip", &["-n", &a.ns, "link", "set", &a.ul, "address", "02:00:00:99:00:02"]);
+    must("ip", &["-n", &a.ns, "neigh", "flush", "dev", &a.ul]);
+    assert_eq!(a.inner.ping(&local.ip, 3), 3, "behind a -> local after a's flush");
+    assert_eq!(local.ping(&a.inner.ip, 3), 3, "local -> behind a after a's MAC changed");
+    let show = sw.ctl("show");
+    assert!(show.contains("10.99.0.2=02:00:00:99:00:02"), "new MAC learned:\n{show}");
+    assert!(sw.port_state("uplink")["arp_replies"] > replies);
+
+    // Too big for the underlay: a 1514-byte frame would make a 1550-byte outer packet.
+    let m0 = sw.port_stats("vx42")["drop_mtu"];
+    let big = Ping {
+        count: 3,
+        size: Some(1472),
+        dont_fragment: true,
+    };
+    assert_eq!(ping_in(&local.ns, &a.inner.ip, &big), 0);
+    let fits = Ping {
+        count: 3,
+        size: Some(1422),
+        dont_fragment: true,
+    };
+    assert_eq!(ping_in(&local.ns, &a.inner.ip, &fits), 3, "1450 bytes of IP fit");
+    let m = sw.port_stats("vx42")["drop_mtu"] - m0;
+    eprintln!("MTU: 3 pings of 1500 bytes of IP dropped and counted: drop_mtu +{m}");
+    assert!(m >= 3, "drop_mtu +{m}");
+
+    // An endpoint not in the list: its frames are dropped and counted.
+    let c = KernelVtep::new(&VtepOpts {
+        tag: "c",
+        vtep: "10.99.0.4",
+        inner_ip: "192.168.42.4",
+        net_ns: &ul.ns,
+    });
+    let r0 = sw.port_state("vx42")["drop_unknown_remote"];
+    assert_eq!(c.inner.ping(&local.ip, 2), 0);
+    let r = sw.port_state("vx42")["drop_unknown_remote"] - r0;
+    eprintln!("unknown endpoint 10.99.0.4: drop_unknown_remote +{r}");
+    assert!(r >= 2, "drop_unknown_remote +{r}");
+    drop(c);
+
+    eprintln!("{}", sw.ctl("stats"));
+    let log = sw.stop();
+    assert!(log.contains("free_mbufs=8192"), "mbufs lost:\n{log}");
+    let _ = b.vtep;
+}
