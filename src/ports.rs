@@ -494,9 +494,11 @@ impl Ports {
         st: &mut State,
         pc: PortConfig,
     ) -> Result<usize, ChangeError> {
-        let o = OpenPort::open(&pc, &self.pool, &self.rcu, &st.open).map_err(|msg| ChangeError::Open {
-            port: pc.name.clone(),
-            msg,
+        let o = OpenPort::open(&pc, &self.pool, &self.rcu, &st.open).map_err(|msg| {
+            ChangeError::Open {
+                port: pc.name.clone(),
+                msg,
+            }
         })?;
         let n = sw.add_ports(members(std::slice::from_ref(&o)))?[0];
         st.cfg = st.cfg.with_port(pc);

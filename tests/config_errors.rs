@@ -480,6 +480,106 @@ fn bad_configs_exit_2_with_file_key_and_value() {
     let (code, out) = check(&d, "new-keys.toml", &good);
     assert_eq!(code, 0, "{out}");
 
+    // VXLAN: the underlay's endpoint, and the tunnel port's own keys.
+    let ul = |extra: &str| {
+        format!("[[port]]\nname = \"up\"\ndriver = \"af-packet\"\niface = \"eth9\"\n{extra}\n")
+    };
+    let vx = |extra: &str| {
+        format!("[[port]]\nname = \"vx\"\ndriver = \"vxlan\"\nunderlay = \"up\"\n{extra}\n")
+    };
+    let cases: &[(&str, String, &[&str])] = &[
+        (
+            "tunnel-ip",
+            ul("tunnel_ip = \"10.99.0.1\""),
+            &["key 'tunnel_ip' = \"10.99.0.1\"", "prefix length"],
+        ),
+        (
+            "tunnel-ip-len",
+            ul("tunnel_ip = \"10.99.0.1/33\""),
+            &["key 'tunnel_ip' = \"10.99.0.1/33\""],
+        ),
+        (
+            "tunnel-gw-alone",
+            ul("tunnel_gateway = \"10.99.0.254\""),
+            &[
+                "key 'tunnel_gateway' = \"10.99.0.254\"",
+                "needs key 'tunnel_ip'",
+            ],
+        ),
+        (
+            "tunnel-gw-off-link",
+            ul("tunnel_ip = \"10.99.0.1/24\"\ntunnel_gateway = \"10.98.0.1\""),
+            &["key 'tunnel_gateway' = \"10.98.0.1\"", "10.99.0.1/24"],
+        ),
+        (
+            "vxlan-no-underlay",
+            vx("vni = 1"),
+            &["key 'underlay' = \"up\"", "tunnel_ip"],
+        ),
+        (
+            "vxlan-not-underlay",
+            ul("") + &vx("vni = 1"),
+            &["key 'underlay' = \"up\""],
+        ),
+        (
+            "vxlan-no-vni",
+            ul("tunnel_ip = \"10.99.0.1/24\"") + &vx(""),
+            &["key 'vni' is missing"],
+        ),
+        (
+            "vxlan-vni",
+            ul("tunnel_ip = \"10.99.0.1/24\"") + &vx("vni = 16777216"),
+            &["key 'vni' = 16777216", "0..=16777215"],
+        ),
+        (
+            "vxlan-port",
+            ul("tunnel_ip = \"10.99.0.1/24\"") + &vx("vni = 1\ndst_port = 0"),
+            &["key 'dst_port' = 0"],
+        ),
+        (
+            "vxlan-remote",
+            ul("tunnel_ip = \"10.99.0.1/24\"") + &vx("vni = 1\nremotes = [\"10.99.0.300\"]"),
+            &["key 'remotes' = \"10.99.0.300\""],
+        ),
+        (
+            "vxlan-remote-self",
+            ul("tunnel_ip = \"10.99.0.1/24\"") + &vx("vni = 1\nremotes = [\"10.99.0.1\"]"),
+            &["key 'remotes' = \"10.99.0.1\"", "another endpoint"],
+        ),
+        (
+            "vxlan-no-route",
+            ul("tunnel_ip = \"10.99.0.1/24\"") + &vx("vni = 1\nremotes = [\"192.0.2.9\"]"),
+            &["key 'remotes' = \"192.0.2.9\"", "no tunnel_gateway"],
+        ),
+        (
+            "vxlan-queues",
+            ul("tunnel_ip = \"10.99.0.1/24\"") + &vx("vni = 1\nqueues = 2"),
+            &["key 'queues' = 2", "one queue"],
+        ),
+        (
+            "vxlan-mtu",
+            ul("tunnel_ip = \"10.99.0.1/24\"") + &vx("vni = 1\nmtu = 1450"),
+            &["key 'mtu'", "vxlan"],
+        ),
+        (
+            "vxlan-twice",
+            ul("tunnel_ip = \"10.99.0.1/24\"")
+                + &vx("vni = 7")
+                + &vx("vni = 7").replace("\"vx\"", "\"vx2\""),
+            &["key 'vni' = 7", "already has a vxlan port"],
+        ),
+    ];
+    for (case, ports, needles) in cases {
+        expect_error(&d, case, &format!("{b}{ports}"), needles);
+    }
+    let good = format!(
+        "{b}{}{}",
+        ul("tunnel_ip = \"10.99.0.1/24\"\ntunnel_gateway = \"10.99.0.254\""),
+        vx("vni = 42\nremotes = [\"10.99.0.2\", \"192.0.2.9\"]\ndst_port = 8472\nlearn_remotes = true")
+    );
+    let (code, out) = check(&d, "vxlan-good.toml", &good);
+    assert_eq!(code, 0, "{out}");
+
     // A missing file is an error too.
     let out = Command::new(bin())
         .args(["check", "--config", "/nonexistent.toml"])

@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 const BURST: u64 = 20_000;
 const GAP_US: u32 = 20;
 
-/// One kernel VXLAN endpoint: `ns` holds the underlay veth (`ul`, address `vtep`) and
+/// One kernel VXLAN endpoint: `ns` holds the underlay veth (`ul`) and
 /// the vxlan device in a bridge; `inner` is the namespace behind it.
 struct KernelVtep {
     ns: String,
     ul: String,
-    vtep: String,
     inner: VethInner,
 }
 
@@ -58,11 +57,25 @@ fn fresh_ns(name: &str) {
     must("ip", &["netns", "add", name]);
     must(
         "ip",
-        &["netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
+        &[
+            "netns",
+            "exec",
+            name,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+        ],
     );
     must(
         "ip",
-        &["netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"],
+        &[
+            "netns",
+            "exec",
+            name,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ],
     );
     must("ip", &["-n", name, "link", "set", "lo", "up"]);
 }
@@ -92,32 +105,74 @@ impl KernelVtep {
         let ul = format!("k{}{}0", id(), o.tag);
         let ul_peer = format!("k{}{}1", id(), o.tag);
         veth(&ul, Some(&ns), &ul_peer, o.net_ns);
-        must("ip", &["-n", o.net_ns, "link", "set", &ul_peer, "master", "br0"]);
-        must("ip", &["-n", &ns, "addr", "add", &format!("{}/24", o.vtep), "dev", &ul]);
+        must(
+            "ip",
+            &["-n", o.net_ns, "link", "set", &ul_peer, "master", "br0"],
+        );
+        must(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", o.vtep),
+                "dev",
+                &ul,
+            ],
+        );
         // The vxlan device in a bridge with a veth to the inner namespace.
         must(
             "ip",
             &[
-                "-n", &ns, "link", "add", "vx42", "type", "vxlan", "id", "42", "dstport", "4789",
-                "local", o.vtep, "remote", "10.99.0.1", "dev", &ul,
+                "-n",
+                &ns,
+                "link",
+                "add",
+                "vx42",
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "dstport",
+                "4789",
+                "local",
+                o.vtep,
+                "remote",
+                "10.99.0.1",
+                "dev",
+                &ul,
             ],
         );
         must("ip", &["-n", &ns, "link", "add", "brv", "type", "bridge"]);
-        must("ip", &["-n", &ns, "link", "set", "vx42", "master", "brv", "up"]);
+        must(
+            "ip",
+            &["-n", &ns, "link", "set", "vx42", "master", "brv", "up"],
+        );
         must("ip", &["-n", &ns, "link", "set", "brv", "up"]);
-        let (kv0, kv1) = (format!("v{}{}0", id(), o.tag), format!("v{}{}1", id(), o.tag));
+        let (kv0, kv1) = (
+            format!("v{}{}0", id(), o.tag),
+            format!("v{}{}1", id(), o.tag),
+        );
         veth(&kv0, Some(&ns), &kv1, &inner_ns);
         must("ip", &["-n", &ns, "link", "set", &kv0, "master", "brv"]);
         must("ip", &["-n", &inner_ns, "link", "set", &kv1, "mtu", "1450"]);
         must(
             "ip",
-            &["-n", &inner_ns, "addr", "add", &format!("{}/24", o.inner_ip), "dev", &kv1],
+            &[
+                "-n",
+                &inner_ns,
+                "addr",
+                "add",
+                &format!("{}/24", o.inner_ip),
+                "dev",
+                &kv1,
+            ],
         );
         let mac = ns_cat(&inner_ns, &format!("/sys/class/net/{kv1}/address"));
         KernelVtep {
             ns,
             ul,
-            vtep: o.vtep.to_string(),
             inner: VethInner {
                 ns: inner_ns,
                 iface: kv1,
@@ -129,17 +184,23 @@ impl KernelVtep {
 
     /// Frames the endpoint's underlay interface received.
     fn underlay_rx(&self) -> u64 {
-        ns_cat(&self.ns, &format!("/sys/class/net/{}/statistics/rx_packets", self.ul))
-            .parse()
-            .unwrap()
+        ns_cat(
+            &self.ns,
+            &format!("/sys/class/net/{}/statistics/rx_packets", self.ul),
+        )
+        .parse()
+        .unwrap()
     }
 }
 
 impl VethInner {
     fn rx_packets(&self) -> u64 {
-        ns_cat(&self.ns, &format!("/sys/class/net/{}/statistics/rx_packets", self.iface))
-            .parse()
-            .unwrap()
+        ns_cat(
+            &self.ns,
+            &format!("/sys/class/net/{}/statistics/rx_packets", self.iface),
+        )
+        .parse()
+        .unwrap()
     }
     fn ping(&self, ip: &str, count: u32) -> u32 {
         ping_in(
@@ -198,7 +259,11 @@ fn trafgen(dir: &Scratch, ns: &str, iface: &str, src_mac: &str, dst_mac: &str, c
     let conf = dir.path(&format!("trafgen-{ns}.cfg"));
     std::fs::write(
         &conf,
-        format!("{{ {}, {}, 0x88, 0xb5, fill(0x55, 46) }}\n", bytes(dst_mac), bytes(src_mac)),
+        format!(
+            "{{ {}, {}, 0x88, 0xb5, fill(0x55, 46) }}\n",
+            bytes(dst_mac),
+            bytes(src_mac)
+        ),
     )
     .unwrap();
     let n = count.to_string();
@@ -206,8 +271,22 @@ fn trafgen(dir: &Scratch, ns: &str, iface: &str, src_mac: &str, dst_mac: &str, c
     let o = sh(
         "ip",
         &[
-            "netns", "exec", ns, "taskset", "-c", "0", "trafgen", "--dev", iface, "--conf",
-            conf.to_str().unwrap(), "-n", &n, "-q", "-t", &gap,
+            "netns",
+            "exec",
+            ns,
+            "taskset",
+            "-c",
+            "0",
+            "trafgen",
+            "--dev",
+            iface,
+            "--conf",
+            conf.to_str().unwrap(),
+            "-n",
+            &n,
+            "-q",
+            "-t",
+            &gap,
         ],
     );
     let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
@@ -301,41 +380,100 @@ fn a_namespace_behind_the_switch_reaches_linux_vxlan_endpoints() {
     // A burst to a's inner MAC, now learned behind a: all of it to a, none to b.
     let (a0, b0) = (a.inner.rx_packets(), b.underlay_rx());
     let u0 = sw.port_state("vx42")["tx_unicast"];
-    let sent = trafgen(&dir, &local.ns, &local.inner, &local.mac, &a.inner.mac, BURST);
+    let sent = trafgen(
+        &dir,
+        &local.ns,
+        &local.inner,
+        &local.mac,
+        &a.inner.mac,
+        BURST,
+    );
     assert_eq!(sent, BURST);
     let got = received(|| a.inner.rx_packets(), a0, BURST);
     let b_saw = b.underlay_rx() - b0;
     let unicast = sw.port_state("vx42")["tx_unicast"] - u0;
     eprintln!("unicast burst: trafgen sent {sent}; behind a received {got}; b's underlay saw {b_saw}; vx42 tx_unicast +{unicast}");
-    assert!((BURST..=BURST + 20).contains(&got), "behind a received {got} of {BURST}\n{}", sw.ctl("stats"));
-    assert!(b_saw < 20, "b's underlay saw {b_saw} frames of a unicast burst to a");
+    assert!(
+        (BURST..=BURST + 20).contains(&got),
+        "behind a received {got} of {BURST}\n{}",
+        sw.ctl("stats")
+    );
+    assert!(
+        b_saw < 20,
+        "b's underlay saw {b_saw} frames of a unicast burst to a"
+    );
     assert!(unicast >= BURST);
 
     // And back: a burst from behind a to local, decapsulated by the switch.
     let l0 = local.rx_packets();
-    let sent = trafgen(&dir, &a.inner.ns, &a.inner.iface, &a.inner.mac, &local.mac, BURST);
+    let sent = trafgen(
+        &dir,
+        &a.inner.ns,
+        &a.inner.iface,
+        &a.inner.mac,
+        &local.mac,
+        BURST,
+    );
     let got = received(|| local.rx_packets(), l0, BURST);
     eprintln!("burst back: trafgen behind a sent {sent}; local received {got}");
-    assert!((BURST..=BURST + 20).contains(&got), "local received {got} of {sent}\n{}", sw.ctl("stats"));
+    assert!(
+        (BURST..=BURST + 20).contains(&got),
+        "local received {got} of {sent}\n{}",
+        sw.ctl("stats")
+    );
 
     // Broadcast is replicated to both endpoints.
     let (a0, b0) = (a.inner.rx_packets(), b.inner.rx_packets());
     let f0 = sw.port_state("vx42")["tx_flooded"];
-    let sent = trafgen(&dir, &local.ns, &local.inner, &local.mac, "ff:ff:ff:ff:ff:ff", 1000);
-    let (ga, gb) = (received(|| a.inner.rx_packets(), a0, 1000), received(|| b.inner.rx_packets(), b0, 1000));
+    let sent = trafgen(
+        &dir,
+        &local.ns,
+        &local.inner,
+        &local.mac,
+        "ff:ff:ff:ff:ff:ff",
+        1000,
+    );
+    let (ga, gb) = (
+        received(|| a.inner.rx_packets(), a0, 1000),
+        received(|| b.inner.rx_packets(), b0, 1000),
+    );
     let flooded = sw.port_state("vx42")["tx_flooded"] - f0;
-    eprintln!("broadcast: sent {sent}; behind a received {ga}, behind b {gb}; vx42 tx_flooded +{flooded}");
+    eprintln!(
+        "broadcast: sent {sent}; behind a received {ga}, behind b {gb}; vx42 tx_flooded +{flooded}"
+    );
     assert!(ga >= 1000 && gb >= 1000 && flooded >= 1000);
 
     // The kernel forgets the switch's MAC and its own changes: it asks again, and the
     // switch answers and learns the new MAC of its next hop.
     let replies = sw.port_state("uplink")["arp_replies"];
-    must("ip", &["-n", &a.ns, "link", "set", &a.ul, "address", "02:00:00:99:00:02"]);
+    must(
+        "ip",
+        &[
+            "-n",
+            &a.ns,
+            "link",
+            "set",
+            &a.ul,
+            "address",
+            "02:00:00:99:00:02",
+        ],
+    );
     must("ip", &["-n", &a.ns, "neigh", "flush", "dev", &a.ul]);
-    assert_eq!(a.inner.ping(&local.ip, 3), 3, "behind a -> local after a's flush");
-    assert_eq!(local.ping(&a.inner.ip, 3), 3, "local -> behind a after a's MAC changed");
+    assert_eq!(
+        a.inner.ping(&local.ip, 3),
+        3,
+        "behind a -> local after a's flush"
+    );
+    assert_eq!(
+        local.ping(&a.inner.ip, 3),
+        3,
+        "local -> behind a after a's MAC changed"
+    );
     let show = sw.ctl("show");
-    assert!(show.contains("10.99.0.2=02:00:00:99:00:02"), "new MAC learned:\n{show}");
+    assert!(
+        show.contains("10.99.0.2=02:00:00:99:00:02"),
+        "new MAC learned:\n{show}"
+    );
     assert!(sw.port_state("uplink")["arp_replies"] > replies);
 
     // Too big for the underlay: a 1514-byte frame would make a 1550-byte outer packet.
@@ -351,7 +489,11 @@ fn a_namespace_behind_the_switch_reaches_linux_vxlan_endpoints() {
         size: Some(1422),
         dont_fragment: true,
     };
-    assert_eq!(ping_in(&local.ns, &a.inner.ip, &fits), 3, "1450 bytes of IP fit");
+    assert_eq!(
+        ping_in(&local.ns, &a.inner.ip, &fits),
+        3,
+        "1450 bytes of IP fit"
+    );
     let m = sw.port_stats("vx42")["drop_mtu"] - m0;
     eprintln!("MTU: 3 pings of 1500 bytes of IP dropped and counted: drop_mtu +{m}");
     assert!(m >= 3, "drop_mtu +{m}");
@@ -370,8 +512,27 @@ fn a_namespace_behind_the_switch_reaches_linux_vxlan_endpoints() {
     assert!(r >= 2, "drop_unknown_remote +{r}");
     drop(c);
 
+    // At run time: another VNI on the same underlay, which cannot leave while it is
+    // in use.
+    let out = sw.ctl_ok(&[
+        "add-port",
+        "vx43",
+        "driver=vxlan",
+        "underlay=uplink",
+        "vni=43",
+        "remotes=[\"10.99.0.3\"]",
+    ]);
+    assert!(out.contains("added port \"vx43\""), "{out}");
+    assert!(sw.ctl("show").contains("vxlan vni=43 underlay=uplink"));
+    let (code, out) = sw.ctl_try(&["del-port", "uplink"]);
+    assert!(
+        code != 0 && out.contains("underlay of tunnel port(s)"),
+        "{code} {out}"
+    );
+    sw.ctl_ok(&["del-port", "vx43"]);
+    assert_eq!(local.ping(&b.inner.ip, 2), 2, "vni 42 unchanged");
+
     eprintln!("{}", sw.ctl("stats"));
     let log = sw.stop();
     assert!(log.contains("free_mbufs=8192"), "mbufs lost:\n{log}");
-    let _ = b.vtep;
 }

@@ -15,9 +15,9 @@ mod error;
 mod port;
 mod raw;
 mod sockets;
-mod tunnel;
 #[cfg(test)]
 mod tests;
+mod tunnel;
 mod vlan;
 
 pub use error::{ConfigError, Origin};

@@ -4,8 +4,8 @@
 
 use super::de::{self, DeError};
 use super::raw::{RawAfXdp, RawDriver, RawPort, RawVhostUser, DRIVERS};
-use super::tunnel;
 use super::sockets::{self, check_dir};
+use super::tunnel;
 use super::{
     vlan, Config, PortConfig, PortKind, TunnelIp, DEFAULT_MAX_GUEST_MEMORY_GIB,
     MAX_GUEST_MEMORY_GIB,
@@ -71,7 +71,8 @@ impl Taken {
     }
 
     pub fn has_tunnel(&self, underlay: &str, vni: u32, dst_port: u16) -> bool {
-        self.tunnels.contains(&(underlay.to_string(), vni, dst_port))
+        self.tunnels
+            .contains(&(underlay.to_string(), vni, dst_port))
     }
 }
 
@@ -121,7 +122,9 @@ fn unknown_key(key: &str, value: &Value, driver: &str, own: &[&str]) -> String {
             keys.join(", ")
         )
     } else {
-        let hint = if key == "mtu" {
+        let hint = if key == "mtu" && driver == "vxlan" {
+            "; a vxlan port has its underlay's MTU less 50 bytes"
+        } else if key == "mtu" {
             "; an af-xdp or af-packet port has its interface's MTU: `ip link set IFACE mtu N`"
         } else {
             ""

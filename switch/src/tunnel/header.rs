@@ -285,12 +285,18 @@ pub(super) mod tests {
         else {
             panic!("{:?}", classify(&f, local(), &[4789]));
         };
-        assert_eq!((vni, dst_port, src_ip), (42, 4789, Ipv4Addr::new(10, 99, 0, 2)));
+        assert_eq!(
+            (vni, dst_port, src_ip),
+            (42, 4789, Ipv4Addr::new(10, 99, 0, 2))
+        );
         assert_eq!(&f[inner..inner + 6], &[0xff; 6]);
         assert_eq!(f.len() - inner, 42);
         // Another UDP port, another address, ARP: not ours.
         assert_eq!(classify(&f, local(), &[8472]), Underlay::Other);
-        assert_eq!(classify(&f, Ipv4Addr::new(10, 99, 0, 9), &[4789]), Underlay::Other);
+        assert_eq!(
+            classify(&f, Ipv4Addr::new(10, 99, 0, 9), &[4789]),
+            Underlay::Other
+        );
         assert_eq!(classify(&f[inner..], local(), &[4789]), Underlay::Arp);
     }
 
@@ -310,8 +316,14 @@ pub(super) mod tests {
         // No I flag.
         assert_eq!(with(42, 0), Underlay::Bad(BadOuter::NotVxlan));
         // Cut inside the UDP header; cut inside the inner frame.
-        assert_eq!(classify(&good[..40], local(), &[4789]), Underlay::Bad(BadOuter::Malformed));
-        assert_eq!(classify(&good[..70], local(), &[4789]), Underlay::Bad(BadOuter::Malformed));
+        assert_eq!(
+            classify(&good[..40], local(), &[4789]),
+            Underlay::Bad(BadOuter::Malformed)
+        );
+        assert_eq!(
+            classify(&good[..70], local(), &[4789]),
+            Underlay::Bad(BadOuter::Malformed)
+        );
     }
 
     #[test]
@@ -320,7 +332,8 @@ pub(super) mod tests {
         let pool = Mempool::new(64, HugepagePolicy::Off).unwrap();
         let mut cache = MempoolCache::new(pool);
         let mut m = cache.alloc().unwrap();
-        m.set_len(k.len() - OVERHEAD).copy_from_slice(&k[OVERHEAD..]);
+        m.set_len(k.len() - OVERHEAD)
+            .copy_from_slice(&k[OVERHEAD..]);
         let o = Outer {
             src_mac: k[6..12].try_into().unwrap(),
             dst_mac: k[0..6].try_into().unwrap(),
@@ -355,7 +368,10 @@ pub(super) mod tests {
         let Some(etherparse::TransportSlice::Udp(u)) = p.transport else {
             panic!("not UDP")
         };
-        assert_eq!((u.destination_port(), u.length() as usize), (4789, f.len() - 34));
+        assert_eq!(
+            (u.destination_port(), u.length() as usize),
+            (4789, f.len() - 34)
+        );
         // And it comes off again.
         let Underlay::Tunnel { vni, inner, .. } = classify(&f, o.dst_ip, &[4789]) else {
             panic!()
@@ -381,6 +397,10 @@ pub(super) mod tests {
             assert_eq!(s, source_port(&frame));
             seen.insert(s);
         }
-        assert!(seen.len() > 200, "{} distinct ports of 256 flows", seen.len());
+        assert!(
+            seen.len() > 200,
+            "{} distinct ports of 256 flows",
+            seen.len()
+        );
     }
 }

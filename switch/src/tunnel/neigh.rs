@@ -283,9 +283,18 @@ mod tests {
         };
         assert_eq!(c.lookup(GW, 12 * S), fresh);
         // In the entry's second half: still used, asked for again once per retry.
-        let old = Lookup::Resolved { mac: MAC, ask: true };
+        let old = Lookup::Resolved {
+            mac: MAC,
+            ask: true,
+        };
         assert_eq!(c.lookup(GW, 42 * S), old);
-        assert_eq!(c.lookup(GW, 42 * S + 1), Lookup::Resolved { mac: MAC, ask: false });
+        assert_eq!(
+            c.lookup(GW, 42 * S + 1),
+            Lookup::Resolved {
+                mac: MAC,
+                ask: false
+            }
+        );
         // Unheard for max_age: unresolved again.
         assert_eq!(c.lookup(GW, 72 * S), Lookup::Unresolved { ask: true });
         assert!(c.learn(GW, MAC, 73 * S));

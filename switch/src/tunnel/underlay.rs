@@ -396,7 +396,9 @@ impl Port for UnderlayPort {
     }
     fn describe(&self) -> String {
         let ep = &self.ep;
-        let gw = ep.gateway.map_or(String::new(), |g| format!(" gateway={g}"));
+        let gw = ep
+            .gateway
+            .map_or(String::new(), |g| format!(" gateway={g}"));
         let neigh: Vec<String> = self
             .neigh
             .entries(self.now())
