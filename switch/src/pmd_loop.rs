@@ -264,10 +264,8 @@ impl LoopState {
         if let Some(r) = &mut cx.latency {
             r.swap(plan.gen);
         }
-        for &p in plan.serviced.iter() {
-            if let Some(port) = plan.port(p) {
-                port.service(&cx.lane, &mut cx.cache, &mut cx.traffic[p]);
-            }
+        if !plan.serviced.is_empty() {
+            service(cx, plan);
         }
         publish(cx, plan);
         cx.stats.rx_bursts.publish(&self.rx_sizes);
@@ -420,6 +418,16 @@ impl LoopState {
         s.packets.store(self.packets, Relaxed);
         s.iterations.store(self.iters, Relaxed);
         s.backpressure.store(self.bp, Relaxed);
+    }
+}
+
+/// The ports' own work (`Port::service`: underlays' ARP, tunnels' aging).
+#[inline(never)]
+fn service(cx: &mut PmdContext, plan: &PollPlan) {
+    for &p in plan.serviced.iter() {
+        if let Some(port) = plan.port(p) {
+            port.service(&cx.lane, &mut cx.cache, &mut cx.traffic[p]);
+        }
     }
 }
 

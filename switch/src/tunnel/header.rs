@@ -160,7 +160,10 @@ pub enum Underlay {
         vni: u32,
         dst_port: u16,
         src_ip: Ipv4Addr,
+        /// Where the inner frame starts and ends (bytes past the IP packet, padding,
+        /// are not the inner frame's).
         inner: usize,
+        end: usize,
     },
     /// ARP (for anyone: the neighbour cache learns from it, and requests for `local`
     /// are answered).
@@ -176,7 +179,8 @@ pub enum Underlay {
 pub enum BadOuter {
     /// An IPv4 fragment: a VTEP does not reassemble (RFC 7348 §4.3).
     Fragment,
-    /// Lengths that disagree with the frame, a bad IP checksum, IP options cut short.
+    /// Lengths that disagree with the frame, a bad IP checksum, IP options cut short,
+    /// a source address no endpoint can have (0.0.0.0, multicast, broadcast).
     Malformed,
     /// A VXLAN header without the I flag, or an inner frame shorter than Ethernet.
     NotVxlan,
@@ -232,11 +236,16 @@ fn tunnel(f: &[u8], ihl: usize, dst_port: u16) -> Result<Underlay, BadOuter> {
     if vx[0] & FLAG_I == 0 {
         return Err(BadOuter::NotVxlan);
     }
+    let src_ip = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    if src_ip.is_unspecified() || src_ip.is_multicast() || src_ip.is_broadcast() {
+        return Err(BadOuter::Malformed);
+    }
     Ok(Underlay::Tunnel {
         vni: u32::from_be_bytes([0, vx[4], vx[5], vx[6]]),
         dst_port,
-        src_ip: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        src_ip,
         inner: ETH + ihl + UDP + VXLAN,
+        end: ETH + total,
     })
 }
 
@@ -281,6 +290,7 @@ pub(super) mod tests {
             dst_port,
             src_ip,
             inner,
+            end,
         } = classify(&f, local(), &[4789])
         else {
             panic!("{:?}", classify(&f, local(), &[4789]));
@@ -290,7 +300,7 @@ pub(super) mod tests {
             (42, 4789, Ipv4Addr::new(10, 99, 0, 2))
         );
         assert_eq!(&f[inner..inner + 6], &[0xff; 6]);
-        assert_eq!(f.len() - inner, 42);
+        assert_eq!((f.len() - inner, end), (42, f.len()));
         // Another UDP port, another address, ARP: not ours.
         assert_eq!(classify(&f, local(), &[8472]), Underlay::Other);
         assert_eq!(
@@ -315,6 +325,16 @@ pub(super) mod tests {
         assert_eq!(with(25, 0x3a), Underlay::Bad(BadOuter::Malformed));
         // No I flag.
         assert_eq!(with(42, 0), Underlay::Bad(BadOuter::NotVxlan));
+        // From 0.0.0.0 (the checksum fixed up: only the source is wrong).
+        let mut f = good.clone();
+        f[26..30].fill(0);
+        f[24..26].fill(0);
+        let sum = ipv4_checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&sum.to_be_bytes());
+        assert_eq!(
+            classify(&f, local(), &[4789]),
+            Underlay::Bad(BadOuter::Malformed)
+        );
         // Cut inside the UDP header; cut inside the inner frame.
         assert_eq!(
             classify(&good[..40], local(), &[4789]),

@@ -98,11 +98,17 @@ impl Remotes {
     #[inline]
     fn index_of(&self, ip: Ipv4Addr) -> Option<usize> {
         let v = u32::from(ip);
+        if v == 0 {
+            return None; // a free slot's mark, never an endpoint
+        }
         self.ips.iter().position(|s| s.load(Acquire) == v)
     }
     /// The index of `ip`, added if it was not there; `None` when the table is full.
     fn add(&self, ip: Ipv4Addr, flood: bool) -> Option<usize> {
         let v = u32::from(ip);
+        if v == 0 {
+            return None;
+        }
         for (i, s) in self.ips.iter().enumerate() {
             match s.compare_exchange(0, v, AcqRel, Acquire) {
                 Ok(_) => {
@@ -304,14 +310,7 @@ impl VxlanPort {
 
     /// One frame from the switch into `out` as one or more encapsulated frames.
     #[inline]
-    fn one(
-        &self,
-        m: Mbuf,
-        now: u64,
-        cache: &mut MempoolCache,
-        out: &mut underlay::Burst,
-        n: &mut usize,
-    ) {
+    fn one(&self, m: Mbuf, now: u64, cache: &mut MempoolCache, out: &mut Out) {
         if outer_ip_len(m.len()) > self.underlay.underlay_mtu() as usize {
             PortStats::add(&self.tun.stats.drop_underlay_mtu, 1);
             PortStats::add(&self.stats.drop_mtu, 1);
@@ -319,70 +318,84 @@ impl VxlanPort {
         }
         if let Some(remote) = self.tun.unicast_endpoint(&m.data()[..6]) {
             if let Some(e) = self.encap_to(m, remote, now, cache) {
-                out[*n] = Some(e);
-                *n += 1;
+                self.push(e, cache, out);
                 PortStats::add(&self.tun.stats.tx_unicast, 1);
             }
             return;
         }
-        self.flood(m, now, cache, out, n);
+        self.flood(m, now, cache, out);
     }
 
     /// Head-end replication: a copy to each endpoint of the flood list.
-    fn flood(
-        &self,
-        m: Mbuf,
-        now: u64,
-        cache: &mut MempoolCache,
-        out: &mut underlay::Burst,
-        n: &mut usize,
-    ) {
+    fn flood(&self, m: Mbuf, now: u64, cache: &mut MempoolCache, out: &mut Out) {
         let mut last = None;
         for (_, ip) in self.tun.remotes.flood_list() {
-            if *n + 1 >= out.len() {
-                break;
-            }
             if let Some(prev) = last.replace(ip) {
                 let Some(c) = cache.copy_of(&m) else {
                     PortStats::add(&self.stats.drop_no_mbuf, 1);
                     continue;
                 };
                 if let Some(e) = self.encap_to(c, prev, now, cache) {
-                    out[*n] = Some(e);
-                    *n += 1;
+                    self.push(e, cache, out);
                 }
             }
         }
         match last {
             Some(ip) => {
                 if let Some(e) = self.encap_to(m, ip, now, cache) {
-                    out[*n] = Some(e);
-                    *n += 1;
+                    self.push(e, cache, out);
                 }
                 PortStats::add(&self.tun.stats.tx_flooded, 1);
             }
-            None => cache.free(m),
+            None => {
+                // Nowhere to send it: no remote endpoint configured.
+                PortStats::add(&self.tun.stats.drop_no_route, 1);
+                cache.free(m)
+            }
         }
     }
 
-    /// Sends what `out` holds on the underlay; what it refuses is dropped, counted.
-    fn send(
-        &self,
-        lane: &TxLane,
-        cache: &mut MempoolCache,
-        out: &mut underlay::Burst,
-        n: usize,
-        tr: &mut Traffic,
-    ) {
+    /// Adds an encapsulated frame to the burst, sending the burst first when full.
+    #[inline]
+    fn push(&self, e: Mbuf, cache: &mut MempoolCache, out: &mut Out) {
+        if out.n == BURST {
+            self.send(cache, out);
+        }
+        out.lens[out.n] = (e.len() - OVERHEAD) as u16;
+        out.buf[out.n] = Some(e);
+        out.n += 1;
+    }
+
+    /// Sends the burst on the underlay; what it refuses is dropped, counted. Counts
+    /// what went in the port's traffic (frames and inner bytes, each copy of a flood).
+    fn send(&self, cache: &mut MempoolCache, out: &mut Out) {
+        let n = std::mem::take(&mut out.n);
         if n == 0 {
             return;
         }
-        let sent = self.underlay.send(lane, cache, &mut out[..n]);
-        tr.tx_packets += sent as u64;
-        for m in out[sent..n].iter_mut().filter_map(Option::take) {
+        let sent = self.underlay.send(out.lane, cache, &mut out.buf[..n]);
+        out.tr.tx_packets += sent as u64;
+        for m in out.buf[sent..n].iter_mut().filter_map(Option::take) {
             PortStats::add(&self.stats.drop_tx_full, 1);
             cache.free(m);
         }
+        out.tr.tx_bytes += out.sent_bytes(sent);
+    }
+}
+
+/// A burst of encapsulated frames being built for the underlay.
+struct Out<'a> {
+    lane: &'a TxLane,
+    tr: &'a mut Traffic,
+    buf: underlay::Burst,
+    n: usize,
+    /// Inner bytes of the frames in `buf`, front to back, as they were added.
+    lens: [u16; BURST],
+}
+
+impl Out<'_> {
+    fn sent_bytes(&self, sent: usize) -> u64 {
+        self.lens[..sent].iter().map(|&l| l as u64).sum()
     }
 }
 
@@ -404,6 +417,9 @@ impl Port for VxlanPort {
         while n < out.len() {
             let Some(m) = self.tun.rxq.pop() else { break };
             tr.rx_bytes += m.len() as u64;
+            // A partial inner checksum from an af-packet underlay: the PMD loop
+            // runs its egress step for bursts that count one.
+            tr.rx_offload += m.has_offload() as u64;
             out[n] = Some(m);
             n += 1;
         }
@@ -424,18 +440,18 @@ impl Port for VxlanPort {
             return 0;
         }
         let now = self.underlay.now();
-        let mut out: underlay::Burst = Default::default();
-        let mut n = 0;
+        let mut out = Out {
+            lane,
+            tr,
+            buf: Default::default(),
+            n: 0,
+            lens: [0; BURST],
+        };
         for slot in pkts.iter_mut() {
             let Some(m) = slot.take() else { break };
-            if n + 1 >= BURST {
-                self.send(lane, cache, &mut out, n, tr);
-                n = 0;
-            }
-            tr.tx_bytes += m.len() as u64;
-            self.one(m, now, cache, &mut out, &mut n);
+            self.one(m, now, cache, &mut out);
         }
-        self.send(lane, cache, &mut out, n, tr);
+        self.send(cache, &mut out);
         pkts.len()
     }
     fn is_up(&self) -> bool {
@@ -458,11 +474,15 @@ impl Port for VxlanPort {
             self.tun.dst_port,
             remotes.join(" "),
             self.tun.macs.len(),
-            self.mtu()
+            self.underlay.underlay_mtu().saturating_sub(OVERHEAD as u16)
         )
     }
+    /// The underlay's MTU, not 50 less: the exact limit (an encapsulated frame within
+    /// the underlay's MTU) is checked per frame in `tx_burst` and counted as this
+    /// port's `drop_mtu`. Reporting the smaller MTU would make the ports' MTUs differ
+    /// and turn the switch's per-frame MTU step on for every port's traffic.
     fn mtu(&self) -> u16 {
-        self.underlay.underlay_mtu().saturating_sub(OVERHEAD as u16)
+        self.underlay.underlay_mtu()
     }
     fn driver(&self) -> &'static str {
         "vxlan"

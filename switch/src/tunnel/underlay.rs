@@ -27,8 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Next hops one underlay resolves at most.
-const NEIGH_SLOTS: usize = 64;
+/// Next hops one underlay resolves at most: every remote a tunnel may have, and the
+/// gateway.
+const NEIGH_SLOTS: usize = super::MAX_REMOTES + 1;
 /// How long a next hop's MAC is good for after it was last heard from, and how often
 /// an unresolved one is asked for (Linux's base reachable time is 30 s).
 const NEIGH_MAX_AGE_NS: u64 = 60_000_000_000;
@@ -296,6 +297,7 @@ impl UnderlayPort {
             dst_port,
             src_ip,
             inner,
+            end,
         } = k
         else {
             unreachable!("decap of a frame that is not a tunnel's")
@@ -308,6 +310,23 @@ impl UnderlayPort {
             PortStats::add(&self.stats.drop_unknown_vni, 1);
             return cache.free(m);
         };
+        if let Some(mut h) = m.offload() {
+            // An af-packet underlay's metadata: a partial checksum of the outer UDP
+            // header does not concern the inner frame (cleared); one inside the inner
+            // frame moves with it. A segmented outer frame (UDP tunnel GSO) cannot be
+            // taken apart here: dropped, counted.
+            if h.gso_type != 0 {
+                PortStats::add(&self.stats.drop_bad_outer, 1);
+                return cache.free(m);
+            }
+            if h.csum_start as usize >= inner + 14 {
+                h.csum_start -= inner as u16;
+                m.set_offload(h);
+            } else {
+                m.clear_offload();
+            }
+        }
+        m.set_len(end);
         m.trim_front(inner);
         tun.receive(m, src_ip, cache);
     }
