@@ -13,6 +13,8 @@
 #  - systemd: systemd-analyze, which checks the unit in dist/ (tests/service_files.rs);
 #    installing the package does not make systemd the init where it is not.
 #  - prometheus: promtool, which checks the /metrics exposition (tests/metrics.rs).
+#  - frr: zebra and bgpd, BGP EVPN driving a VXLAN tunnel port (tests/vxlan.rs); the
+#    tests start them by hand in their own network namespaces.
 #  - cargo-fuzz and g++ (libFuzzer), for the fuzz targets in fuzz/ (which also need the nightly toolchain:
 #    the rest of the project builds on stable).
 set -euo pipefail
@@ -24,7 +26,7 @@ fi
 
 need_pkgs=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in dpdk-dev linux-image-amd64 busybox-static iputils-ping iproute2 cpio kmod netsniff-ng tcpdump iperf3 ethtool python3 g++ systemd gnuplot-nox prometheus; do
+for p in dpdk-dev linux-image-amd64 busybox-static iputils-ping iproute2 cpio kmod netsniff-ng tcpdump iperf3 ethtool python3 g++ systemd gnuplot-nox prometheus frr; do
   have "$p" || need_pkgs+=("$p")
 done
 need_qemu=0

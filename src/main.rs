@@ -6,6 +6,7 @@
 
 mod capture;
 mod control;
+mod evpn;
 mod metrics;
 mod ports;
 mod service;

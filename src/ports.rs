@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use switch::tunnel::underlay::{Endpoint, UnderlayPort};
 use switch::tunnel::{TunnelConfig, VxlanPort};
 use switch::vlan::PortVlan;
-use switch::{Switch, SwitchError};
-use vswitch::config::{Config, ConfigError, PortConfig, PortKind, VlanMode};
+use switch::{FdbSource, Switch, SwitchError};
+use vswitch::config::{Config, ConfigError, EvpnShadow, PortConfig, PortKind, VlanMode};
 
 /// Why a change was refused (nothing changed) or failed.
 #[derive(Debug)]
@@ -100,17 +100,26 @@ pub struct OpenPort {
     pub port: Arc<dyn Port>,
     vhost: Option<Arc<VhostUserPort>>,
     underlay: Option<Arc<UnderlayPort>>,
+    /// A tunnel port's EVPN follower, held for its `Drop` (which stops the thread
+    /// when the port closes).
+    #[allow(dead_code)]
+    evpn: Option<crate::evpn::Follower>,
+}
+
+/// What opening a port needs beyond its configuration.
+#[derive(Clone)]
+pub struct Env {
+    pub pool: Arc<Mempool>,
+    pub rcu: Arc<Rcu>,
+    /// The switch's table, read by EVPN followers.
+    pub fdb: FdbSource,
 }
 
 impl OpenPort {
     /// Opens the port `p` describes; a tunnel port finds its underlay in `open`.
-    pub fn open(
-        p: &PortConfig,
-        pool: &Arc<Mempool>,
-        rcu: &Arc<Rcu>,
-        open: &[OpenPort],
-    ) -> Result<OpenPort, String> {
-        let mut o = match p.kind {
+    pub fn open(p: &PortConfig, env: &Env, open: &[OpenPort]) -> Result<OpenPort, String> {
+        let (pool, rcu) = (&env.pool, &env.rcu);
+        let mut o = match &p.kind {
             PortKind::VhostUser { .. } => {
                 let v = open_vhost(p, rcu)?;
                 OpenPort {
@@ -118,13 +127,29 @@ impl OpenPort {
                     port: v.clone(),
                     vhost: Some(v),
                     underlay: None,
+                    evpn: None,
+                }
+            }
+            PortKind::Vxlan { evpn, .. } => {
+                let v = open_vxlan(p, env, open)?;
+                let evpn = match evpn {
+                    Some(shadow) => Some(follow(p, shadow, &v, env)?),
+                    None => None,
+                };
+                OpenPort {
+                    cfg: p.clone(),
+                    port: v,
+                    vhost: None,
+                    underlay: None,
+                    evpn,
                 }
             }
             _ => OpenPort {
                 cfg: p.clone(),
-                port: open_driver(p, pool, rcu, open)?,
+                port: open_driver(p, pool)?,
                 vhost: None,
                 underlay: None,
+                evpn: None,
             },
         };
         if let Some(t) = p.kind.tunnel_ip() {
@@ -187,12 +212,7 @@ fn open_vhost(p: &PortConfig, rcu: &Arc<Rcu>) -> Result<Arc<VhostUserPort>, Stri
 
 /// Opens the driver of a port other than vhost-user (see `open_vhost`: the service
 /// keeps a handle to those).
-fn open_driver(
-    p: &PortConfig,
-    pool: &Arc<Mempool>,
-    rcu: &Arc<Rcu>,
-    open: &[OpenPort],
-) -> Result<Arc<dyn Port>, String> {
+fn open_driver(p: &PortConfig, pool: &Arc<Mempool>) -> Result<Arc<dyn Port>, String> {
     Ok(match &p.kind {
         PortKind::VhostUser { .. } => unreachable!("opened by open_vhost"),
         PortKind::AfXdp {
@@ -225,29 +245,59 @@ fn open_driver(
             };
             Arc::new(TapPort::open(tc).map_err(|e| e.to_string())?)
         }
-        PortKind::Vxlan {
-            underlay,
-            vni,
-            dst_port,
-            remotes,
-            learn_remotes,
-        } => {
-            let u = open
-                .iter()
-                .find(|o| &o.cfg.name == underlay)
-                .and_then(|o| o.underlay.clone())
-                .ok_or_else(|| format!("underlay port {underlay:?} is not open"))?;
-            let tc = TunnelConfig {
-                name: p.name.clone(),
-                vni: *vni,
-                dst_port: *dst_port,
-                remotes: remotes.clone(),
-                learn_remotes: *learn_remotes,
-                aging_secs: switch::tunnel::DEFAULT_AGING_SECS,
-            };
-            Arc::new(VxlanPort::open(&tc, u, pool.clone(), rcu.clone()).map_err(|e| e.to_string())?)
-        }
+        PortKind::Vxlan { .. } => unreachable!("opened by open_vxlan"),
     })
+}
+
+/// Opens a tunnel port on its underlay, which `open` holds.
+fn open_vxlan(p: &PortConfig, env: &Env, open: &[OpenPort]) -> Result<Arc<VxlanPort>, String> {
+    let PortKind::Vxlan {
+        underlay,
+        vni,
+        dst_port,
+        remotes,
+        learn_remotes,
+        ..
+    } = &p.kind
+    else {
+        unreachable!("a vxlan port's config")
+    };
+    let u = open
+        .iter()
+        .find(|o| &o.cfg.name == underlay)
+        .and_then(|o| o.underlay.clone())
+        .ok_or_else(|| format!("underlay port {underlay:?} is not open"))?;
+    let tc = TunnelConfig {
+        name: p.name.clone(),
+        vni: *vni,
+        dst_port: *dst_port,
+        remotes: remotes.clone(),
+        learn_remotes: *learn_remotes,
+        aging_secs: switch::tunnel::DEFAULT_AGING_SECS,
+    };
+    let v =
+        VxlanPort::open(&tc, u, env.pool.clone(), env.rcu.clone()).map_err(|e| e.to_string())?;
+    Ok(Arc::new(v))
+}
+
+/// Starts following the EVPN shadow devices of tunnel port `v`.
+fn follow(
+    p: &PortConfig,
+    shadow: &EvpnShadow,
+    v: &Arc<VxlanPort>,
+    env: &Env,
+) -> Result<crate::evpn::Follower, String> {
+    let cfg = crate::evpn::EvpnConfig {
+        port: p.name.clone(),
+        vxlan: shadow.vxlan.clone(),
+        mac_port: shadow.port.clone(),
+        vlan: match p.vlan.mode {
+            VlanMode::Trunk => 0,
+            _ => p.vlan.tag,
+        },
+    };
+    crate::evpn::Follower::start(cfg, v.tunnel().clone(), env.fdb.clone())
+        .map_err(|e| e.to_string())
 }
 
 /// What the switch needs of open ports: each port with its VLAN settings.
@@ -269,22 +319,14 @@ fn port_vlan(p: &PortConfig) -> PortVlan {
 
 /// Opens every port of `cfg`, in order; on an error, closes what it opened and says
 /// which port failed.
-pub fn open_all(
-    cfg: &Config,
-    pool: &Arc<Mempool>,
-    rcu: &Arc<Rcu>,
-) -> Result<Vec<OpenPort>, ChangeError> {
-    open_each(&cfg.ports, pool, rcu)
+pub fn open_all(cfg: &Config, env: &Env) -> Result<Vec<OpenPort>, ChangeError> {
+    open_each(&cfg.ports, env)
 }
 
-fn open_each(
-    ports: &[PortConfig],
-    pool: &Arc<Mempool>,
-    rcu: &Arc<Rcu>,
-) -> Result<Vec<OpenPort>, ChangeError> {
+fn open_each(ports: &[PortConfig], env: &Env) -> Result<Vec<OpenPort>, ChangeError> {
     let mut open = Vec::new();
     for p in ports {
-        match OpenPort::open(p, pool, rcu, &open) {
+        match OpenPort::open(p, env, &open) {
             Ok(o) => open.push(o),
             Err(msg) => {
                 // Dropping what opened so far closes sockets and detaches XDP programs.
@@ -301,8 +343,7 @@ fn open_each(
 
 /// The running ports and the configuration they came from.
 pub struct Ports {
-    pool: Arc<Mempool>,
-    rcu: Arc<Rcu>,
+    env: Env,
     state: Mutex<State>,
 }
 
@@ -403,11 +444,15 @@ impl Ports {
         pool: Arc<Mempool>,
         rcu: Arc<Rcu>,
     ) -> Result<Ports, ChangeError> {
-        let open = open_all(&cfg, &pool, &rcu)?;
-        sw.add_ports(members(&open))?;
-        Ok(Ports {
+        let env = Env {
             pool,
             rcu,
+            fdb: sw.fdb_source(),
+        };
+        let open = open_all(&cfg, &env)?;
+        sw.add_ports(members(&open))?;
+        Ok(Ports {
+            env,
             state: Mutex::new(State { cfg, open }),
         })
     }
@@ -494,11 +539,9 @@ impl Ports {
         st: &mut State,
         pc: PortConfig,
     ) -> Result<usize, ChangeError> {
-        let o = OpenPort::open(&pc, &self.pool, &self.rcu, &st.open).map_err(|msg| {
-            ChangeError::Open {
-                port: pc.name.clone(),
-                msg,
-            }
+        let o = OpenPort::open(&pc, &self.env, &st.open).map_err(|msg| ChangeError::Open {
+            port: pc.name.clone(),
+            msg,
         })?;
         let n = sw.add_ports(members(std::slice::from_ref(&o)))?[0];
         st.cfg = st.cfg.with_port(pc);

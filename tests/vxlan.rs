@@ -81,13 +81,19 @@ fn fresh_ns(name: &str) {
 }
 
 /// A veth pair `a` (in `ns_a`, or the host's namespace) and `b` (in `ns_b`), both up.
+/// Made inside the namespaces, so that their names cannot collide with the host's.
 fn veth(a: &str, ns_a: Option<&str>, b: &str, ns_b: &str) {
-    must("ip", &["link", "add", a, "type", "veth", "peer", "name", b]);
-    must("ip", &["link", "set", b, "netns", ns_b]);
     if let Some(ns) = ns_a {
-        must("ip", &["link", "set", a, "netns", ns]);
+        must(
+            "ip",
+            &[
+                "-n", ns, "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns_b,
+            ],
+        );
         must("ip", &["-n", ns, "link", "set", a, "up"]);
     } else {
+        must("ip", &["link", "add", a, "type", "veth", "peer", "name", b]);
+        must("ip", &["link", "set", b, "netns", ns_b]);
         let v6 = format!("/proc/sys/net/ipv6/conf/{a}/disable_ipv6");
         let _ = std::fs::write(v6, "1");
         must("ip", &["link", "set", a, "up"]);
@@ -535,4 +541,310 @@ fn a_namespace_behind_the_switch_reaches_linux_vxlan_endpoints() {
     eprintln!("{}", sw.ctl("stats"));
     let log = sw.stop();
     assert!(log.contains("free_mbufs=8192"), "mbufs lost:\n{log}");
+}
+
+/// FRR's zebra and bgpd in a namespace: iBGP (AS 65000) to `peer`, L2VPN EVPN with
+/// `advertise-all-vni`. Stopped on drop.
+struct Frr {
+    ns: String,
+    dir: std::path::PathBuf,
+}
+
+impl Frr {
+    fn start(ns: &str, dir: &Scratch, router_id: &str, peer: &str) -> Frr {
+        which("/usr/lib/frr/zebra");
+        let d = dir.path(&format!("frr-{ns}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let run = format!("/var/run/frr/{ns}");
+        std::fs::create_dir_all(&run).unwrap();
+        let conf = d.join("frr.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "frr defaults datacenter\nhostname {ns}\nrouter bgp 65000\n bgp router-id {router_id}\n \
+                 no bgp default ipv4-unicast\n neighbor {peer} remote-as 65000\n \
+                 address-family l2vpn evpn\n  neighbor {peer} activate\n  advertise-all-vni\n \
+                 exit-address-family\n"
+            ),
+        )
+        .unwrap();
+        // The daemons drop to user frr: let it read the config and write its files.
+        for p in [d.as_path(), std::path::Path::new(&run)] {
+            let _ = sh("chown", &["-R", "frr:frr", p.to_str().unwrap()]);
+        }
+        let _ = sh("chmod", &["755", dir.0.to_str().unwrap()]);
+        for daemon in ["zebra", "bgpd"] {
+            let pid = d.join(format!("{daemon}.pid"));
+            let log = format!("file:{}", d.join(format!("{daemon}.log")).display());
+            must(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns,
+                    &format!("/usr/lib/frr/{daemon}"),
+                    "-N",
+                    ns,
+                    "-d",
+                    "-f",
+                    conf.to_str().unwrap(),
+                    "-i",
+                    pid.to_str().unwrap(),
+                    "--log",
+                    &log,
+                ],
+            );
+        }
+        Frr {
+            ns: ns.into(),
+            dir: d,
+        }
+    }
+
+    fn vtysh(&self, cmd: &str) -> String {
+        String::from_utf8_lossy(
+            &sh(
+                "ip",
+                &[
+                    "netns", "exec", &self.ns, "vtysh", "-N", &self.ns, "-c", cmd,
+                ],
+            )
+            .stdout,
+        )
+        .into_owned()
+    }
+}
+
+impl Drop for Frr {
+    fn drop(&mut self) {
+        for daemon in ["bgpd", "zebra"] {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join(format!("{daemon}.pid"))) {
+                let _ = sh("kill", &[pid.trim()]);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = std::fs::remove_dir_all(format!("/var/run/frr/{}", self.ns));
+    }
+}
+
+/// A namespace made for the test, deleted on drop.
+struct Ns(String);
+
+impl Ns {
+    fn new(tag: &str) -> Ns {
+        let n = format!("vswtest-{}-{tag}", id());
+        fresh_ns(&n);
+        Ns(n)
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = sh("ip", &["netns", "del", &self.0]);
+    }
+}
+
+fn ip_in(ns: &Ns, args: &[&str]) {
+    let mut a = vec!["-n", ns.0.as_str()];
+    a.extend_from_slice(args);
+    must("ip", &a);
+}
+
+/// The switch as one end of an EVPN-driven VXLAN segment, a kernel vxlan device as the
+/// other, each with FRR. The switch's namespace (`a`) holds its underlay and local
+/// ports, FRR, and the shadow: a bridge with a vxlan device over an idle veth (FRR
+/// programs it, the switch follows it) and a veth port where the switch writes its
+/// MACs. The other namespace (`b`) is a kernel EVPN end as FRR's own setups have it.
+#[test]
+fn frr_evpn_drives_the_tunnel_port_with_no_static_remotes() {
+    let dir = Scratch::new("evpn");
+    let (a, b, ai, bi) = (Ns::new("ea"), Ns::new("eb"), Ns::new("eai"), Ns::new("ebi"));
+    // BGP between the two hosts over a management link; the underlay apart.
+    veth("mgA", Some(&a.0), "mgB", &b.0);
+    ip_in(&a, &["addr", "add", "10.98.0.1/24", "dev", "mgA"]);
+    ip_in(&b, &["addr", "add", "10.98.0.2/24", "dev", "mgB"]);
+    veth("ulA", Some(&a.0), "ulB", &b.0);
+    ip_in(&b, &["addr", "add", "10.99.0.2/24", "dev", "ulB"]);
+    // a: the shadow bridge, vxlan device and MAC port (nothing is ever sent on them).
+    veth("shA", Some(&a.0), "shB", &a.0);
+    ip_in(&a, &["addr", "add", "10.99.0.1/24", "dev", "shA"]);
+    ip_in(&a, &["link", "add", "br42", "type", "bridge"]);
+    ip_in(
+        &a,
+        &[
+            "link",
+            "add",
+            "vx42",
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "dstport",
+            "4789",
+            "local",
+            "10.99.0.1",
+            "nolearning",
+            "dev",
+            "shA",
+        ],
+    );
+    ip_in(&a, &["link", "set", "vx42", "master", "br42", "up"]);
+    veth("mcA", Some(&a.0), "mcB", &a.0);
+    ip_in(&a, &["link", "set", "mcA", "master", "br42", "up"]);
+    ip_in(&a, &["link", "set", "br42", "up"]);
+    // a: the switch's local port, to a namespace behind it.
+    veth("loA", Some(&a.0), "loB", &ai.0);
+    ip_in(&ai, &["addr", "add", "192.168.42.1/24", "dev", "loB"]);
+    ip_in(&ai, &["link", "set", "loB", "mtu", "1450"]);
+    // b: a kernel EVPN end.
+    ip_in(&b, &["link", "add", "br42", "type", "bridge"]);
+    ip_in(
+        &b,
+        &[
+            "link",
+            "add",
+            "vx42",
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "dstport",
+            "4789",
+            "local",
+            "10.99.0.2",
+            "nolearning",
+            "dev",
+            "ulB",
+        ],
+    );
+    ip_in(&b, &["link", "set", "vx42", "master", "br42", "up"]);
+    veth("inA", Some(&b.0), "inB", &bi.0);
+    ip_in(&b, &["link", "set", "inA", "master", "br42", "up"]);
+    ip_in(&b, &["link", "set", "br42", "up"]);
+    ip_in(&bi, &["addr", "add", "192.168.42.2/24", "dev", "inB"]);
+    ip_in(&bi, &["link", "set", "inB", "mtu", "1450"]);
+    let b_mac = ns_cat(&bi.0, "/sys/class/net/inB/address");
+    let a_mac = ns_cat(&ai.0, "/sys/class/net/loB/address");
+
+    let cfg = write_config_ports(
+        &dir,
+        r#"[[port]]
+name = "uplink"
+driver = "af-xdp"
+iface = "ulA"
+xdp_mode = "generic"
+tunnel_ip = "10.99.0.1/24"
+vlan_mode = "access"
+tag = 4000
+
+[[port]]
+name = "vx42"
+driver = "vxlan"
+underlay = "uplink"
+vni = 42
+evpn_vxlan = "vx42"
+evpn_port = "mcA"
+
+[[port]]
+name = "local"
+driver = "af-xdp"
+iface = "loA"
+xdp_mode = "generic"
+"#,
+    );
+    let sw = Switch::start_in(&cfg, dir.path("ctl.sock"), Some(&a.0));
+    let fa = Frr::start(&a.0, &dir, "10.98.0.1", "10.98.0.2");
+    let fb = Frr::start(&b.0, &dir, "10.98.0.2", "10.98.0.1");
+
+    // BGP comes up and FRR installs b as the flood list's endpoint: the switch follows.
+    let t0 = Instant::now();
+    while !sw.ctl("show").contains("remotes=[10.99.0.2]") {
+        if t0.elapsed() > Duration::from_secs(60) {
+            panic!(
+                "no flood list from EVPN\nshow:\n{}\nshadow FDB:\n{}\nBGP:\n{}\n{}\nzebra log:\n{}\nswitch log:\n{}",
+                sw.ctl("show"),
+                must("bridge", &["-n", &a.0, "fdb", "show", "dev", "vx42"]),
+                fa.vtysh("show bgp l2vpn evpn summary"),
+                fa.vtysh("show evpn vni"),
+                std::fs::read_to_string(fa.dir.join("zebra.log")).unwrap_or_default(),
+                sw.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let show = sw.ctl("show");
+    eprintln!("{show}");
+    eprintln!("{}", fa.vtysh("show evpn vni 42"));
+    assert_eq!(
+        ping_in(&ai.0, "192.168.42.2", &Ping::default()),
+        3,
+        "behind the switch -> behind b"
+    );
+    assert_eq!(
+        ping_in(&bi.0, "192.168.42.1", &Ping::default()),
+        3,
+        "behind b -> behind the switch"
+    );
+
+    // The switch's MAC behind `local` reached b through BGP (a type-2 route), and b's
+    // MAC reached the switch through the shadow device.
+    let t0 = Instant::now();
+    let b_fdb = loop {
+        let f = must("bridge", &["-n", &b.0, "fdb", "show", "dev", "vx42"]);
+        if f.contains(&format!("{a_mac} dst 10.99.0.1")) || t0.elapsed() > Duration::from_secs(30) {
+            break f;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("b's vxlan FDB:\n{b_fdb}");
+    assert!(
+        b_fdb.contains(&format!("{a_mac} dst 10.99.0.1")),
+        "the switch's MAC not advertised"
+    );
+    let show = sw.wait_show("b's MAC from EVPN", Duration::from_secs(30), |s| {
+        s.contains(&format!("{b_mac}=10.99.0.2"))
+    });
+    assert!(
+        sw.log().contains(&format!("EVPN: remote MAC mac={b_mac}"))
+            || sw.log().contains(&format!("mac={b_mac} ip=10.99.0.2")),
+        "b's MAC did not come from EVPN:\n{}",
+        sw.log()
+    );
+    eprintln!("{show}");
+
+    // b's station leaves: BGP withdraws its MAC and the switch forgets it.
+    ip_in(&bi, &["link", "set", "inB", "down"]);
+    let _ = sh(
+        "bridge",
+        &["-n", &b.0, "fdb", "del", &b_mac, "dev", "inA", "master"],
+    );
+    let show = sw.wait_show("b's MAC withdrawn", Duration::from_secs(30), |s| {
+        !s.contains(&format!("{b_mac}=10.99.0.2"))
+    });
+    assert!(
+        sw.log().contains("EVPN: remote MAC withdrawn"),
+        "{}",
+        sw.log()
+    );
+    eprintln!("after the withdrawal:\n{show}");
+
+    // Nothing of the switch's traffic crossed the shadow devices.
+    for (iface, what) in [
+        ("vx42", "rx_packets"),
+        ("vx42", "tx_packets"),
+        ("shA", "tx_packets"),
+    ] {
+        let n: u64 = ns_cat(&a.0, &format!("/sys/class/net/{iface}/statistics/{what}"))
+            .parse()
+            .unwrap();
+        eprintln!("shadow {iface} {what}={n}");
+        assert_eq!(n, 0, "shadow {iface} {what}");
+    }
+    drop(fb);
+    drop(fa);
+    let log = sw.stop();
+    assert!(log.contains("free_mbufs=8192"), "mbufs lost:\n{log}");
+    // The switch took its MACs out of the shadow bridge when it stopped.
+    let left = must("bridge", &["-n", &a.0, "fdb", "show", "dev", "mcA"]);
+    assert!(!left.contains(&a_mac), "left in the shadow bridge:\n{left}");
 }

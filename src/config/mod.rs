@@ -105,7 +105,18 @@ pub enum PortKind {
         /// The flood list (head-end replication).
         remotes: Vec<Ipv4Addr>,
         learn_remotes: bool,
+        /// Driven by FRR's BGP EVPN through these shadow devices.
+        evpn: Option<EvpnShadow>,
     },
+}
+
+/// A tunnel port's EVPN shadow: the kernel vxlan device FRR programs
+/// (`evpn_vxlan`) and the shadow bridge's port where the switch writes its MACs
+/// (`evpn_port`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvpnShadow {
+    pub vxlan: String,
+    pub port: String,
 }
 
 impl PortKind {

@@ -151,6 +151,8 @@ pub(crate) struct RawVxlan {
     pub dst_port: Option<i64>,
     pub remotes: Option<Vec<String>>,
     pub learn_remotes: Option<bool>,
+    pub evpn_vxlan: Option<String>,
+    pub evpn_port: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

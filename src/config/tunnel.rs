@@ -4,7 +4,7 @@
 
 use super::port::Taken;
 use super::raw::RawVxlan;
-use super::{PortKind, TunnelIp};
+use super::{EvpnShadow, PortKind, TunnelIp};
 use std::net::Ipv4Addr;
 
 /// VNIs are 24 bits.
@@ -107,11 +107,33 @@ pub(super) fn vxlan(v: RawVxlan, taken: &Taken) -> Result<PortKind, String> {
             switch::tunnel::MAX_REMOTES
         ));
     }
+    let evpn = match (v.evpn_vxlan, v.evpn_port) {
+        (None, None) => None,
+        (Some(vxlan), Some(port)) => {
+            for (key, name) in [("evpn_vxlan", &vxlan), ("evpn_port", &port)] {
+                if !pmd::nic::valid_ifname(name) {
+                    return Err(format!("key '{key}' = {name:?}: not an interface name"));
+                }
+            }
+            Some(EvpnShadow { vxlan, port })
+        }
+        (Some(x), None) => {
+            return Err(format!(
+                "key 'evpn_vxlan' = {x:?}: needs key 'evpn_port' (the shadow bridge's port for the switch's MACs)"
+            ))
+        }
+        (None, Some(x)) => {
+            return Err(format!(
+                "key 'evpn_port' = {x:?}: needs key 'evpn_vxlan' (the shadow vxlan device FRR programs)"
+            ))
+        }
+    };
     Ok(PortKind::Vxlan {
         underlay: v.underlay,
         vni,
         dst_port,
         remotes,
         learn_remotes: v.learn_remotes.unwrap_or(false),
+        evpn,
     })
 }

@@ -394,6 +394,20 @@ impl Fdb {
         true
     }
 
+    /// Removes the entry of `mac` on `vlan`, if there is one (a control plane's
+    /// withdrawal); returns whether it did.
+    pub fn forget(&self, mac: Mac, vlan: u16) -> bool {
+        let key = key_of(mac, vlan);
+        let home = self.home(key);
+        for i in 0..PROBE {
+            let s = &self.slots[(home + i) & self.mask];
+            if s.key.load(Acquire) == key {
+                return self.remove_slot(s, key);
+            }
+        }
+        false
+    }
+
     /// Removes entries not seen for `aging_secs`; returns how many.
     pub fn age(&self, now: u32) -> usize {
         let mut n = 0;
@@ -467,6 +481,23 @@ impl Fdb {
             .collect();
         v.sort_by_key(|e| (e.vlan, e.mac));
         v
+    }
+}
+
+#[cfg(test)]
+mod forget_tests {
+    use super::*;
+
+    #[test]
+    fn a_forgotten_entry_is_gone_and_its_port_count_with_it() {
+        let t = Fdb::new(64, 4, 64, 300);
+        let m = Mac([2, 0, 0, 0, 0, 9]);
+        assert_eq!(t.learn(m, 0, 1, 0), Learned::New);
+        assert!(!t.forget(m, 5), "another VLAN");
+        assert!(t.forget(m, 0));
+        assert_eq!((t.lookup(m, 0), t.len(), t.port_entries(1)), (None, 0, 0));
+        assert!(!t.forget(m, 0));
+        assert_eq!(t.learn(m, 0, 2, 0), Learned::New);
     }
 }
 

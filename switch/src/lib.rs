@@ -285,25 +285,45 @@ impl Switch {
 
     /// The forwarding table's entries, sorted by VLAN and MAC.
     pub fn fdb_entries(&self) -> Vec<snapshot::FdbEntrySnapshot> {
-        let sh = &self.shared;
-        let now = sh.epoch.elapsed().as_secs() as u32;
-        let ports = sh.control().ports.clone();
-        sh.fdb
-            .entries(now)
-            .into_iter()
-            .map(|e| snapshot::FdbEntrySnapshot {
-                port: ports
-                    .get(e.port as usize)
-                    .and_then(Option::as_ref)
-                    .map_or("?", |p| p.name())
-                    .to_string(),
-                vlan: e.vlan,
-                mac: e.mac.to_string(),
-                age_secs: e.age_secs,
-            })
-            .collect()
+        fdb_entries(&self.shared)
     }
 
+    /// A handle that reads the forwarding table from another thread (EVPN's).
+    pub fn fdb_source(&self) -> FdbSource {
+        FdbSource(self.shared.clone())
+    }
+}
+
+/// Reads the forwarding table (see [`Switch::fdb_source`]).
+#[derive(Clone)]
+pub struct FdbSource(Arc<Shared>);
+
+impl FdbSource {
+    pub fn entries(&self) -> Vec<snapshot::FdbEntrySnapshot> {
+        fdb_entries(&self.0)
+    }
+}
+
+fn fdb_entries(sh: &Shared) -> Vec<snapshot::FdbEntrySnapshot> {
+    let now = sh.epoch.elapsed().as_secs() as u32;
+    let ports = sh.control().ports.clone();
+    sh.fdb
+        .entries(now)
+        .into_iter()
+        .map(|e| snapshot::FdbEntrySnapshot {
+            port: ports
+                .get(e.port as usize)
+                .and_then(Option::as_ref)
+                .map_or("?", |p| p.name())
+                .to_string(),
+            vlan: e.vlan,
+            mac: e.mac.to_string(),
+            age_secs: e.age_secs,
+        })
+        .collect()
+}
+
+impl Switch {
     /// `ctl fdb`: the forwarding table.
     pub fn fdb_dump(&self) -> String {
         let mut s = String::from("port  vlan  mac                age\n");

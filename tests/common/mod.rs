@@ -167,7 +167,20 @@ pub struct Switch {
 
 impl Switch {
     pub fn start(config: &Path, ctl: PathBuf) -> Switch {
-        let mut child = Command::new(bin())
+        Switch::start_in(config, ctl, None)
+    }
+
+    /// `start`, in network namespace `netns` when given (`ip netns exec`).
+    pub fn start_in(config: &Path, ctl: PathBuf, netns: Option<&str>) -> Switch {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, &bin()]);
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let mut child = cmd
             .args(["run", "--config"])
             .arg(config)
             .env("VSWITCH_LOG", "info")

@@ -126,6 +126,13 @@ impl Remotes {
         }
         None
     }
+    /// Takes `ip` off the flood list (its slot stays: MACs may still point at it).
+    fn unflood(&self, ip: Ipv4Addr) -> bool {
+        match self.index_of(ip) {
+            Some(i) => self.flood[i].swap(false, AcqRel),
+            None => false,
+        }
+    }
     fn flood_list(&self) -> impl Iterator<Item = (usize, Ipv4Addr)> + '_ {
         (0..MAX_REMOTES).filter_map(|i| {
             let ip = self.ip(i)?;
@@ -188,6 +195,45 @@ impl Tunnel {
                 "tunnel: frame from an endpoint not in the remote list dropped");
         }
         cache.free(m);
+    }
+
+    /// A control plane's (EVPN's) view of the tunnel: `ip` joins the flood list.
+    /// False if the endpoint table is full.
+    pub fn flood_add(&self, ip: Ipv4Addr) -> bool {
+        self.remotes.add(ip, true).is_some()
+    }
+
+    /// `ip` leaves the flood list.
+    pub fn flood_remove(&self, ip: Ipv4Addr) -> bool {
+        self.remotes.unflood(ip)
+    }
+
+    /// The flood list.
+    pub fn flood_list(&self) -> Vec<Ipv4Addr> {
+        self.remotes.flood_list().map(|(_, ip)| ip).collect()
+    }
+
+    /// `mac` is behind endpoint `ip` (learned now, so kept for the table's aging time
+    /// unless set again). False if the endpoint or MAC table is full.
+    pub fn set_remote_mac(&self, mac: Mac, ip: Ipv4Addr) -> bool {
+        let Some(i) = self.remotes.add(ip, false) else {
+            return false;
+        };
+        self.macs.learn(mac, 0, i as u16, self.now_secs()) != Learned::Refused
+    }
+
+    /// Forgets where `mac` is (then frames to it are flooded).
+    pub fn remove_remote_mac(&self, mac: Mac) -> bool {
+        self.macs.forget(mac, 0)
+    }
+
+    /// The MAC table: (MAC, endpoint), for `ctl show`.
+    pub fn remote_macs(&self) -> Vec<(Mac, Ipv4Addr)> {
+        self.macs
+            .entries(self.now_secs())
+            .into_iter()
+            .filter_map(|e| Some((e.mac, self.remotes.ip(e.port as usize)?)))
+            .collect()
     }
 
     /// The endpoints a frame to `dst` goes to: its own if learned, else the flood list.
@@ -467,13 +513,23 @@ impl Port for VxlanPort {
             .flood_list()
             .map(|(_, ip)| ip.to_string())
             .collect();
+        let mut macs = self.tun.remote_macs();
+        macs.sort();
+        let mut shown: Vec<String> = macs
+            .iter()
+            .take(16)
+            .map(|(m, ip)| format!("{m}={ip}"))
+            .collect();
+        if macs.len() > 16 {
+            shown.push(format!("+{}", macs.len() - 16));
+        }
         format!(
-            "vxlan vni={} underlay={} dst_port={} remotes=[{}] macs={} mtu={}",
+            "vxlan vni={} underlay={} dst_port={} remotes=[{}] macs=[{}] mtu={}",
             self.tun.vni,
             self.underlay.name(),
             self.tun.dst_port,
             remotes.join(" "),
-            self.tun.macs.len(),
+            shown.join(" "),
             self.underlay.underlay_mtu().saturating_sub(OVERHEAD as u16)
         )
     }
