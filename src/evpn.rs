@@ -106,6 +106,8 @@ impl Follower {
             events: events_socket()?,
             requests: request_socket()?,
             remote: HashMap::new(),
+            flood: HashSet::new(),
+            seq: 0,
             local: HashSet::new(),
             cfg,
             tunnel,
@@ -136,6 +138,9 @@ impl Drop for Follower {
 fn events_socket() -> std::io::Result<Socket> {
     let mut s = Socket::new(NETLINK_ROUTE)?;
     s.bind_auto()?;
+    // Every neighbour change of the namespace comes here (the switch's own writes
+    // too): room for bursts of them.
+    s.set_rx_buf_sz(4 << 20)?;
     s.add_membership(RTNLGRP_NEIGH)?;
     s.set_non_blocking(true)?;
     Ok(s)
@@ -159,6 +164,10 @@ struct Following {
     fdb: FdbSource,
     /// Remote MACs as FRR installed them, refreshed in the tunnel every second.
     remote: HashMap<Mac, Ipv4Addr>,
+    /// The flood list as FRR installed it.
+    flood: HashSet<Ipv4Addr>,
+    /// The last request's sequence number.
+    seq: u32,
     /// Local MACs written to the shadow bridge.
     local: HashSet<Mac>,
 }
@@ -195,33 +204,65 @@ impl Following {
             if last_sync.elapsed() >= SYNC_EVERY {
                 last_sync = Instant::now();
                 self.refresh_remote();
-                if let Err(e) = self.sync_local() {
-                    tracing::warn!(port = %self.cfg.port, "EVPN: writing local MACs: {e}");
-                }
+                self.sync_local();
             }
         }
         // Leave nothing of the switch's in the shadow bridge.
-        for mac in std::mem::take(&mut self.local) {
+        let local: Vec<Mac> = self.local.drain().collect();
+        for mac in local {
             let _ = self.write_local(mac, false);
         }
     }
 
-    /// The entries already there.
+    /// Reads the shadow device's whole table and makes the tunnel match it: what is
+    /// new is added, what is gone (deletions whose notifications were lost) removed.
+    /// Notifications already queued are read first, so that none undoes the dump.
     fn dump(&mut self) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = self.events.recv(&mut &mut buf[..], 0) {
+            self.events_in(&buf[..n]);
+        }
         let mut m = NeighbourMessage::default();
         m.header.family = AddressFamily::Bridge;
         m.header.ifindex = self.vxlan;
+        self.seq += 1;
         let replies = request(
             &self.requests,
             RouteNetlinkMessage::GetNeighbour(m),
             NLM_F_DUMP,
+            self.seq,
         )?;
+        let mut entries = Vec::new();
         for r in replies {
             if let RouteNetlinkMessage::NewNeighbour(n) = r {
-                if let Some(e) = self.entry(&n) {
-                    self.apply(e, true);
-                }
+                entries.extend(self.entry(&n));
             }
+        }
+        let gone_macs: Vec<Mac> = self
+            .remote
+            .keys()
+            .filter(|m| {
+                !entries
+                    .iter()
+                    .any(|e| matches!(e, Entry::Remote(x, _) if x == *m))
+            })
+            .copied()
+            .collect();
+        let gone_flood: Vec<Ipv4Addr> = self
+            .flood
+            .iter()
+            .filter(|ip| !entries.contains(&Entry::Flood(**ip)))
+            .copied()
+            .collect();
+        for mac in gone_macs {
+            let ip = self.remote[&mac];
+            self.apply(Entry::Remote(mac, ip), false);
+        }
+        for ip in gone_flood {
+            self.apply(Entry::Flood(ip), false);
+        }
+        for e in entries {
+            self.apply(e, true);
         }
         Ok(())
     }
@@ -248,7 +289,7 @@ impl Following {
             if len == 0 || len > b.len() {
                 return;
             }
-            b = &b[(len + 3) & !3..];
+            b = &b[((len + 3) & !3).min(b.len())..];
         }
     }
 
@@ -277,6 +318,9 @@ impl Following {
             }
         }
         let (mac, dst) = (mac?, dst?);
+        if dst.is_unspecified() || dst.is_multicast() || dst.is_broadcast() {
+            return None;
+        }
         Some(if mac.0 == [0; 6] {
             Entry::Flood(dst)
         } else {
@@ -288,17 +332,23 @@ impl Following {
         let port = &self.cfg.port;
         match (e, add) {
             (Entry::Flood(ip), true) => {
+                if !self.flood.insert(ip) {
+                    return;
+                }
                 if !self.tunnel.flood_add(ip) {
                     tracing::warn!(%port, %ip, "EVPN: endpoint table full");
                 }
                 tracing::info!(%port, %ip, "EVPN: flood list +");
             }
             (Entry::Flood(ip), false) => {
+                self.flood.remove(&ip);
                 self.tunnel.flood_remove(ip);
                 tracing::info!(%port, %ip, "EVPN: flood list -");
             }
             (Entry::Remote(mac, ip), true) => {
-                self.remote.insert(mac, ip);
+                if self.remote.insert(mac, ip) == Some(ip) {
+                    return;
+                }
                 self.tunnel.set_remote_mac(mac, ip);
                 tracing::info!(%port, %mac, %ip, "EVPN: remote MAC");
             }
@@ -318,32 +368,48 @@ impl Following {
     }
 
     /// The switch's MACs on its other ports in the tunnel's VLAN, written to (and
-    /// removed from) the shadow bridge.
-    fn sync_local(&mut self) -> std::io::Result<()> {
+    /// removed from) the shadow bridge. MACs on tunnel ports (remote ones) and on
+    /// underlays (the underlay network's) are not this host's stations. A write that
+    /// fails is logged and tried again at the next sync; a delete of an entry that is
+    /// no longer there (zebra moved it) is done.
+    fn sync_local(&mut self) {
+        let vlan = self.cfg.vlan;
         let now: HashSet<Mac> = self
             .fdb
-            .entries()
+            .entries_where(|p| p.driver() != "vxlan" && !p.is_underlay())
             .into_iter()
-            .filter(|e| e.vlan == self.cfg.vlan && e.port != self.cfg.port)
+            .filter(|e| e.vlan == vlan)
             .filter_map(|e| parse_mac(&e.mac))
             .filter(|m| !m.is_multicast())
             .collect();
         let gone: Vec<Mac> = self.local.difference(&now).copied().collect();
         let new: Vec<Mac> = now.difference(&self.local).copied().collect();
         for mac in gone {
-            self.write_local(mac, false)?;
+            match self.write_local(mac, false) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => {
+                    tracing::warn!(port = %self.cfg.port, %mac, "EVPN: removing a local MAC: {e}");
+                    continue;
+                }
+            }
             self.local.remove(&mac);
         }
         for mac in new {
-            self.write_local(mac, true)?;
-            self.local.insert(mac);
-            tracing::info!(port = %self.cfg.port, %mac, "EVPN: local MAC written to the shadow bridge");
+            match self.write_local(mac, true) {
+                Ok(()) => {
+                    self.local.insert(mac);
+                    tracing::info!(port = %self.cfg.port, %mac, "EVPN: local MAC written to the shadow bridge");
+                }
+                Err(e) => {
+                    tracing::warn!(port = %self.cfg.port, %mac, "EVPN: writing a local MAC: {e}")
+                }
+            }
         }
-        Ok(())
     }
 
     /// `bridge fdb add|del MAC dev MAC_PORT master static`.
-    fn write_local(&self, mac: Mac, add: bool) -> std::io::Result<()> {
+    fn write_local(&mut self, mac: Mac, add: bool) -> std::io::Result<()> {
         let mut m = NeighbourMessage::default();
         m.header.family = AddressFamily::Bridge;
         m.header.ifindex = self.mac_port;
@@ -359,7 +425,8 @@ impl Following {
         } else {
             (RouteNetlinkMessage::DelNeighbour(m), 0)
         };
-        request(&self.requests, msg, flags | NLM_F_ACK).map(|_| ())
+        self.seq += 1;
+        request(&self.requests, msg, flags | NLM_F_ACK, self.seq).map(|_| ())
     }
 }
 
@@ -372,14 +439,17 @@ fn parse_mac(s: &str) -> Option<Mac> {
     (b.len() == 6).then(|| Mac::from_slice(&b))
 }
 
-/// Sends one request and collects its replies (until Done, or the ACK).
+/// Sends one request and collects its replies (until Done, or the ACK); messages of
+/// other sequence numbers (what an earlier, failed request left) are skipped.
 fn request(
     s: &Socket,
     msg: RouteNetlinkMessage,
     flags: u16,
+    seq: u32,
 ) -> std::io::Result<Vec<RouteNetlinkMessage>> {
     let mut h = NetlinkHeader::default();
     h.flags = NLM_F_REQUEST | flags;
+    h.sequence_number = seq;
     let mut req = NetlinkMessage::new(h, NetlinkPayload::from(msg));
     req.finalize();
     let mut out = vec![0u8; req.header.length as usize];
@@ -394,7 +464,9 @@ fn request(
             let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(b)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             let len = m.header.length as usize;
+            let ours = m.header.sequence_number == seq;
             match m.payload {
+                _ if !ours => {}
                 NetlinkPayload::Done(_) => return Ok(replies),
                 NetlinkPayload::Error(e) => {
                     return match e.code {
@@ -408,7 +480,7 @@ fn request(
             if len == 0 || len > b.len() {
                 break;
             }
-            b = &b[(len + 3) & !3..];
+            b = &b[((len + 3) & !3).min(b.len())..];
         }
     }
 }

@@ -561,9 +561,22 @@ fn bad_configs_exit_2_with_file_key_and_value() {
             ul("tunnel_ip = \"10.99.0.1/24\"") + &vx("vni = 1\nmtu = 1450"),
             &["key 'mtu'", "vxlan"],
         ),
-        ("evpn-half", ul("tunnel_ip = \"10.99.0.1/24\"") + &vx("vni = 1\nevpn_vxlan = \"vx1\""), &["key 'evpn_vxlan' = \"vx1\"", "needs key 'evpn_port'"]),
-        ("evpn-other-half", ul("tunnel_ip = \"10.99.0.1/24\"") + &vx("vni = 1\nevpn_port = \"mc1\""), &["key 'evpn_port' = \"mc1\"", "needs key 'evpn_vxlan'"]),
-        ("evpn-name", ul("tunnel_ip = \"10.99.0.1/24\"") + &vx("vni = 1\nevpn_vxlan = \"a/b\"\nevpn_port = \"mc1\""), &["key 'evpn_vxlan' = \"a/b\""]),
+        (
+            "evpn-half",
+            ul("tunnel_ip = \"10.99.0.1/24\"") + &vx("vni = 1\nevpn_vxlan = \"vx1\""),
+            &["key 'evpn_vxlan' = \"vx1\"", "needs key 'evpn_port'"],
+        ),
+        (
+            "evpn-other-half",
+            ul("tunnel_ip = \"10.99.0.1/24\"") + &vx("vni = 1\nevpn_port = \"mc1\""),
+            &["key 'evpn_port' = \"mc1\"", "needs key 'evpn_vxlan'"],
+        ),
+        (
+            "evpn-name",
+            ul("tunnel_ip = \"10.99.0.1/24\"")
+                + &vx("vni = 1\nevpn_vxlan = \"a/b\"\nevpn_port = \"mc1\""),
+            &["key 'evpn_vxlan' = \"a/b\""],
+        ),
         (
             "vxlan-twice",
             ul("tunnel_ip = \"10.99.0.1/24\"")

@@ -106,6 +106,11 @@ pub trait Port: Send + Sync {
     fn service(&self, _lane: &TxLane, _cache: &mut MempoolCache, _tr: &mut Traffic) -> usize {
         0
     }
+    /// Whether the port is a tunnel underlay (its stations are the underlay
+    /// network's, not the overlay's).
+    fn is_underlay(&self) -> bool {
+        false
+    }
     /// The driver's name as in the configuration (`"vhost-user"`, `"af-xdp"`, ...).
     fn driver(&self) -> &'static str;
     /// Numbers about the port's state beyond its counters, for metrics and JSON:

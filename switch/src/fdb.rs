@@ -396,14 +396,24 @@ impl Fdb {
 
     /// Removes the entry of `mac` on `vlan`, if there is one (a control plane's
     /// withdrawal); returns whether it did.
+    /// An entry another thread is updating at that moment is waited for, briefly.
     pub fn forget(&self, mac: Mac, vlan: u16) -> bool {
         let key = key_of(mac, vlan);
         let home = self.home(key);
-        for i in 0..PROBE {
-            let s = &self.slots[(home + i) & self.mask];
-            if s.key.load(Acquire) == key {
-                return self.remove_slot(s, key);
+        for _ in 0..1000 {
+            let mut busy = false;
+            for i in 0..PROBE {
+                let s = &self.slots[(home + i) & self.mask];
+                let k = s.key.load(Acquire);
+                if k == key && self.remove_slot(s, key) {
+                    return true;
+                }
+                busy |= k == key | BUSY || k == key;
             }
+            if !busy {
+                return false;
+            }
+            std::hint::spin_loop();
         }
         false
     }

@@ -302,6 +302,24 @@ impl FdbSource {
     pub fn entries(&self) -> Vec<snapshot::FdbEntrySnapshot> {
         fdb_entries(&self.0)
     }
+
+    /// The entries on ports for which `keep` says yes.
+    pub fn entries_where(
+        &self,
+        keep: impl Fn(&dyn Port) -> bool,
+    ) -> Vec<snapshot::FdbEntrySnapshot> {
+        let ports = self.0.control().ports.clone();
+        let kept: std::collections::HashSet<&str> = ports
+            .iter()
+            .flatten()
+            .filter(|p| keep(p.as_ref()))
+            .map(|p| p.name())
+            .collect();
+        fdb_entries(&self.0)
+            .into_iter()
+            .filter(|e| kept.contains(e.port.as_str()))
+            .collect()
+    }
 }
 
 fn fdb_entries(sh: &Shared) -> Vec<snapshot::FdbEntrySnapshot> {

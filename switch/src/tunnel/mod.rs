@@ -19,15 +19,16 @@ pub mod neigh;
 pub mod underlay;
 
 use crate::fdb::{Fdb, Learned, Mac};
-use crossbeam::queue::ArrayQueue;
 use header::{encap, outer_ip_len, Outer, OVERHEAD};
 use neigh::Lookup;
 use pmd::port::{PortStats, Traffic, TxLane, BURST};
 use pmd::rcu::Rcu;
 use pmd::{Mbuf, Mempool, MempoolCache, Port};
+use rtrb::{Consumer, Producer, RingBuffer};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 use std::sync::Arc;
+use std::sync::Mutex;
 use underlay::{AttachError, UnderlayPort};
 
 /// Remote endpoints one tunnel knows at most (configured and learned).
@@ -112,7 +113,9 @@ impl Remotes {
         for (i, s) in self.ips.iter().enumerate() {
             match s.compare_exchange(0, v, AcqRel, Acquire) {
                 Ok(_) => {
-                    self.flood[i].store(flood, Release);
+                    // `fetch_or`: a control plane adding the same endpoint to the
+                    // flood list at this moment keeps its mark.
+                    self.flood[i].fetch_or(flood, AcqRel);
                     return Some(i);
                 }
                 Err(cur) if cur == v => {
@@ -141,6 +144,22 @@ impl Remotes {
     }
 }
 
+/// One underlay rx queue's ring into a tunnel.
+struct Staging {
+    tx: Mutex<Producer<Mbuf>>,
+    rx: Mutex<Consumer<Mbuf>>,
+}
+
+impl Staging {
+    fn new() -> Staging {
+        let (tx, rx) = RingBuffer::new(RX_QUEUE);
+        Staging {
+            tx: Mutex::new(tx),
+            rx: Mutex::new(rx),
+        }
+    }
+}
+
 /// A tunnel's state shared by its port and its underlay.
 pub struct Tunnel {
     pub vni: u32,
@@ -149,7 +168,12 @@ pub struct Tunnel {
     remotes: Remotes,
     /// Inner MAC → endpoint index (the table's "port").
     macs: Fdb,
-    rxq: ArrayQueue<Mbuf>,
+    /// Decapsulated frames for the port's rx burst: one single-producer,
+    /// single-consumer ring per underlay rx queue (the PMD thread polling that queue
+    /// pushes, the one polling this port pops; wait-free, unlike a multi-producer
+    /// queue whose pop can spin on a preempted pusher). The locks are only ever taken
+    /// by those threads (`try_lock`: never waited on).
+    rxq: Box<[Staging]>,
     epoch: std::time::Instant,
     /// The last second the MAC table was aged.
     aged: AtomicU32,
@@ -164,7 +188,7 @@ impl Tunnel {
 
     /// A decapsulated frame from endpoint `src`: its source MAC learned, queued for
     /// the port's rx burst. Called by the PMD thread polling the underlay.
-    fn receive(&self, m: Mbuf, src: Ipv4Addr, cache: &mut MempoolCache) {
+    fn receive(&self, m: Mbuf, src: Ipv4Addr, q: usize, cache: &mut MempoolCache) {
         // `header::classify` made sure the inner frame holds an Ethernet header.
         let ep = match self.remotes.index_of(src) {
             Some(i) => i,
@@ -181,7 +205,11 @@ impl Tunnel {
                 tracing::debug!(vni = self.vni, mac = %smac, remote = %src, "tunnel: learned");
             }
         }
-        if let Err(m) = self.rxq.push(m) {
+        let pushed = match self.rxq.get(q).map(|s| s.tx.try_lock()) {
+            Some(Ok(mut p)) => p.push(m).map_err(|rtrb::PushError::Full(m)| m),
+            _ => Err(m),
+        };
+        if let Err(m) = pushed {
             PortStats::add(&self.stats.drop_rx_full, 1);
             cache.free(m);
         }
@@ -276,7 +304,9 @@ impl VxlanPort {
             learn_remotes: cfg.learn_remotes,
             remotes,
             macs: Fdb::new(MAC_CAPACITY, MAX_REMOTES, MAC_CAPACITY, cfg.aging_secs),
-            rxq: ArrayQueue::new(RX_QUEUE),
+            rxq: (0..underlay.rx_queues().max(1))
+                .map(|_| Staging::new())
+                .collect(),
             epoch: std::time::Instant::now(),
             aged: AtomicU32::new(0),
             stats: TunnelStats::default(),
@@ -460,14 +490,17 @@ impl Port for VxlanPort {
         tr: &mut Traffic,
     ) -> usize {
         let mut n = 0;
-        while n < out.len() {
-            let Some(m) = self.tun.rxq.pop() else { break };
-            tr.rx_bytes += m.len() as u64;
-            // A partial inner checksum from an af-packet underlay: the PMD loop
-            // runs its egress step for bursts that count one.
-            tr.rx_offload += m.has_offload() as u64;
-            out[n] = Some(m);
-            n += 1;
+        for s in self.tun.rxq.iter() {
+            let Ok(mut c) = s.rx.try_lock() else { continue };
+            while n < out.len() {
+                let Ok(m) = c.pop() else { break };
+                tr.rx_bytes += m.len() as u64;
+                // A partial inner checksum from an af-packet underlay: the PMD loop
+                // runs its egress step for bursts that count one.
+                tr.rx_offload += m.has_offload() as u64;
+                out[n] = Some(m);
+                n += 1;
+            }
         }
         tr.rx_packets += n as u64;
         n
@@ -585,8 +618,11 @@ impl Drop for VxlanPort {
     fn drop(&mut self) {
         self.underlay.detach(&self.tun);
         self.rcu.synchronize();
-        while let Some(m) = self.tun.rxq.pop() {
-            self.pool.free(m);
+        for s in self.tun.rxq.iter() {
+            let mut c = s.rx.lock().unwrap_or_else(|e| e.into_inner());
+            while let Ok(m) = c.pop() {
+                self.pool.free(m);
+            }
         }
     }
 }

@@ -291,7 +291,7 @@ impl UnderlayPort {
     }
 
     /// One VXLAN frame to the endpoint: to its tunnel, decapsulated.
-    fn decap(&self, mut m: Mbuf, t: &Tunnels, k: Kind, cache: &mut MempoolCache) {
+    fn decap(&self, mut m: Mbuf, q: usize, t: &Tunnels, k: Kind, cache: &mut MempoolCache) {
         let Kind::Tunnel {
             vni,
             dst_port,
@@ -328,7 +328,7 @@ impl UnderlayPort {
         }
         m.set_len(end);
         m.trim_front(inner);
-        tun.receive(m, src_ip, cache);
+        tun.receive(m, src_ip, q, cache);
     }
 }
 
@@ -361,7 +361,7 @@ impl Port for UnderlayPort {
                 Kind::Other => Some(m),
                 Kind::Arp => self.arp(m, cache),
                 k @ Kind::Tunnel { .. } => {
-                    self.decap(m, &tunnels, k, cache);
+                    self.decap(m, q, &tunnels, k, cache);
                     None
                 }
                 Kind::Bad(why) => {
@@ -468,6 +468,9 @@ impl Port for UnderlayPort {
     }
     fn service(&self, lane: &TxLane, cache: &mut MempoolCache, _tr: &mut Traffic) -> usize {
         self.send_outbox(lane, cache)
+    }
+    fn is_underlay(&self) -> bool {
+        true
     }
 }
 
