@@ -853,3 +853,90 @@ xdp_mode = "generic"
     let left = must("bridge", &["-n", &a.0, "fdb", "show", "dev", "mcA"]);
     assert!(!left.contains(&a_mac), "left in the shadow bridge:\n{left}");
 }
+
+fn mtu_in(ns: &str, iface: &str, mtu: u32) {
+    must(
+        "ip",
+        &["-n", ns, "link", "set", iface, "mtu", &mtu.to_string()],
+    );
+}
+
+/// Jumbo frames through a tunnel on a jumbo underlay (af-packet: AF_XDP ports stop at
+/// MTU 1902): 8950 bytes of IP inside 9000, and a frame one byte too big dropped.
+#[test]
+fn a_jumbo_underlay_carries_jumbo_frames_and_drops_what_does_not_fit() {
+    let dir = Scratch::new("vxjumbo");
+    let ul = Underlay::new();
+    let a = KernelVtep::new(&VtepOpts {
+        tag: "j",
+        vtep: "10.99.0.2",
+        inner_ip: "192.168.42.2",
+        net_ns: &ul.ns,
+    });
+    let local = VethNs::new("jl", "192.168.42.1/24");
+    // The underlay at 9000 everywhere, the overlay at 8950 behind the kernel end.
+    must("ip", &["link", "set", &ul.host, "mtu", "9000"]);
+    mtu_in(&ul.ns, "u1", 9000);
+    mtu_in(&ul.ns, &format!("k{}j1", id()), 9000);
+    mtu_in(&a.ns, &a.ul, 9000);
+    for i in ["vx42".to_string(), format!("v{}j0", id())] {
+        mtu_in(&a.ns, &i, 8950);
+    }
+    mtu_in(&a.inner.ns, &a.inner.iface, 8950);
+    local.set_mtu(9000);
+    let cfg = write_config_ports(
+        &dir,
+        &format!(
+            r#"[[port]]
+name = "uplink"
+driver = "af-packet"
+iface = "{}"
+tunnel_ip = "10.99.0.1/24"
+vlan_mode = "access"
+tag = 4000
+
+[[port]]
+name = "vx42"
+driver = "vxlan"
+underlay = "uplink"
+vni = 42
+remotes = ["10.99.0.2"]
+
+[[port]]
+name = "local"
+driver = "af-packet"
+iface = "{}"
+"#,
+            ul.host, local.host
+        ),
+    );
+    let sw = Switch::start(&cfg, dir.path("ctl.sock"));
+    let show = sw.ctl("show");
+    assert!(
+        show.contains("vxlan vni=42") && show.contains("mtu=8950"),
+        "{show}"
+    );
+    assert_eq!(local.ping(&a.inner.ip, 3), 3);
+    let fits = Ping {
+        count: 3,
+        size: Some(8922),
+        dont_fragment: true,
+    };
+    assert_eq!(
+        ping_in(&local.ns, &a.inner.ip, &fits),
+        3,
+        "8950 bytes of IP, both ways"
+    );
+    let m0 = sw.port_stats("vx42")["drop_mtu"];
+    let big = Ping {
+        count: 3,
+        size: Some(8923),
+        dont_fragment: true,
+    };
+    assert_eq!(ping_in(&local.ns, &a.inner.ip, &big), 0);
+    let m = sw.port_stats("vx42")["drop_mtu"] - m0;
+    eprintln!("jumbo: 8950 bytes of IP crossed both ways; 3 pings of 8951 dropped: drop_mtu +{m}");
+    assert!(m >= 3, "drop_mtu +{m}");
+    let log = sw.stop();
+    assert!(log.contains("free_mbufs=8192"), "mbufs lost:\n{log}");
+}
