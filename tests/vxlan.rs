@@ -650,6 +650,42 @@ fn ip_in(ns: &Ns, args: &[&str]) {
     must("ip", &a);
 }
 
+/// A kernel vxlan device for VNI 42 on UDP 4789 in a bridge, as an EVPN end has it.
+struct BridgedVxlan<'a> {
+    ns: &'a Ns,
+    /// Its local endpoint address and underlay device.
+    local: &'a str,
+    dev: &'a str,
+}
+
+impl BridgedVxlan<'_> {
+    /// Makes `br42` with `vx42` (`nolearning`: FRR installs the remote MACs) in it.
+    fn make(&self) {
+        let ns = self.ns;
+        ip_in(ns, &["link", "add", "br42", "type", "bridge"]);
+        ip_in(
+            ns,
+            &[
+                "link",
+                "add",
+                "vx42",
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "dstport",
+                "4789",
+                "local",
+                self.local,
+                "nolearning",
+                "dev",
+                self.dev,
+            ],
+        );
+        ip_in(ns, &["link", "set", "vx42", "master", "br42", "up"]);
+    }
+}
+
 /// The switch as one end of an EVPN-driven VXLAN segment, a kernel vxlan device as the
 /// other, each with FRR. The switch's namespace (`a`) holds its underlay and local
 /// ports, FRR, and the shadow: a bridge with a vxlan device over an idle veth (FRR
@@ -668,27 +704,12 @@ fn frr_evpn_drives_the_tunnel_port_with_no_static_remotes() {
     // a: the shadow bridge, vxlan device and MAC port (nothing is ever sent on them).
     veth("shA", Some(&a.0), "shB", &a.0);
     ip_in(&a, &["addr", "add", "10.99.0.1/24", "dev", "shA"]);
-    ip_in(&a, &["link", "add", "br42", "type", "bridge"]);
-    ip_in(
-        &a,
-        &[
-            "link",
-            "add",
-            "vx42",
-            "type",
-            "vxlan",
-            "id",
-            "42",
-            "dstport",
-            "4789",
-            "local",
-            "10.99.0.1",
-            "nolearning",
-            "dev",
-            "shA",
-        ],
-    );
-    ip_in(&a, &["link", "set", "vx42", "master", "br42", "up"]);
+    BridgedVxlan {
+        ns: &a,
+        local: "10.99.0.1",
+        dev: "shA",
+    }
+    .make();
     veth("mcA", Some(&a.0), "mcB", &a.0);
     ip_in(&a, &["link", "set", "mcA", "master", "br42", "up"]);
     ip_in(&a, &["link", "set", "br42", "up"]);
@@ -697,27 +718,12 @@ fn frr_evpn_drives_the_tunnel_port_with_no_static_remotes() {
     ip_in(&ai, &["addr", "add", "192.168.42.1/24", "dev", "loB"]);
     ip_in(&ai, &["link", "set", "loB", "mtu", "1450"]);
     // b: a kernel EVPN end.
-    ip_in(&b, &["link", "add", "br42", "type", "bridge"]);
-    ip_in(
-        &b,
-        &[
-            "link",
-            "add",
-            "vx42",
-            "type",
-            "vxlan",
-            "id",
-            "42",
-            "dstport",
-            "4789",
-            "local",
-            "10.99.0.2",
-            "nolearning",
-            "dev",
-            "ulB",
-        ],
-    );
-    ip_in(&b, &["link", "set", "vx42", "master", "br42", "up"]);
+    BridgedVxlan {
+        ns: &b,
+        local: "10.99.0.2",
+        dev: "ulB",
+    }
+    .make();
     veth("inA", Some(&b.0), "inB", &bi.0);
     ip_in(&b, &["link", "set", "inA", "master", "br42", "up"]);
     ip_in(&b, &["link", "set", "br42", "up"]);

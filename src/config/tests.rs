@@ -212,11 +212,11 @@ fn add_port_errors_read_like_the_files() {
         ),
         (
             vec!["mode=server".into()],
-            "add-port \"vm3\": key 'driver' is missing: one of \"vhost-user\", \"af-xdp\", \"af-packet\" or \"tap\"",
+            "add-port \"vm3\": key 'driver' is missing: one of \"vhost-user\", \"af-xdp\", \"af-packet\", \"tap\" or \"vxlan\"",
         ),
         (
             vec!["driver=e1000".into()],
-            "add-port \"vm3\": key 'driver' = \"e1000\": must be \"vhost-user\", \"af-xdp\", \"af-packet\" or \"tap\"",
+            "add-port \"vm3\": key 'driver' = \"e1000\": must be \"vhost-user\", \"af-xdp\", \"af-packet\", \"tap\" or \"vxlan\"",
         ),
         (
             vec!["driver=vhost-user".into()],
