@@ -274,7 +274,6 @@ fn loop_bursts(bursts: usize, pool: Arc<Mempool>, vlan: PortVlan, latency: bool)
         rxqs: vec![rxq(0), rxq(1)],
         captures: Arc::from(Vec::new()),
         capture_on: false,
-        serviced: Arc::from(Vec::new()),
     });
     let rcu = Rcu::new();
     let cx = PmdContext {

@@ -107,12 +107,6 @@ impl Shared {
         let first = present.next().copied();
         let mtu_on = present.any(|&f| Some(f) != first);
         let captures: Arc<[Arc<Capture>]> = c.captures.clone().into();
-        let serviced: Arc<[usize]> = table
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.as_ref().is_some_and(|p| p.wants_service()))
-            .map(|(i, _)| i)
-            .collect();
         let old: Vec<Arc<PollPlan>> = self
             .pmds
             .iter()
@@ -128,7 +122,6 @@ impl Shared {
                     rxqs: rxqs.clone(),
                     captures: captures.clone(),
                     capture_on: !captures.is_empty(),
-                    serviced: serviced.clone(),
                 }))
             })
             .collect();

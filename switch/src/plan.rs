@@ -77,8 +77,6 @@ pub struct PollPlan {
     pub captures: Arc<[Arc<Capture>]>,
     /// Whether `captures` has any: tested once per rx burst and once per tx flush.
     pub capture_on: bool,
-    /// The port numbers of ports that want [`Port::service`] calls (underlays, tunnels).
-    pub serviced: Arc<[usize]>,
 }
 
 impl PollPlan {
@@ -93,7 +91,6 @@ impl PollPlan {
             rxqs: Vec::new(),
             captures: Arc::from(Vec::new()),
             capture_on: false,
-            serviced: Arc::from(Vec::new()),
         }
     }
     /// The port with number `p`, if there is one.

@@ -173,6 +173,7 @@ pub fn run(mut cx: PmdContext, mut plan: Arc<PollPlan>) {
     drop(cx.mailbox.take());
     tracing::info!(pmd = cx.index, core = ?cx.core, "PMD thread polling");
     let mut st = LoopState::new(&cx);
+    st.serviced.follow(&plan);
     if st.sleeper.enabled() {
         if let Err(e) = pmd::idle::set_timer_slack(1) {
             tracing::warn!(pmd = cx.index, "could not set the timer slack: {e}");
@@ -230,6 +231,8 @@ struct LoopState {
     /// When this thread sleeps while idle.
     sleeper: Sleeper,
     sleep_cycles: u64,
+    /// The ports this thread calls `Port::service` on.
+    serviced: Box<Serviced>,
 }
 
 impl LoopState {
@@ -251,6 +254,7 @@ impl LoopState {
             clock: StepClock::default(),
             sleeper: Sleeper::new(cx.sleep_max, cx.tsc_hz),
             sleep_cycles: 0,
+            serviced: Box::new(Serviced::new()),
         }
     }
 
@@ -260,12 +264,13 @@ impl LoopState {
         cx.rcu.quiescent();
         if cx.mailbox.changed(plan.gen) {
             reload(cx, &mut self.txq, &mut self.taps, plan);
+            self.serviced.follow(plan);
         }
         if let Some(r) = &mut cx.latency {
             r.swap(plan.gen);
         }
-        if !plan.serviced.is_empty() {
-            service(cx, plan);
+        if self.serviced.n != 0 {
+            service(cx, plan, &self.serviced);
         }
         publish(cx, plan);
         cx.stats.rx_bursts.publish(&self.rx_sizes);
@@ -421,10 +426,38 @@ impl LoopState {
     }
 }
 
+/// The port numbers of the plan's ports that want [`Port::service`] calls
+/// (underlays, tunnels), found when the thread takes up a plan. Kept by the thread,
+/// not in the plan, which stays as small as it was.
+struct Serviced {
+    ports: [u16; MAX_PORTS],
+    n: usize,
+}
+
+impl Serviced {
+    fn new() -> Serviced {
+        Serviced {
+            ports: [0; MAX_PORTS],
+            n: 0,
+        }
+    }
+    #[cold]
+    fn follow(&mut self, plan: &PollPlan) {
+        self.n = 0;
+        for (i, p) in plan.ports.iter().enumerate() {
+            if p.as_ref().is_some_and(|p| p.wants_service()) {
+                self.ports[self.n] = i as u16;
+                self.n += 1;
+            }
+        }
+    }
+}
+
 /// The ports' own work (`Port::service`: underlays' ARP, tunnels' aging).
 #[inline(never)]
-fn service(cx: &mut PmdContext, plan: &PollPlan) {
-    for &p in plan.serviced.iter() {
+fn service(cx: &mut PmdContext, plan: &PollPlan, s: &Serviced) {
+    for &p in &s.ports[..s.n] {
+        let p = p as usize;
         if let Some(port) = plan.port(p) {
             port.service(&cx.lane, &mut cx.cache, &mut cx.traffic[p]);
         }
