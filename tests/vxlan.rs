@@ -92,8 +92,12 @@ fn veth(a: &str, ns_a: Option<&str>, b: &str, ns_b: &str) {
         );
         must("ip", &["-n", ns, "link", "set", a, "up"]);
     } else {
-        must("ip", &["link", "add", a, "type", "veth", "peer", "name", b]);
-        must("ip", &["link", "set", b, "netns", ns_b]);
+        must(
+            "ip",
+            &[
+                "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns_b,
+            ],
+        );
         let v6 = format!("/proc/sys/net/ipv6/conf/{a}/disable_ipv6");
         let _ = std::fs::write(v6, "1");
         must("ip", &["link", "set", a, "up"]);
@@ -234,12 +238,13 @@ struct Underlay {
 }
 
 impl Underlay {
-    fn new() -> Underlay {
-        let ns = format!("vswtest-{}-net", id());
+    /// `tag` keeps the names apart from another test's underlay.
+    fn new(tag: &str) -> Underlay {
+        let ns = format!("vswtest-{}-{tag}net", id());
         fresh_ns(&ns);
         must("ip", &["-n", &ns, "link", "add", "br0", "type", "bridge"]);
         must("ip", &["-n", &ns, "link", "set", "br0", "up"]);
-        let host = format!("vs{}u0", id());
+        let host = format!("vs{}{tag}u", id());
         let _ = sh("ip", &["link", "del", &host]);
         veth(&host, None, "u1", &ns);
         must("ip", &["-n", &ns, "link", "set", "u1", "master", "br0"]);
@@ -349,7 +354,7 @@ xdp_mode = "generic"
 fn a_namespace_behind_the_switch_reaches_linux_vxlan_endpoints() {
     which("trafgen");
     let dir = Scratch::new("vxlan");
-    let ul = Underlay::new();
+    let ul = Underlay::new("s");
     let a = KernelVtep::new(&VtepOpts {
         tag: "a",
         vtep: "10.99.0.2",
@@ -872,7 +877,7 @@ fn mtu_in(ns: &str, iface: &str, mtu: u32) {
 #[test]
 fn a_jumbo_underlay_carries_jumbo_frames_and_drops_what_does_not_fit() {
     let dir = Scratch::new("vxjumbo");
-    let ul = Underlay::new();
+    let ul = Underlay::new("j");
     let a = KernelVtep::new(&VtepOpts {
         tag: "j",
         vtep: "10.99.0.2",
