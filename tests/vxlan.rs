@@ -132,40 +132,20 @@ impl KernelVtep {
             ],
         );
         // The vxlan device in a bridge with a veth to the inner namespace.
-        must(
-            "ip",
-            &[
-                "-n",
-                &ns,
-                "link",
-                "add",
-                "vx42",
-                "type",
-                "vxlan",
-                "id",
-                "42",
-                "dstport",
-                "4789",
-                "local",
-                o.vtep,
-                "remote",
-                "10.99.0.1",
-                "dev",
-                &ul,
-            ],
-        );
-        must("ip", &["-n", &ns, "link", "add", "brv", "type", "bridge"]);
-        must(
-            "ip",
-            &["-n", &ns, "link", "set", "vx42", "master", "brv", "up"],
-        );
-        must("ip", &["-n", &ns, "link", "set", "brv", "up"]);
+        BridgedVxlan {
+            ns: &ns,
+            local: o.vtep,
+            dev: &ul,
+            remote: Some("10.99.0.1"),
+        }
+        .make();
+        must("ip", &["-n", &ns, "link", "set", "br42", "up"]);
         let (kv0, kv1) = (
             format!("v{}{}0", id(), o.tag),
             format!("v{}{}1", id(), o.tag),
         );
         veth(&kv0, Some(&ns), &kv1, &inner_ns);
-        must("ip", &["-n", &ns, "link", "set", &kv0, "master", "brv"]);
+        must("ip", &["-n", &ns, "link", "set", &kv0, "master", "br42"]);
         must("ip", &["-n", &inner_ns, "link", "set", &kv1, "mtu", "1450"]);
         must(
             "ip",
@@ -655,39 +635,34 @@ fn ip_in(ns: &Ns, args: &[&str]) {
     must("ip", &a);
 }
 
-/// A kernel vxlan device for VNI 42 on UDP 4789 in a bridge, as an EVPN end has it.
+/// A kernel vxlan device `vx42` for VNI 42 on UDP 4789, in a bridge `br42`.
 struct BridgedVxlan<'a> {
-    ns: &'a Ns,
+    ns: &'a str,
     /// Its local endpoint address and underlay device.
     local: &'a str,
     dev: &'a str,
+    /// The one remote endpoint (Linux learns and floods to it); `None`: no remote and
+    /// `nolearning`, as an EVPN end has it (FRR installs the remotes).
+    remote: Option<&'a str>,
 }
 
 impl BridgedVxlan<'_> {
-    /// Makes `br42` with `vx42` (`nolearning`: FRR installs the remote MACs) in it.
     fn make(&self) {
         let ns = self.ns;
-        ip_in(ns, &["link", "add", "br42", "type", "bridge"]);
-        ip_in(
-            ns,
-            &[
-                "link",
-                "add",
-                "vx42",
-                "type",
-                "vxlan",
-                "id",
-                "42",
-                "dstport",
-                "4789",
-                "local",
-                self.local,
-                "nolearning",
-                "dev",
-                self.dev,
-            ],
+        must("ip", &["-n", ns, "link", "add", "br42", "type", "bridge"]);
+        let mut args = vec![
+            "-n", ns, "link", "add", "vx42", "type", "vxlan", "id", "42", "dstport", "4789",
+            "local", self.local, "dev", self.dev,
+        ];
+        match self.remote {
+            Some(r) => args.extend(["remote", r]),
+            None => args.push("nolearning"),
+        }
+        must("ip", &args);
+        must(
+            "ip",
+            &["-n", ns, "link", "set", "vx42", "master", "br42", "up"],
         );
-        ip_in(ns, &["link", "set", "vx42", "master", "br42", "up"]);
     }
 }
 
@@ -710,9 +685,10 @@ fn frr_evpn_drives_the_tunnel_port_with_no_static_remotes() {
     veth("shA", Some(&a.0), "shB", &a.0);
     ip_in(&a, &["addr", "add", "10.99.0.1/24", "dev", "shA"]);
     BridgedVxlan {
-        ns: &a,
+        ns: &a.0,
         local: "10.99.0.1",
         dev: "shA",
+        remote: None,
     }
     .make();
     veth("mcA", Some(&a.0), "mcB", &a.0);
@@ -724,9 +700,10 @@ fn frr_evpn_drives_the_tunnel_port_with_no_static_remotes() {
     ip_in(&ai, &["link", "set", "loB", "mtu", "1450"]);
     // b: a kernel EVPN end.
     BridgedVxlan {
-        ns: &b,
+        ns: &b.0,
         local: "10.99.0.2",
         dev: "ulB",
+        remote: None,
     }
     .make();
     veth("inA", Some(&b.0), "inB", &bi.0);
