@@ -301,33 +301,33 @@ fn received(rx: impl Fn() -> u64, before: u64, want: u64) -> u64 {
     }
 }
 
-fn config(ul: &Underlay, local: &VethNs) -> String {
-    format!(
-        r#"[[port]]
-name = "uplink"
-driver = "af-xdp"
-iface = "{}"
-xdp_mode = "generic"
-tunnel_ip = "10.99.0.1/24"
-# The underlay's own traffic in a VLAN of its own, apart from the overlay.
-vlan_mode = "access"
-tag = 4000
+/// The switch's ports in these tests: an underlay (endpoint 10.99.0.1, its own
+/// traffic in VLAN 4000, apart from the overlay), tunnel port `vx42` for VNI 42, and a
+/// `local` port to the namespace behind the switch.
+struct Ports<'a> {
+    /// `driver` and driver keys of the two NIC ports (`af-xdp` in generic mode, or
+    /// `af-packet` for jumbo frames).
+    nic: &'a str,
+    underlay_iface: &'a str,
+    local_iface: &'a str,
+    /// The tunnel port's own keys beyond `underlay` and `vni`.
+    tunnel: &'a str,
+}
 
-[[port]]
-name = "vx42"
-driver = "vxlan"
-underlay = "uplink"
-vni = 42
-remotes = ["10.99.0.2", "10.99.0.3"]
-
-[[port]]
-name = "local"
-driver = "af-xdp"
-iface = "{}"
-xdp_mode = "generic"
-"#,
-        ul.host, local.host
-    )
+impl Ports<'_> {
+    fn toml(&self) -> String {
+        let nic = match self.nic {
+            "af-xdp" => "driver = \"af-xdp\"\nxdp_mode = \"generic\"".to_string(),
+            other => format!("driver = \"{other}\""),
+        };
+        format!(
+            "[[port]]\nname = \"uplink\"\n{nic}\niface = \"{}\"\ntunnel_ip = \"10.99.0.1/24\"\n\
+             vlan_mode = \"access\"\ntag = 4000\n\n\
+             [[port]]\nname = \"vx42\"\ndriver = \"vxlan\"\nunderlay = \"uplink\"\nvni = 42\n{}\n\n\
+             [[port]]\nname = \"local\"\n{nic}\niface = \"{}\"\n",
+            self.underlay_iface, self.tunnel, self.local_iface
+        )
+    }
 }
 
 #[test]
@@ -348,7 +348,13 @@ fn a_namespace_behind_the_switch_reaches_linux_vxlan_endpoints() {
         net_ns: &ul.ns,
     });
     let local = VethNs::new("l", "192.168.42.1/24");
-    let cfg = write_config_ports(&dir, &config(&ul, &local));
+    let ports = Ports {
+        nic: "af-xdp",
+        underlay_iface: &ul.host,
+        local_iface: &local.host,
+        tunnel: "remotes = [\"10.99.0.2\", \"10.99.0.3\"]",
+    };
+    let cfg = write_config_ports(&dir, &ports.toml());
     let sw = Switch::start(&cfg, dir.path("ctl.sock"));
     eprintln!("{}", sw.ctl("show"));
 
@@ -713,32 +719,13 @@ fn frr_evpn_drives_the_tunnel_port_with_no_static_remotes() {
     ip_in(&bi, &["link", "set", "inB", "mtu", "1450"]);
     let a_mac = ns_cat(&ai.0, "/sys/class/net/loB/address");
 
-    let cfg = write_config_ports(
-        &dir,
-        r#"[[port]]
-name = "uplink"
-driver = "af-xdp"
-iface = "ulA"
-xdp_mode = "generic"
-tunnel_ip = "10.99.0.1/24"
-vlan_mode = "access"
-tag = 4000
-
-[[port]]
-name = "vx42"
-driver = "vxlan"
-underlay = "uplink"
-vni = 42
-evpn_vxlan = "vx42"
-evpn_port = "mcA"
-
-[[port]]
-name = "local"
-driver = "af-xdp"
-iface = "loA"
-xdp_mode = "generic"
-"#,
-    );
+    let ports = Ports {
+        nic: "af-xdp",
+        underlay_iface: "ulA",
+        local_iface: "loA",
+        tunnel: "evpn_vxlan = \"vx42\"\nevpn_port = \"mcA\"",
+    };
+    let cfg = write_config_ports(&dir, &ports.toml());
     let sw = Switch::start_in(&cfg, dir.path("ctl.sock"), Some(&a.0));
     let fa = Frr::start(&a.0, &dir, "10.98.0.1", "10.98.0.2");
     let fb = Frr::start(&b.0, &dir, "10.98.0.2", "10.98.0.1");
@@ -872,32 +859,13 @@ fn a_jumbo_underlay_carries_jumbo_frames_and_drops_what_does_not_fit() {
     }
     mtu_in(&a.inner.ns, &a.inner.iface, 8950);
     local.set_mtu(9000);
-    let cfg = write_config_ports(
-        &dir,
-        &format!(
-            r#"[[port]]
-name = "uplink"
-driver = "af-packet"
-iface = "{}"
-tunnel_ip = "10.99.0.1/24"
-vlan_mode = "access"
-tag = 4000
-
-[[port]]
-name = "vx42"
-driver = "vxlan"
-underlay = "uplink"
-vni = 42
-remotes = ["10.99.0.2"]
-
-[[port]]
-name = "local"
-driver = "af-packet"
-iface = "{}"
-"#,
-            ul.host, local.host
-        ),
-    );
+    let ports = Ports {
+        nic: "af-packet",
+        underlay_iface: &ul.host,
+        local_iface: &local.host,
+        tunnel: "remotes = [\"10.99.0.2\"]",
+    };
+    let cfg = write_config_ports(&dir, &ports.toml());
     let sw = Switch::start(&cfg, dir.path("ctl.sock"));
     let show = sw.ctl("show");
     assert!(

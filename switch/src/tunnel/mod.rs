@@ -387,7 +387,7 @@ impl VxlanPort {
     /// One frame from the switch into `out` as one or more encapsulated frames.
     #[inline]
     fn one(&self, m: Mbuf, now: u64, cache: &mut MempoolCache, out: &mut Out) {
-        if outer_ip_len(m.len()) > self.underlay.underlay_mtu() as usize {
+        if outer_ip_len(m.len()) > out.mtu {
             PortStats::add(&self.tun.stats.drop_underlay_mtu, 1);
             PortStats::add(&self.stats.drop_mtu, 1);
             return cache.free(m);
@@ -463,6 +463,8 @@ impl VxlanPort {
 struct Out<'a> {
     lane: &'a TxLane,
     tr: &'a mut Traffic,
+    /// The underlay's MTU, read once per burst.
+    mtu: usize,
     buf: underlay::Burst,
     n: usize,
     /// Inner bytes of the frames in `buf`, front to back, as they were added.
@@ -522,6 +524,7 @@ impl Port for VxlanPort {
         let mut out = Out {
             lane,
             tr,
+            mtu: self.underlay.underlay_mtu() as usize,
             buf: Default::default(),
             n: 0,
             lens: [0; BURST],
